@@ -1,0 +1,263 @@
+"""Class activation maps: Grad-CAM, Grad-CAM++, HiResCAM and LayerCAM on one core.
+
+Every method follows the same template (after pytorch-grad-cam's ``BaseCAM``):
+forward to the target layer, score the target class, take the gradient of the score
+with respect to the layer's activations ``A`` (``torch.autograd.grad``, so no
+parameter ``.grad`` is touched), weigh, combine, ReLU, upsample to the input size and
+normalise each map to [0, 1]. The methods differ only in :func:`combine`:
+
+* Grad-CAM (Selvaraju et al., ICCV 2017): ``ReLU(sum_k mean_ij(dy/dA_k) A_k)``, the
+  heatmap used by Guan & Loew (arXiv:2201.02771);
+* Grad-CAM++ (Chattopadhay et al., WACV 2018): second-order pixel weights of the
+  positive gradients, with the exponential score's closed form;
+* HiResCAM (Draelos & Carin, 2020): ``ReLU(sum_k dy/dA_k * A_k)`` element-wise;
+* LayerCAM (Jiang et al., TIP 2021): ``ReLU(sum_k ReLU(dy/dA_k) * A_k)``.
+
+There are no hooks: a :class:`~camseg.models.Classifier` runs its stages in order, so
+the stages before the layer run without autograd and only the tail is
+differentiated. Calls share no state, so any number of threads may compute heatmaps
+with one model at once. Where the layer is the last stage and the head is global
+average pooling + linear, ``dy/dA_k = W[c, k] / (H W)`` exactly, so the gradient is
+known without a backward pass (and Grad-CAM equals CAM, Zhou et al., CVPR 2016, up to
+scale); the same identity gives heatmaps from one ONNX pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from camseg.errors import InvalidInputError
+from camseg.models import Classifier
+
+
+class CamMethod(StrEnum):
+    GRADCAM = "gradcam"
+    GRADCAM_PP = "gradcam++"
+    HIRESCAM = "hirescam"
+    LAYERCAM = "layercam"
+    FUSED = "fused"
+
+
+METHODS: tuple[str, ...] = tuple(m.value for m in CamMethod)
+
+Targets = int | Sequence[int] | Tensor | None
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """Heatmaps ``(N, H, W)`` in [0, 1] (or raw when not normalised), the logits
+    ``(N, classes)``, the target class of each map and the layer(s) used."""
+
+    heatmaps: Tensor
+    logits: Tensor
+    targets: Tensor
+    layers: tuple[str, ...]
+
+    @property
+    def probabilities(self) -> Tensor:
+        return F.softmax(self.logits, dim=1)
+
+
+def parse_method(method: str | CamMethod) -> CamMethod:
+    try:
+        return CamMethod(str(method).lower())
+    except ValueError:
+        raise InvalidInputError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}") from None
+
+
+def combine(method: CamMethod, acts: Tensor, grads: Tensor) -> Tensor:
+    """Weigh activations ``(N, K, h, w)`` by gradients of the same shape: ``(N, h, w)``,
+    after ReLU, before upsampling and normalisation."""
+    if method is CamMethod.GRADCAM:
+        cam = torch.einsum("nk,nkhw->nhw", grads.mean(dim=(2, 3)), acts)
+    elif method is CamMethod.HIRESCAM:
+        cam = (grads * acts).sum(1)
+    elif method in (CamMethod.LAYERCAM, CamMethod.FUSED):
+        cam = (F.relu(grads) * acts).sum(1)
+    elif method is CamMethod.GRADCAM_PP:
+        g2 = grads.pow(2)
+        g3 = g2 * grads
+        denom = 2 * g2 + (acts.sum(dim=(2, 3), keepdim=True) * g3)
+        alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+        weights = (alpha * F.relu(grads)).sum(dim=(2, 3))
+        cam = torch.einsum("nk,nkhw->nhw", weights, acts)
+    else:  # pragma: no cover - CamMethod is exhaustive
+        raise AssertionError(method)
+    return F.relu(cam)
+
+
+def normalise_maps(maps: Tensor, eps: float = 1e-12) -> Tensor:
+    """Per-map min-max scaling to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.reshape(maps.shape[0], -1)
+    lo = flat.min(1, keepdim=True).values
+    hi = flat.max(1, keepdim=True).values
+    span = hi - lo
+    out = torch.where(span > eps, (flat - lo) / span.clamp_min(eps), torch.zeros_like(flat))
+    return out.reshape(maps.shape)
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def analytic_grads(weight: Tensor, targets: Tensor, acts_shape: torch.Size) -> Tensor:
+    """``dy_c/dA`` for a GAP + linear head: ``W[c, k] / (h w)`` at every position."""
+    n, k, h, w = acts_shape
+    g = weight[targets].to(torch.float32) / float(h * w)
+    return g[:, :, None, None].expand(n, k, h, w)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Classifier) -> Iterator[None]:
+    """Heatmaps need eval-mode BatchNorm and dropout. A model already in eval mode
+    (every served model) is left untouched; a training-mode model is switched for the
+    call and restored."""
+    if not model.training:
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
+
+
+def _resolve_targets(targets: Targets, n: int, num_classes: int, device: torch.device) -> Tensor:
+    if targets is None:
+        t = torch.full((n,), num_classes - 1, dtype=torch.long)
+    elif isinstance(targets, int):
+        t = torch.full((n,), targets, dtype=torch.long)
+    else:
+        t = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+        if t.numel() != n:
+            raise InvalidInputError(f"{t.numel()} targets for {n} images")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise InvalidInputError(f"target class out of range 0..{num_classes - 1}")
+    return t.to(device)
+
+
+def _check_images(model: Classifier, images: Tensor) -> None:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != model.spec.in_channels:
+        raise InvalidInputError(
+            f"images must be shaped (N, {model.spec.in_channels}, H, W), got {tuple(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise InvalidInputError(f"images must be floating point in [0, 1], got {images.dtype}")
+
+
+FUSED_LAYERS = 2  # the fused map multiplies LayerCAM of the last two stages
+
+
+def compute_cam(
+    model: Classifier,
+    images: Tensor,
+    *,
+    method: str | CamMethod = CamMethod.GRADCAM,
+    targets: Targets = None,
+    layer: str | None = None,
+    size: tuple[int, int] | None = None,
+    normalise: bool = True,
+    analytic: bool = True,
+) -> CamResult:
+    """Heatmaps of ``targets`` (default: the last class, tumor) for a batch of images.
+
+    Args:
+        model: the classifier; left exactly as it was.
+        images: ``(N, C, H, W)`` floats in [0, 1] on the model's device.
+        method: ``gradcam``, ``gradcam++``, ``hirescam``, ``layercam`` or ``fused``
+            (the product of min-max-normalised LayerCAM maps of the last two stages,
+            which keeps the deep layer's localisation at the shallower layer's
+            resolution).
+        targets: one class for all images, one per image, or None for the last class.
+        layer: a stage name; default the model's Grad-CAM layer.
+        size: output ``(H, W)``; default the input size. ``(h, w)`` of the layer
+            itself skips upsampling.
+        normalise: scale each map to [0, 1].
+        analytic: use the closed-form gradient where the layer feeds the GAP + linear
+            head directly (exact; no backward pass).
+
+    Raises:
+        TypeError / InvalidInputError / NotFoundError before any computation.
+    """
+    cam_method = parse_method(method)
+    _check_images(model, images)
+    layer = layer or model.cam_layer
+    k = model.check_layer(layer)
+    n = images.shape[0]
+    device = images.device
+    t = _resolve_targets(targets, n, model.spec.num_classes, device)
+    out_size = size or (int(images.shape[2]), int(images.shape[3]))
+    if cam_method is CamMethod.FUSED:
+        return _fused(model, images, t, k, out_size, normalise)
+    with _eval_mode(model):
+        if analytic and model.has_linear_gap_head(layer):
+            with torch.inference_mode():
+                acts = model.run_until(images, k)
+                logits = model.head(acts)
+                grads = analytic_grads(model.fc.weight, t, acts.shape)
+                maps = combine(cam_method, acts, grads)
+        else:
+            with torch.no_grad():
+                leaf = model.run_until(images, k)
+            leaf.requires_grad_(True)
+            with torch.enable_grad():
+                logits, _ = model.run_from(leaf, k + 1)
+                score = logits.gather(1, t[:, None]).sum()
+                (grads,) = torch.autograd.grad(score, leaf)
+            with torch.no_grad():
+                maps = combine(cam_method, leaf.detach(), grads)
+            logits = logits.detach()
+    maps = upsample(maps, out_size)
+    if normalise:
+        maps = normalise_maps(maps)
+    return CamResult(maps, logits, t, (layer,))
+
+
+def _fused(model: Classifier, images: Tensor, t: Tensor, k: int, size: tuple[int, int],
+           normalise: bool) -> CamResult:
+    """LayerCAM at stage ``k`` and the stage before it from one forward and one
+    backward, each normalised at input size, multiplied."""
+    first = max(0, k - FUSED_LAYERS + 1)
+    names = model.layer_names
+    with _eval_mode(model):
+        with torch.no_grad():
+            leaf = model.run_until(images, first)
+        leaf.requires_grad_(True)
+        with torch.enable_grad():
+            logits, captured = model.run_from(leaf, first + 1, capture=range(first + 1, k + 1))
+            acts = [leaf, *(captured[i] for i in range(first + 1, k + 1))]
+            score = logits.gather(1, t[:, None]).sum()
+            grads = torch.autograd.grad(score, acts)
+        with torch.no_grad():
+            fused = torch.ones((images.shape[0], *size), device=images.device)
+            for a, g in zip(acts, grads, strict=True):
+                fused = fused * normalise_maps(upsample(combine(CamMethod.LAYERCAM, a.detach(), g), size))
+            maps = fused.sqrt() if len(acts) == 2 else fused.pow(1.0 / len(acts))
+    if normalise:
+        maps = normalise_maps(maps)
+    return CamResult(maps, logits.detach(), t, tuple(names[first : k + 1]))
+
+
+def cam_from_activations(
+    acts: Tensor, weight: Tensor, targets: Tensor, *, method: str | CamMethod = CamMethod.GRADCAM,
+    size: tuple[int, int] | None = None,
+) -> Tensor:
+    """Normalised heatmaps from last-stage activations and the linear head's weight,
+    as exported by ``camseg export``: the one-pass path, numerically the same as
+    :func:`compute_cam` at the default layer."""
+    cam_method = parse_method(method)
+    if cam_method is CamMethod.FUSED:
+        raise InvalidInputError("the fused method needs two layers; it has no one-pass form")
+    maps = combine(cam_method, acts, analytic_grads(weight, targets, acts.shape))
+    return normalise_maps(upsample(maps, size or tuple(acts.shape[-2:])))

@@ -1,0 +1,277 @@
+"""The folder layout: ``images/<id>.png|tif|jpg``, ``masks/<id>.png``, ``labels.csv``.
+
+``labels.csv`` has the columns ``id,label[,split]``; a label is a class name or a
+class index. A mask is optional (normal ROIs have none); non-zero mask pixels are
+tumor. Images are 8- or 16-bit, grayscale or RGB; a mask must have its image's
+height and width. ``dataset.json`` (optional) records ``classes`` and provenance.
+
+Every problem stops with one :class:`~camseg.errors.InvalidInputError` whose message
+names the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+from camseg.errors import InvalidInputError, NotFoundError
+
+CLASSES: tuple[str, ...] = ("normal", "tumor")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+SPLITS = ("train", "val", "test")
+
+FloatArray = npt.NDArray[np.float32]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One ROI to write: pixel data in memory."""
+
+    id: str
+    label: int
+    split: str | None
+    image: npt.NDArray[Any]
+    mask: BoolArray | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One ROI of a data set on disk."""
+
+    id: str
+    label: int
+    split: str | None
+    image_path: Path
+    mask_path: Path | None
+
+
+def decode_image(data: bytes | Path, *, name: str = "image") -> FloatArray:
+    """Decode PNG/JPEG/TIFF (8/16-bit, gray or RGB) to float32 in [0, 1].
+
+    Returns ``(H, W)`` for grayscale and ``(H, W, 3)`` for colour (alpha dropped).
+    """
+    try:
+        if isinstance(data, Path):
+            if data.suffix.lower() in (".tif", ".tiff"):
+                return _tiff(data, name)
+            img = Image.open(data)
+        else:
+            import io
+
+            if data[:4] in (b"II*\x00", b"MM\x00*"):
+                return _tiff(io.BytesIO(data), name)
+            img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidInputError(f"{name}: not a readable image ({exc})") from exc
+    return _to_float(img, name)
+
+
+def _tiff(src: Any, name: str) -> FloatArray:
+    import tifffile
+
+    try:
+        arr = np.asarray(tifffile.imread(src))
+    except Exception as exc:  # tifffile raises many exception types on corrupt files
+        raise InvalidInputError(f"{name}: not a readable TIFF ({exc})") from exc
+    return array_to_float(arr, name)
+
+
+def _to_float(img: Image.Image, name: str) -> FloatArray:
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        arr = np.asarray(img, dtype=np.uint16)
+    elif img.mode == "I":
+        arr = np.asarray(img, dtype=np.int32)
+        arr = arr.astype(np.uint16) if arr.max(initial=0) > 255 else arr.astype(np.uint8)
+    elif img.mode in ("L", "RGB"):
+        arr = np.asarray(img)
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+    else:
+        arr = np.asarray(img.convert("RGB" if "A" in img.mode or img.mode == "P" else "L"))
+    return array_to_float(arr, name)
+
+
+def array_to_float(arr: npt.NDArray[Any], name: str = "image") -> FloatArray:
+    """Scale an integer or float array to float32 in [0, 1]; keep gray or 3-channel."""
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., :3]
+    elif arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr[:3], 0, -1)
+    elif arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1:
+        raise InvalidInputError(f"{name}: expected a 2-D image, got shape {tuple(arr.shape)}")
+    if arr.dtype == np.uint8:
+        return (arr.astype(np.float32) / 255.0).astype(np.float32)
+    if arr.dtype == np.uint16:
+        return (arr.astype(np.float32) / 65535.0).astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise InvalidInputError(f"{name}: contains NaN or infinite values")
+        lo, hi = float(out.min()), float(out.max())
+        if np.issubdtype(arr.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+            return out
+        return ((out - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(out)
+    raise InvalidInputError(f"{name}: unsupported pixel type {arr.dtype}")
+
+
+def read_mask(path: Path) -> BoolArray:
+    """A mask image: non-zero pixels (any channel) are tumor."""
+    arr = decode_image(path, name=str(path))
+    return (arr.max(axis=-1) if arr.ndim == 3 else arr) > 0
+
+
+def _find_image(images_dir: Path, sample_id: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        for cand in (images_dir / f"{sample_id}{suffix}", images_dir / f"{sample_id}{suffix.upper()}"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+class FolderDataset:
+    """A data set in the folder layout, validated on open (no pixel data read)."""
+
+    def __init__(self, root: Path, samples: Sequence[Sample], classes: Sequence[str], meta: dict[str, Any]):
+        self.root = root
+        self.samples = list(samples)
+        self.classes = tuple(classes)
+        self.meta = meta
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @classmethod
+    def open(cls, root: Path | str, classes: Sequence[str] | None = None) -> FolderDataset:
+        root = Path(root)
+        if not root.is_dir():
+            raise NotFoundError(f"{root}: no such data directory")
+        meta: dict[str, Any] = {}
+        meta_path = root / "dataset.json"
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InvalidInputError(f"{meta_path}: not valid JSON ({exc})") from exc
+        class_names = tuple(classes or meta.get("classes") or CLASSES)
+        labels_path = root / "labels.csv"
+        if not labels_path.is_file():
+            raise InvalidInputError(f"{labels_path}: missing (columns id,label[,split])")
+        samples: list[Sample] = []
+        seen: set[str] = set()
+        try:
+            with labels_path.open(newline="") as fh:
+                reader = csv.DictReader(fh)
+                if reader.fieldnames is None or not {"id", "label"} <= set(reader.fieldnames):
+                    raise InvalidInputError(f"{labels_path}: header must have the columns id,label[,split]")
+                for line, row in enumerate(reader, start=2):
+                    samples.append(cls._sample(root, labels_path, line, row, class_names, seen))
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"{labels_path}: not a text CSV file") from exc
+        if not samples:
+            raise InvalidInputError(f"{labels_path}: the data set is empty")
+        return cls(root, samples, class_names, meta)
+
+    @staticmethod
+    def _sample(
+        root: Path, labels_path: Path, line: int, row: dict[str, str], classes: Sequence[str], seen: set[str]
+    ) -> Sample:
+        sid = (row.get("id") or "").strip()
+        where = f"{labels_path}:{line}"
+        if not sid:
+            raise InvalidInputError(f"{where}: empty id")
+        if sid in seen:
+            raise InvalidInputError(f"{where}: duplicate id {sid!r}")
+        seen.add(sid)
+        raw = (row.get("label") or "").strip()
+        if raw in classes:
+            label = classes.index(raw)
+        elif raw.isdigit() and int(raw) < len(classes):
+            label = int(raw)
+        else:
+            raise InvalidInputError(f"{where}: label {raw!r} of {sid!r} is not one of {', '.join(classes)}")
+        split = (row.get("split") or "").strip() or None
+        if split is not None and split not in SPLITS:
+            raise InvalidInputError(f"{where}: split {split!r} of {sid!r} is not one of {', '.join(SPLITS)}")
+        image_path = _find_image(root / "images", sid)
+        if image_path is None:
+            raise InvalidInputError(f"{root / 'images'}: no image for id {sid!r} ({'|'.join(IMAGE_SUFFIXES)})")
+        mask_path = root / "masks" / f"{sid}.png"
+        return Sample(sid, label, split, image_path, mask_path if mask_path.is_file() else None)
+
+    def load(self, index: int) -> tuple[FloatArray, BoolArray | None]:
+        """Pixel data of one sample; checks that its mask has the image's shape."""
+        s = self.samples[index]
+        image = decode_image(s.image_path, name=str(s.image_path))
+        mask = None
+        if s.mask_path is not None:
+            mask = read_mask(s.mask_path)
+            if mask.shape != image.shape[:2]:
+                raise InvalidInputError(
+                    f"{s.mask_path}: mask shape {mask.shape} differs from its image {image.shape[:2]}"
+                )
+        return image, mask
+
+    def subset(self, split: str | None) -> list[int]:
+        """Indices of a split; all samples when ``split`` is None or the set has no splits."""
+        if split is None or all(s.split is None for s in self.samples):
+            return list(range(len(self.samples)))
+        return [i for i, s in enumerate(self.samples) if s.split == split]
+
+
+def _encode_png(arr: npt.NDArray[Any], path: Path) -> None:
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype == np.uint16 and arr.ndim == 2:
+        Image.fromarray(arr, mode="I;16").save(path)  # Pillow writes a 16-bit grayscale PNG
+    else:
+        Image.fromarray(arr).save(path)
+
+
+def write_dataset(
+    out: Path, records: Iterable[Record], meta: dict[str, Any], *, overwrite: bool = False
+) -> Path:
+    """Write ``records`` in the folder layout, atomically: all of it or nothing.
+
+    The set is built in a sibling temporary directory and renamed into place, so an
+    interrupted write leaves no half-written data set behind.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InvalidInputError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        with (tmp / "labels.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "label", "split"])
+            classes = meta.get("classes", CLASSES)
+            for r in records:
+                _encode_png(r.image, tmp / "images" / f"{r.id}.png")
+                if r.mask is not None:
+                    _encode_png(r.mask, tmp / "masks" / f"{r.id}.png")
+                writer.writerow([r.id, classes[r.label], r.split or ""])
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,249 @@
+"""Compact versions of the paper's architecture families, in plain torch.
+
+Guan & Loew compared Xception, InceptionV3, DenseNet121, ResNet50V2, NASNetMobile and
+MobileNetV2 on mammogram ROIs. These keep each family's defining block (pre-activation
+residuals, inverted residuals, dense connectivity, depthwise-separable residual flows,
+multi-branch inception modules) at a size that trains on two CPU cores in minutes.
+
+Every network downsamples 16x and keeps the last stage at that resolution (8x8 for a
+128-pixel ROI), so the default Grad-CAM layer, the last stage, is as sharp as the
+family allows. ``width`` scales every channel count.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from camseg.models.base import Classifier, ModelSpec, conv_bn_act, init_weights
+
+
+# ---------------------------------------------------------------- ResNet50V2-style
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv x2 with an identity (or 1x1 projection) shortcut (He et al., 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.proj = None if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(x))
+        shortcut = x if self.proj is None else self.proj(out)
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + shortcut
+
+
+def resnet(spec: ModelSpec) -> Classifier:
+    w = spec.width
+    stages = [
+        ("stem", nn.Conv2d(spec.in_channels, w, 3, 2, 1, bias=False)),
+        ("stage1", nn.Sequential(PreActBlock(w, w * 2, 2), PreActBlock(w * 2, w * 2))),
+        ("stage2", nn.Sequential(PreActBlock(w * 2, w * 4, 2), PreActBlock(w * 4, w * 4))),
+        ("stage3", nn.Sequential(PreActBlock(w * 4, w * 8, 2), PreActBlock(w * 8, w * 8))),
+        # ResNetV2 ends with a post-activation BN-ReLU before pooling
+        ("stage4", nn.Sequential(PreActBlock(w * 8, w * 8), nn.BatchNorm2d(w * 8), nn.ReLU(inplace=True))),
+    ]
+    return Classifier(spec, stages, w * 8, cam_layer="stage4")
+
+
+# ---------------------------------------------------------------- MobileNetV2-style
+class InvertedResidual(nn.Module):
+    """1x1 expand, 3x3 depthwise, linear 1x1 project; residual when shapes allow
+    (Sandler et al., 2018)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4):
+        super().__init__()
+        hidden = cin * expand
+        self.residual = stride == 1 and cin == cout
+        self.body = nn.Sequential(
+            conv_bn_act(cin, hidden, 1, act=nn.ReLU6),
+            conv_bn_act(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.body(x)
+        return x + out if self.residual else out
+
+
+def mobilenet(spec: ModelSpec) -> Classifier:
+    w = spec.width
+    stages = [
+        ("stem", conv_bn_act(spec.in_channels, w, 3, 2, act=nn.ReLU6)),
+        ("stage1", nn.Sequential(InvertedResidual(w, w, 1, 1), InvertedResidual(w, w * 3 // 2, 2))),
+        ("stage2", nn.Sequential(InvertedResidual(w * 3 // 2, w * 2, 2), InvertedResidual(w * 2, w * 2, 1))),
+        ("stage3", nn.Sequential(InvertedResidual(w * 2, w * 4, 2), InvertedResidual(w * 4, w * 4, 1),
+                                 InvertedResidual(w * 4, w * 6, 1))),
+        # the 1x1 "last conv" of MobileNetV2 widens the features before pooling
+        ("stage4", nn.Sequential(InvertedResidual(w * 6, w * 10, 1), conv_bn_act(w * 10, w * 16, 1, act=nn.ReLU6))),
+    ]
+    return Classifier(spec, stages, w * 16, cam_layer="stage4")
+
+
+# ---------------------------------------------------------------- DenseNet121-style
+class DenseLayer(nn.Module):
+    """BN-ReLU-1x1 bottleneck, BN-ReLU-3x3; output concatenated to the input
+    (Huang et al., 2017)."""
+
+    def __init__(self, cin: int, growth: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, 4 * growth, 1, bias=False),
+            nn.BatchNorm2d(4 * growth), nn.ReLU(inplace=True), nn.Conv2d(4 * growth, growth, 3, 1, 1, bias=False),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([x, self.body(x)], dim=1)
+
+
+def _dense_block(cin: int, growth: int, n: int) -> tuple[nn.Sequential, int]:
+    layers = [DenseLayer(cin + i * growth, growth) for i in range(n)]
+    return nn.Sequential(*layers), cin + n * growth
+
+
+def _transition(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False),
+                         nn.AvgPool2d(2))
+
+
+def densenet(spec: ModelSpec) -> Classifier:
+    w, g = spec.width, max(4, spec.width // 2)
+    stem = nn.Sequential(nn.Conv2d(spec.in_channels, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+    b1, c1 = _dense_block(w, g, 3)
+    b2, c2 = _dense_block(c1 // 2, g, 4)
+    b3, c3 = _dense_block(c2 // 2, g, 6)
+    b4, c4 = _dense_block(c3 // 2, g, 4)
+    stages = [
+        ("stem", stem),
+        ("stage1", nn.Sequential(b1, _transition(c1, c1 // 2))),
+        ("stage2", nn.Sequential(b2, _transition(c2, c2 // 2))),
+        ("stage3", nn.Sequential(b3, nn.BatchNorm2d(c3), nn.ReLU(inplace=True), nn.Conv2d(c3, c3 // 2, 1, bias=False))),
+        ("stage4", nn.Sequential(b4, nn.BatchNorm2d(c4), nn.ReLU(inplace=True))),
+    ]
+    return Classifier(spec, stages, c4, cam_layer="stage4")
+
+
+# ---------------------------------------------------------------- Xception-style
+class SeparableConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=False),
+                         nn.BatchNorm2d(cout))
+
+
+class XceptionBlock(nn.Module):
+    """ReLU-SepConv x2 (+ max-pool when strided) with a 1x1 residual (Chollet, 2017)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.ReLU(), SeparableConv(cin, cout), nn.ReLU(), SeparableConv(cout, cout)]
+        if stride > 1:
+            layers.append(nn.MaxPool2d(3, stride, 1))
+        self.body = nn.Sequential(*layers)
+        self.skip = (
+            None if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x) + (x if self.skip is None else self.skip(x))
+
+
+def xception(spec: ModelSpec) -> Classifier:
+    w = spec.width
+    stages = [
+        ("stem", nn.Sequential(conv_bn_act(spec.in_channels, w, 3, 2), conv_bn_act(w, w * 2, 3))),
+        ("stage1", XceptionBlock(w * 2, w * 4, 2)),
+        ("stage2", XceptionBlock(w * 4, w * 8, 2)),
+        ("stage3", nn.Sequential(XceptionBlock(w * 8, w * 8, 2), XceptionBlock(w * 8, w * 8, 1))),
+        ("stage4", nn.Sequential(SeparableConv(w * 8, w * 12), nn.ReLU(inplace=True),
+                                 SeparableConv(w * 12, w * 16), nn.ReLU(inplace=True))),
+    ]
+    return Classifier(spec, stages, w * 16, cam_layer="stage4")
+
+
+# ---------------------------------------------------------------- InceptionV3-style
+class InceptionModule(nn.Module):
+    """Parallel 1x1, 3x3, double-3x3 (factorised 5x5) and pool branches, concatenated
+    (Szegedy et al., 2016)."""
+
+    def __init__(self, cin: int, b: int):
+        super().__init__()
+        self.b1 = conv_bn_act(cin, b, 1)
+        self.b3 = nn.Sequential(conv_bn_act(cin, b, 1), conv_bn_act(b, b, 3))
+        self.b5 = nn.Sequential(conv_bn_act(cin, b // 2, 1), conv_bn_act(b // 2, b, 3), conv_bn_act(b, b, 3))
+        self.bp = nn.Sequential(nn.AvgPool2d(3, 1, 1), conv_bn_act(cin, b, 1))
+        self.out_channels = 4 * b
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], dim=1)
+
+
+class InceptionReduction(nn.Module):
+    """Strided 3x3, strided double-3x3 and max-pool branches (grid-size reduction)."""
+
+    def __init__(self, cin: int, b: int):
+        super().__init__()
+        self.b3 = conv_bn_act(cin, b, 3, 2)
+        self.b5 = nn.Sequential(conv_bn_act(cin, b // 2, 1), conv_bn_act(b // 2, b, 3), conv_bn_act(b, b, 3, 2))
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.out_channels = 2 * b + cin
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.b3(x), self.b5(x), self.pool(x)], dim=1)
+
+
+def inception(spec: ModelSpec) -> Classifier:
+    w = spec.width
+    stem = nn.Sequential(conv_bn_act(spec.in_channels, w, 3, 2), conv_bn_act(w, w * 2, 3), nn.MaxPool2d(3, 2, 1))
+    m1 = InceptionModule(w * 2, w)
+    r1 = InceptionReduction(m1.out_channels, w * 2)
+    m2 = InceptionModule(r1.out_channels, w * 2)
+    r2 = InceptionReduction(m2.out_channels, w * 2)
+    m3 = InceptionModule(r2.out_channels, w * 3)
+    stages = [
+        ("stem", stem),
+        ("stage1", nn.Sequential(m1, r1)),
+        ("stage2", nn.Sequential(m2, r2)),
+        ("stage3", m3),
+        ("stage4", conv_bn_act(m3.out_channels, w * 16, 1)),
+    ]
+    return Classifier(spec, stages, w * 16, cam_layer="stage4")
+
+
+ARCHITECTURES = {
+    "resnet": resnet,
+    "mobilenet": mobilenet,
+    "densenet": densenet,
+    "xception": xception,
+    "inception": inception,
+}
+
+PAPER_NAMES = {
+    "resnet": "ResNet50V2",
+    "mobilenet": "MobileNetV2",
+    "densenet": "DenseNet121",
+    "xception": "Xception",
+    "inception": "InceptionV3",
+}
+
+
+def build(spec: ModelSpec) -> Classifier:
+    """A freshly initialised classifier for ``spec``."""
+    from camseg.errors import NotFoundError
+
+    try:
+        factory = ARCHITECTURES[spec.arch]
+    except KeyError:
+        raise NotFoundError(
+            f"unknown architecture {spec.arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+        ) from None
+    model = factory(spec)
+    init_weights(model)
+    return model

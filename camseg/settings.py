@@ -1,0 +1,22 @@
+"""One settings object for every entry point (environment prefix ``CAMSEG_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime settings; build once per entry point and pass down."""
+
+    model_config = SettingsConfigDict(env_prefix="CAMSEG_", extra="ignore")
+
+    torch_threads: int = Field(0, ge=0, description="intra-op threads for torch; 0 = torch default")
+    device: str = Field("auto", description="torch device for training and Grad-CAM: auto|cpu|cuda")
+    ort_providers: str = Field(
+        "auto", description="comma-separated ONNX Runtime providers, or auto (CUDA when it loads)"
+    )
+    data_cache: Path = Field(Path.home() / ".cache" / "camseg", description="downloads and caches")
+    log_level: str = "INFO"

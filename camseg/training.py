@@ -1,0 +1,241 @@
+"""Seeded classifier training with validation, early stopping and the best checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor
+
+import camseg
+from camseg.data.folder import FolderDataset
+from camseg.data.tensors import ArraySet, load_arrays
+from camseg.errors import InvalidInputError
+from camseg.metrics import accuracy, roc_auc
+from camseg.modeldir import save_model
+from camseg.models import Classifier, ModelSpec, build, count_parameters
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    patience: int = 4
+    seed: int = 0
+    augment: bool = True
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_auc: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: Classifier
+    history: list[EpochLog] = field(default_factory=list)
+    best_epoch: int = 0
+
+    @property
+    def best(self) -> EpochLog:
+        return self.history[self.best_epoch - 1]
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - libraries that use the global state
+
+
+def augment(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Random flips and quarter turns: the labels and masks of an ROI do not change."""
+    n = x.shape[0]
+    flip_h = torch.rand(n, generator=gen) < 0.5
+    flip_v = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
+    x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
+    if torch.rand(1, generator=gen).item() < 0.5:
+        x = x.transpose(-1, -2)
+    return x
+
+
+@torch.inference_mode()
+def predict_proba(model: Classifier, images: Tensor, batch_size: int = 128) -> Tensor:
+    """Softmax probabilities ``(N, classes)``; the model must be in eval mode."""
+    out = [F.softmax(model(images[i : i + batch_size]), dim=1) for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty((0, model.spec.num_classes))
+
+
+def evaluate(model: Classifier, data: ArraySet, batch_size: int = 128) -> dict[str, float]:
+    """Loss, accuracy and ROC AUC (tumor = class 1 vs the rest) on ``data``."""
+    was_training = model.training
+    model.eval()
+    try:
+        probs = predict_proba(model, data.images, batch_size)
+    finally:
+        model.train(was_training)
+    loss = F.nll_loss(torch.log(probs.clamp_min(1e-8)), data.labels).item()
+    return {
+        "loss": loss,
+        "accuracy": accuracy(probs.argmax(1), data.labels),
+        "auc": roc_auc(probs[:, -1], data.labels == probs.shape[1] - 1),
+    }
+
+
+def progress_bar(disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=disable,
+    )
+
+
+def train(
+    spec: ModelSpec,
+    train_set: ArraySet,
+    val_set: ArraySet,
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    description: str | None = None,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> TrainResult:
+    """Train a fresh ``spec`` classifier; return the weights of the best validation epoch.
+
+    The best epoch is the one with the lowest validation loss; training stops after
+    ``cfg.patience`` epochs without improvement.
+    """
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise InvalidInputError("training needs a non-empty train and val split")
+    if len(torch.unique(train_set.labels)) < 2:
+        raise InvalidInputError("the train split holds a single class; a classifier cannot learn from it")
+    seed_everything(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = build(spec)
+    mean, std = train_set.images.mean().item(), train_set.images.std().item()
+    model.set_input_stats(mean, std)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2
+    )
+    result = TrainResult(model)
+    best_loss, best_state, stale = math.inf, copy.deepcopy(model.state_dict()), 0
+    name = description or spec.arch
+    logger.info("training %s (%d parameters) on %d images", spec.arch, count_parameters(model), len(train_set))
+    with progress_bar(disable=not progress) as bar:
+        task = bar.add_task(name, total=cfg.epochs * steps_per_epoch, status="")
+        for epoch in range(1, cfg.epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(train_set), generator=gen)
+            total = 0.0
+            for b in range(steps_per_epoch):
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                if len(idx) < 2:  # BatchNorm needs two samples
+                    bar.advance(task)
+                    continue
+                x = train_set.images[idx]
+                if cfg.augment:
+                    x = augment(x, gen)
+                loss = F.cross_entropy(model(x), train_set.labels[idx], label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+                bar.advance(task)
+            val = evaluate(model, val_set)
+            log = EpochLog(epoch, total / len(train_set), val["loss"], val["accuracy"], val["auc"],
+                           time.perf_counter() - start)
+            result.history.append(log)
+            bar.update(task, status=f"epoch {epoch} val acc {log.val_accuracy:.3f} auc {log.val_auc:.3f}")
+            logger.info("%s epoch %d: train loss %.4f, val loss %.4f, acc %.4f, auc %.4f",
+                        name, epoch, log.train_loss, log.val_loss, log.val_accuracy, log.val_auc)
+            if on_epoch is not None:
+                on_epoch(log)
+            if log.val_loss < best_loss - 1e-4:
+                best_loss, best_state, stale, result.best_epoch = log.val_loss, copy.deepcopy(model.state_dict()), 0, epoch
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    bar.update(task, completed=cfg.epochs * steps_per_epoch)
+                    break
+    model.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+def train_from_folder(
+    data_dir: Path,
+    arch: str,
+    out: Path,
+    cfg: TrainConfig,
+    *,
+    input_size: int | None = None,
+    channels: int = 1,
+    width: int = 16,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``arch`` on a folder data set and write the model directory; returns metadata."""
+    ds = FolderDataset.open(data_dir)
+    size = input_size or _native_size(ds)
+    spec = ModelSpec(arch=arch, in_channels=channels, num_classes=len(ds.classes), input_size=size, width=width)
+    build(spec)  # unknown architecture fails before any data is read
+    train_idx, val_idx, test_idx = ds.subset("train"), ds.subset("val"), ds.subset("test")
+    if not any(s.split for s in ds.samples):
+        raise InvalidInputError(f"{data_dir}/labels.csv: no split column; training needs train and val splits")
+    train_set = load_arrays(ds, train_idx, size, channels)
+    val_set = load_arrays(ds, val_idx, size, channels)
+    result = train(spec, train_set, val_set, cfg, progress=progress)
+    metrics: dict[str, Any] = {"best_epoch": result.best_epoch, "val": _rounded(asdict(result.best))}
+    if test_idx:
+        metrics["test"] = _rounded(evaluate(result.model, load_arrays(ds, test_idx, size, channels)))
+    metadata = {
+        "name": Path(out).name,
+        "architecture": arch,
+        "spec": asdict(spec),
+        "input": {"size": size, "channels": channels, "range": [0.0, 1.0], "layout": "NCHW"},
+        "normalisation": {"mean": float(result.model.input_stats[0]), "std": float(result.model.input_stats[1]),
+                          "applied_in_model": True},
+        "classes": list(ds.classes),
+        "positive_class": ds.classes[-1],
+        "gradcam_layer": result.model.cam_layer,
+        "layers": result.model.layer_names,
+        "parameters": count_parameters(result.model),
+        "metrics": metrics,
+        "history": [asdict(h) for h in result.history],
+        "training": asdict(cfg),
+        "data": {"path": str(Path(data_dir).resolve()), "sha256": train_set.digest(),
+                 "n_train": len(train_set), "n_val": len(val_set), "n_test": len(test_idx)},
+        "camseg_version": camseg.__version__,
+    }
+    save_model(Path(out), result.model, metadata)
+    return metadata
+
+
+def _native_size(ds: FolderDataset) -> int:
+    image, _ = ds.load(0)
+    return int(max(image.shape[:2]))
+
+
+def _rounded(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
