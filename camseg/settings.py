@@ -19,4 +19,4 @@ class Settings(BaseSettings):
         "auto", description="comma-separated ONNX Runtime providers, or auto (CUDA when it loads)"
     )
     data_cache: Path = Field(Path.home() / ".cache" / "camseg", description="downloads and caches")
-    log_level: str = "INFO"
+    log_level: str = Field("WARNING", description="logging level of the command-line entry point")

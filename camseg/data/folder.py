@@ -236,10 +236,9 @@ class FolderDataset:
 def _encode_png(arr: npt.NDArray[Any], path: Path) -> None:
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
-    if arr.dtype == np.uint16 and arr.ndim == 2:
-        Image.fromarray(arr, mode="I;16").save(path)  # Pillow writes a 16-bit grayscale PNG
-    else:
-        Image.fromarray(arr).save(path)
+    # Pillow picks I;16 for uint16 and writes a 16-bit grayscale PNG; level 1 keeps
+    # writing large slices fast at a small size cost
+    Image.fromarray(arr).save(path, compress_level=1)
 
 
 def write_dataset(

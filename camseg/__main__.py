@@ -1,0 +1,5 @@
+import sys
+
+from camseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""PNG figures: overlays, Dice curves, filtered-retraining accuracies, training curves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import numpy.typing as npt  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+_JET = matplotlib.colormaps["jet"]
+
+
+def _gray_rgb(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    img = image if image.ndim == 2 else image.mean(axis=0 if image.shape[0] in (1, 3) else -1)
+    lo, hi = float(img.min()), float(img.max())
+    img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return np.repeat(img[..., None], 3, axis=-1)
+
+
+def _edge(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def overlay(
+    image: npt.NDArray[np.float32],
+    heatmap: npt.NDArray[np.float32] | None = None,
+    mask: npt.NDArray[np.bool_] | None = None,
+    truth: npt.NDArray[np.bool_] | None = None,
+    alpha: float = 0.4,
+) -> npt.NDArray[np.uint8]:
+    """An RGB uint8 picture: the image, the heatmap in jet, the mask outline in red and
+    the truth outline in green."""
+    rgb = _gray_rgb(image)
+    if heatmap is not None:
+        rgb = (1 - alpha) * rgb + alpha * _JET(np.clip(heatmap, 0, 1))[..., :3]
+    if mask is not None:
+        rgb[_edge(mask)] = (1.0, 0.1, 0.1)
+    if truth is not None:
+        rgb[_edge(truth)] = (0.1, 1.0, 0.1)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def save_overlay(path: Path, *args: object, **kwargs: object) -> None:
+    Image.fromarray(overlay(*args, **kwargs)).save(path)  # type: ignore[arg-type]
+
+
+def overlay_grid(
+    path: Path,
+    rows: Sequence[tuple[str, npt.NDArray[np.float32], npt.NDArray[np.bool_] | None,
+                         npt.NDArray[np.float32], npt.NDArray[np.bool_]]],
+    title: str = "",
+) -> None:
+    """One row per ROI: image, truth, heatmap, mask over image (red) with truth (green)."""
+    fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2.1 * len(rows)), squeeze=False)
+    for r, (label, image, truth, heat, mask) in enumerate(rows):
+        gray = _gray_rgb(image)
+        axes[r, 0].imshow(gray)
+        axes[r, 0].set_ylabel(label, fontsize=7)
+        axes[r, 1].imshow(truth if truth is not None else np.zeros(gray.shape[:2]), cmap="gray", vmin=0, vmax=1)
+        axes[r, 2].imshow(overlay(image, heat, alpha=0.55))
+        axes[r, 3].imshow(overlay(image, None, mask, truth))
+    for c, name in enumerate(("image", "truth", "heatmap", "mask (red) / truth (green)")):
+        axes[0, c].set_title(name, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def dice_curves(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str) -> None:
+    """Mean Dice against the fixed threshold, one line per method/layer."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (ts, ds) in curves.items():
+        ax.plot(ts, ds, marker="o", ms=3, label=name)
+    ax.set_xlabel("heatmap threshold")
+    ax.set_ylabel("mean Dice (tumor ROIs)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def filter_bars(path: Path, rows: Sequence[Mapping[str, object]], title: str) -> None:
+    """Test accuracy and AUC per filter (one group per filter)."""
+    names = [f"{r['filter']}" + (f"\n t={r['threshold']}" if r.get("threshold") not in (None, "") else "")
+             for r in rows]
+    acc = [float(r["accuracy"]) for r in rows]  # type: ignore[arg-type]
+    auc = [float(r["auc"]) for r in rows]  # type: ignore[arg-type]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2, 3.6))
+    ax.bar(x - 0.2, acc, 0.4, label="accuracy")
+    ax.bar(x + 0.2, auc, 0.4, label="ROC AUC")
+    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(x, names, fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def training_curves(path: Path, histories: Mapping[str, Sequence[Mapping[str, float]]]) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for name, hist in histories.items():
+        ep = [h["epoch"] for h in hist]
+        axes[0].plot(ep, [h["val_loss"] for h in hist], label=f"{name} val")
+        axes[0].plot(ep, [h["train_loss"] for h in hist], ls="--", label=f"{name} train")
+        axes[1].plot(ep, [h["val_auc"] for h in hist], label=name)
+    axes[0].set_title("loss", fontsize=9)
+    axes[1].set_title("validation ROC AUC", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,95 @@
+"""The ``camseg`` command end to end, in real processes, and its one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from camseg.cli import main
+
+
+def camseg(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CAMSEG_TORCH_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "camseg", "--no-progress", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"camseg {args} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def test_end_to_end(tmp_path: Path) -> None:
+    data, model, seg = tmp_path / "data", tmp_path / "model", tmp_path / "seg"
+    out = camseg("data", "synth", "--out", data, "--n", "80", "--size", "32", "--seed", "1").stdout
+    assert "80 ROIs (40 tumor)" in out
+    out = camseg("train", "--data", data, "--arch", "densenet", "--out", model, "--epochs", "2", "--width", "8").stdout
+    assert "best epoch" in out
+    meta = json.loads((model / "metadata.json").read_text())
+    assert meta["architecture"] == "densenet" and meta["input"]["size"] == 32
+    out = camseg("export", model).stdout
+    assert (model / "model.onnx").is_file() and "parity" in out
+    assert json.loads((model / "metadata.json").read_text())["onnx"]["parity"]["max_abs_diff_probabilities"] <= 1e-4
+    camseg("segment", "--model", model, "--data", data, "--out", seg, "--split", "test", "--threshold", "p90",
+           "--overlays", "--largest")
+    with (seg / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12 and {"id", "probability", "predicted_label", "mask_area", "dice"} <= set(rows[0])
+    assert len(list((seg / "masks").glob("*.png"))) == 12 and len(list((seg / "overlays").glob("*.png"))) == 12
+    out = camseg("evaluate", "--model", model, "--data", data, "--split", "train", "--methods", "gradcam",
+                 "--rules", "0.5", "otsu", "--json", tmp_path / "sweep.json").stdout
+    assert "paper baseline" in out
+    assert len(json.loads((tmp_path / "sweep.json").read_text())) == 3 * 2 * 2
+    out = camseg("filtered-retrain", "--model", model, "--data", data, "--epochs", "1", "--filters", "keep-hot",
+                 "random", "--json", tmp_path / "f.json").stdout
+    assert "keep-hot" in out
+    assert [r["filter"] for r in json.loads((tmp_path / "f.json").read_text())] == ["none", "keep-hot", "random"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/nonexistent/x", "--arch", "resnet", "--out", "m"], "no such data directory"),
+        (["export", "/nonexistent/model"], "not a model directory"),
+        (["data", "synth", "--out", "d", "--n", "1"], "--n must be at least 2"),
+    ],
+)
+def test_errors_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str],
+                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--no-progress", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("camseg: error: ") and message in err and "\n" not in err
+
+
+def test_bad_label_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(data), "--n", "10", "--size", "16"]) == 0
+    lines = (data / "labels.csv").read_text().splitlines()
+    lines[3] = lines[3].replace("tumor", "cyst").replace("normal", "cyst")
+    (data / "labels.csv").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--arch", "resnet", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "labels.csv:4" in err and "'cyst'" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_demo_tiny(tmp_path: Path) -> None:
+    from camseg.demo import DemoConfig, run_demo
+
+    lines: list[str] = []
+    report = run_demo(DemoConfig(out=tmp_path / "demo", n=120, size=32, epochs=1, archs=("densenet",)),
+                      progress=False, say=lines.append)
+    text = report.read_text()
+    assert "## Mean Dice" in text and "## Filtered retraining" in text and "keep-cold" in text
+    figs = {p.name for p in (tmp_path / "demo" / "figures").iterdir()}
+    assert {"training.png", "filtered_retraining.png", "dice_vs_threshold_densenet.png",
+            "overlays_densenet_paper.png", "overlays_densenet_best.png"} <= figs
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(res["dice"]["densenet"]["by_method"]) == {"gradcam", "gradcam++", "hirescam", "layercam", "fused"}
+    assert lines[0].startswith("[1/6]") and lines[-1].startswith("done")
