@@ -25,13 +25,16 @@ scale); the same identity gives heatmaps from one ONNX pass.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from camseg.errors import InvalidInputError
 from camseg.models import Classifier
@@ -116,33 +119,66 @@ def analytic_grads(weight: Tensor, targets: Tensor, acts_shape: torch.Size) -> T
     return g[:, :, None, None].expand(n, k, h, w)
 
 
+@dataclass
+class _ModeHold:
+    """Calls in flight on a model switched to eval, and each submodule's own flag."""
+
+    calls: int
+    flags: list[tuple[nn.Module, bool]]
+
+
+_MODE_LOCK = threading.Lock()
+_HOLDS: weakref.WeakKeyDictionary[nn.Module, _ModeHold] = weakref.WeakKeyDictionary()
+
+
 @contextlib.contextmanager
 def _eval_mode(model: Classifier) -> Iterator[None]:
-    """Heatmaps need eval-mode BatchNorm and dropout. A model already in eval mode
-    (every served model) is left untouched; a training-mode model is switched for the
-    call and restored."""
-    if not model.training:
+    """Heatmaps need eval-mode BatchNorm and dropout. A model wholly in eval mode (every
+    served model) is left untouched. Otherwise the first of concurrent calls switches it
+    to eval and the last restores every submodule's own flag, so no call runs with
+    train-mode BatchNorm (batch statistics, running averages updated) because another
+    call restored the mode under it."""
+    with _MODE_LOCK:
+        hold = _HOLDS.get(model)
+        if hold is None and any(m.training for m in model.modules()):
+            hold = _HOLDS[model] = _ModeHold(0, [(m, m.training) for m in model.modules()])
+            model.eval()
+        if hold is not None:
+            hold.calls += 1
+    if hold is None:
         yield
         return
-    model.eval()
     try:
         yield
     finally:
-        model.train()
+        with _MODE_LOCK:
+            hold.calls -= 1
+            if hold.calls == 0:
+                del _HOLDS[model]
+                for m, flag in hold.flags:
+                    m.training = flag
 
 
 def _resolve_targets(targets: Targets, n: int, num_classes: int, device: torch.device) -> Tensor:
     if targets is None:
         t = torch.full((n,), num_classes - 1, dtype=torch.long)
-    elif isinstance(targets, int):
-        t = torch.full((n,), targets, dtype=torch.long)
+    elif isinstance(targets, int | np.integer) or (
+        isinstance(targets, Tensor) and targets.ndim == 0
+    ):
+        t = torch.full((n,), int(targets), dtype=torch.long)
     else:
-        t = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+        t = torch.as_tensor(targets)
+        if t.is_floating_point() or t.is_complex():
+            raise InvalidInputError(f"targets must be integer class indices, got {t.dtype}")
+        t = t.to(torch.long).reshape(-1)
         if t.numel() != n:
             raise InvalidInputError(f"{t.numel()} targets for {n} images")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         raise InvalidInputError(f"target class out of range 0..{num_classes - 1}")
     return t.to(device)
+
+
+MIN_SIDE = 16  # every architecture downsamples 16x; densenet fails below 15 pixels
 
 
 def _check_images(model: Classifier, images: Tensor) -> None:
@@ -154,6 +190,21 @@ def _check_images(model: Classifier, images: Tensor) -> None:
         )
     if not images.is_floating_point():
         raise InvalidInputError(f"images must be floating point in [0, 1], got {images.dtype}")
+    if images.shape[0] == 0:
+        raise InvalidInputError("images: the batch is empty")
+    if min(images.shape[2:]) < MIN_SIDE:
+        raise InvalidInputError(
+            f"images must be at least {MIN_SIDE}x{MIN_SIDE} (the networks downsample 16x), "
+            f"got {tuple(images.shape[2:])}"
+        )
+    dtype = model.fc.weight.dtype
+    if images.dtype != dtype:
+        raise InvalidInputError(f"images must be {dtype} like the model, got {images.dtype}")
+
+
+def _check_size(size: tuple[int, int] | None) -> None:
+    if size is not None and (len(size) != 2 or min(int(v) for v in size) < 1):
+        raise InvalidInputError(f"size must be two positive integers (H, W), got {size!r}")
 
 
 FUSED_LAYERS = 2  # the fused map multiplies LayerCAM of the last two stages
@@ -192,6 +243,7 @@ def compute_cam(
     """
     cam_method = parse_method(method)
     _check_images(model, images)
+    _check_size(size)
     layer = layer or model.cam_layer
     k = model.check_layer(layer)
     n = images.shape[0]

@@ -85,9 +85,11 @@ def dice_sweep(
     for name in layer_names:
         model.check_layer(name)
     parsed = [parse_rule(r) for r in rules]
-    select = data.has_mask
-    if not bool(select.any()):
+    if not bool(data.has_mask.any()):
         raise InvalidInputError("the Dice sweep needs tumor ROIs with truth masks in the split")
+    # the mean is over tumor ROIs and each mask depends on its own image only
+    data = data.select(torch.nonzero(data.has_mask).flatten())
+    select = data.has_mask
     combos = [(m, lay) for m in methods for lay in (layer_names if m != CamMethod.FUSED else [model.cam_layer])]
     rows: list[SweepRow] = []
     positive = model.spec.num_classes - 1

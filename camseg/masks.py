@@ -70,18 +70,47 @@ def thresholds(heatmaps: Tensor, rule: ThresholdRule) -> Tensor:
     if rule.kind == "percentile":
         return torch.quantile(flat, rule.value / 100.0, dim=1).to(heatmaps.dtype)
     values = flat.cpu().numpy()
-    out = [threshold_otsu(v) if v.max() > v.min() else np.inf for v in values]
+    out = [_otsu(v) for v in values]
     return torch.tensor(out, dtype=heatmaps.dtype, device=heatmaps.device)
 
 
+OTSU_BINS = 256
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold as the lower edge of the first foreground bin.
+
+    scikit-image returns the centre of the last background bin; pixels in that bin's
+    upper half would pass ``heat >= t``. Its histogram is ``np.histogram`` over
+    [min, max] with half-open bins, so ``heat >= centre + half a bin`` reproduces the
+    split Otsu chose exactly.
+    """
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return float(np.inf)
+    return float(threshold_otsu(values, nbins=OTSU_BINS)) + (hi - lo) / (2 * OTSU_BINS)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a 2-D boolean mask (empty stays empty)."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if count <= 1:
+    """The largest 8-connected component of each 2-D mask of ``(H, W)`` or ``(N, H, W)``.
+
+    An empty mask stays empty; of two equally large components the later-labelled
+    (lower, then further right) is kept.
+    """
+    stack = mask[None] if mask.ndim == 2 else mask
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # 8-connected within a slice, never across slices
+    labels, count = ndimage.label(stack, structure=structure)
+    if count == 0:
         return mask.astype(bool)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(sizes.argmax())
+    key = sizes.astype(np.int64) * (count + 1) + np.arange(count + 1)  # size first, label breaks ties
+    key[0] = 0
+    per_pixel = key[labels].reshape(stack.shape[0], -1)
+    keep = (per_pixel == per_pixel.max(axis=1, keepdims=True)) & (per_pixel > 0)
+    out = keep.reshape(stack.shape)
+    return out[0] if mask.ndim == 2 else out
 
 
 def to_masks(
@@ -114,10 +143,11 @@ def to_masks(
         masks &= (predicted.to(masks.device) == positive_class)[:, None, None]
     if largest or fill_holes:
         arr = masks.cpu().numpy()
-        for i in range(arr.shape[0]):
-            if largest:
-                arr[i] = largest_component(arr[i])
-            if fill_holes:
-                arr[i] = ndimage.binary_fill_holes(arr[i])
-        masks = torch.from_numpy(arr).to(heatmaps.device)
+        if largest:
+            arr = largest_component(arr)
+        if fill_holes:
+            structure = np.zeros((3, 3, 3), dtype=bool)
+            structure[1] = ndimage.generate_binary_structure(2, 1)
+            arr = ndimage.binary_fill_holes(arr, structure=structure)
+        masks = torch.from_numpy(np.ascontiguousarray(arr)).to(heatmaps.device)
     return masks
