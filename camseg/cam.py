@@ -312,4 +312,5 @@ def cam_from_activations(
     if cam_method is CamMethod.FUSED:
         raise InvalidInputError("the fused method needs two layers; it has no one-pass form")
     maps = combine(cam_method, acts, analytic_grads(weight, targets, acts.shape))
-    return normalise_maps(upsample(maps, size or tuple(acts.shape[-2:])))
+    out_size = size or (int(acts.shape[-2]), int(acts.shape[-1]))
+    return normalise_maps(upsample(maps, out_size))

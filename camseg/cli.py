@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from camseg import __version__
 from camseg.errors import CamsegError
@@ -17,7 +17,8 @@ logger = logging.getLogger("camseg")
 
 
 def _configure(settings: Settings, verbose: int) -> None:
-    level = {0: getattr(logging, settings.log_level.upper(), logging.WARNING), 1: logging.INFO}.get(verbose, logging.DEBUG)
+    default = getattr(logging, settings.log_level.upper(), logging.WARNING)
+    level = {0: default, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -124,11 +125,12 @@ def _parser() -> argparse.ArgumentParser:
 class _Sub:
     """Adds the common options to every sub-command, so they work after it too."""
 
-    def __init__(self, action: argparse._SubParsersAction, common: argparse.ArgumentParser):  # type: ignore[type-arg]
+    def __init__(self, action: argparse._SubParsersAction, common: argparse.ArgumentParser):
         self.action, self.common = action, common
 
-    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
-        return self.action.add_parser(name, parents=[self.common], **kwargs)  # type: ignore[no-any-return]
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.action.add_parser(name, parents=[self.common], **kwargs)
+        return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,7 +161,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         m = meta["metrics"]
         print(f"{args.out}: best epoch {m['best_epoch']}, val accuracy {m['val']['val_accuracy']:.4f}, "
               f"val AUC {m['val']['val_auc']:.4f}"
-              + (f", test accuracy {m['test']['accuracy']:.4f}, test AUC {m['test']['auc']:.4f}" if "test" in m else ""))
+              + (f", test accuracy {m['test']['accuracy']:.4f}, test AUC {m['test']['auc']:.4f}"
+                 if "test" in m else ""))
         return 0
     if args.command == "export":
         from camseg.export import export_model

@@ -100,7 +100,8 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, say: Any = None) -> Path
                         f"filtered retraining ({farch}, Grad-CAM, t={cfg.filter_threshold})")
     figures.training_curves(out / "figures" / "training.png", {a: m["history"] for a, m in models.items()})
     step("filtered")
-    results = {"config": {**asdict(cfg), "out": str(cfg.out)}, "models": {a: _model_summary(m) for a, m in models.items()},
+    results = {"config": {**asdict(cfg), "out": str(cfg.out)},
+               "models": {a: _model_summary(m) for a, m in models.items()},
                "dice": sweeps, "segment": segments, "filtered": frows, "timings_seconds": timings,
                "camseg_version": __version__}
     write_json(out / "results.json", results)
@@ -127,7 +128,7 @@ def _sweep_arch(out: Path, arch: str, data: Path, progress: bool) -> dict[str, A
     test = split_arrays(data, model, "test")
     rows = dice_sweep(model, test, progress=progress)
     paper, best = paper_row(rows, model), best_row(rows)
-    by_method: dict[str, dict[str, float]] = {}
+    by_method: dict[str, dict[str, Any]] = {}
     for m in METHODS:
         at_default = [r for r in rows if r.method == m and r.layer == model.cam_layer and not r.largest]
         any_layer = [r for r in rows if r.method == m]
@@ -193,7 +194,8 @@ def _report(res: dict[str, Any]) -> str:
     for arch, m in res["models"].items():
         lines.append(
             f"| {arch} ({PAPER_NAMES[arch]}-style) | {m['parameters']:,} | {m['best_epoch']} | "
-            f"{_fmt(m['val']['val_accuracy'])} | {_fmt(m['val']['val_auc'])} | {_fmt(m['test'].get('accuracy', float('nan')))} | "
+            f"{_fmt(m['val']['val_accuracy'])} | {_fmt(m['val']['val_auc'])} | "
+            f"{_fmt(m['test'].get('accuracy', float('nan')))} | "
             f"{_fmt(m['test'].get('auc', float('nan')))} | {m['onnx_parity']:.1e} |"
         )
     lines += ["", "![training](figures/training.png)", "", "## Mean Dice on the tumor ROIs of the test split", "",
@@ -237,7 +239,8 @@ def _report(res: dict[str, Any]) -> str:
 
 
 def load_results(out: Path) -> dict[str, Any]:
-    return json.loads((Path(out) / "results.json").read_text())  # type: ignore[no-any-return]
+    results: dict[str, Any] = json.loads((Path(out) / "results.json").read_text())
+    return results
 
 
 __all__: Sequence[str] = ["DemoConfig", "load_results", "run_demo"]

@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import numpy.typing as npt  # noqa: E402
-from PIL import Image  # noqa: E402
-from scipy import ndimage  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+from scipy import ndimage
 
 _JET = matplotlib.colormaps["jet"]
 
@@ -39,7 +39,7 @@ def overlay(
     the truth outline in green."""
     rgb = _gray_rgb(image)
     if heatmap is not None:
-        rgb = (1 - alpha) * rgb + alpha * _JET(np.clip(heatmap, 0, 1))[..., :3]
+        rgb = ((1 - alpha) * rgb + alpha * _JET(np.clip(heatmap, 0, 1))[..., :3]).astype(np.float32)
     if mask is not None:
         rgb[_edge(mask)] = (1.0, 0.1, 0.1)
     if truth is not None:

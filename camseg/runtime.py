@@ -33,7 +33,7 @@ def cuda_available() -> bool:
     if preload is not None:  # loads CUDA/cuDNN from the nvidia-* wheels where installed
         try:
             preload(directory="")
-        except Exception:  # noqa: BLE001 - a missing optional wheel is not an error here
+        except Exception:
             logger.debug("onnxruntime.preload_dlls failed", exc_info=True)
     lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
     try:

@@ -63,7 +63,7 @@ class TrainResult:
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - libraries that use the global state
+    np.random.seed(seed)
 
 
 def augment(x: Tensor, gen: torch.Generator) -> Tensor:
@@ -173,7 +173,8 @@ def train(
             if on_epoch is not None:
                 on_epoch(log)
             if log.val_loss < best_loss - 1e-4:
-                best_loss, best_state, stale, result.best_epoch = log.val_loss, copy.deepcopy(model.state_dict()), 0, epoch
+                best_loss, best_state, stale = log.val_loss, copy.deepcopy(model.state_dict()), 0
+                result.best_epoch = epoch
             else:
                 stale += 1
                 if stale >= cfg.patience:

@@ -139,7 +139,7 @@ def generate(cfg: SynthConfig) -> tuple[FloatArray, BoolArray, npt.NDArray[np.in
     rng = np.random.default_rng(cfg.seed)
     n, s = cfg.n, cfg.size
     labels = np.zeros(n, dtype=np.int64)
-    labels[: int(round(n * cfg.tumor_fraction))] = 1
+    labels[: round(n * cfg.tumor_fraction)] = 1
     rng.shuffle(labels)
     texture = power_law_noise(rng, n, s, cfg.beta)
     density = power_law_noise(rng, n, s, cfg.beta + 1.5)  # smooth low-frequency density
@@ -167,8 +167,8 @@ def split_ids(labels: npt.NDArray[np.int64], fractions: tuple[float, float, floa
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         rng.shuffle(idx)
-        n_train = int(round(len(idx) * fractions[0]))
-        n_val = int(round(len(idx) * fractions[1]))
+        n_train = round(len(idx) * fractions[0])
+        n_val = round(len(idx) * fractions[1])
         for j, i in enumerate(idx):
             out[i] = "train" if j < n_train else "val" if j < n_train + n_val else "test"
     return out

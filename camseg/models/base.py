@@ -34,6 +34,8 @@ class ModelSpec:
 class Classifier(nn.Module):
     """Stages in order, then GAP + dropout + linear; ``forward`` returns logits."""
 
+    input_stats: Tensor  # (mean, std) of the training images, a buffer
+
     def __init__(self, spec: ModelSpec, stages: Sequence[tuple[str, nn.Module]], features: int,
                  cam_layer: str, dropout: float = 0.2):
         super().__init__()
