@@ -38,8 +38,8 @@ class DemoConfig:
     out: Path = Path("demo-out")
     n: int = 2000
     size: int = 64
-    epochs: int = 14
-    archs: tuple[str, ...] = ("resnet", "inception")
+    epochs: int = 20
+    archs: tuple[str, ...] = ("resnet", "inception", "densenet", "mobilenet")
     seed: int = 0
     filter_threshold: float = 0.5
     filter_arch: str | None = None  # default: the first architecture
@@ -130,9 +130,11 @@ def _sweep_arch(out: Path, arch: str, data: Path, progress: bool) -> dict[str, A
     paper, best = paper_row(rows, model), best_row(rows)
     by_method: dict[str, dict[str, Any]] = {}
     for m in METHODS:
-        at_default = [r for r in rows if r.method == m and r.layer == model.cam_layer and not r.largest]
+        at_default = [r for r in rows if r.method == m and r.layer == model.cam_layer and not r.largest
+                      and parse_rule(r.rule).kind == "fixed"]
         any_layer = [r for r in rows if r.method == m]
-        otsu = [r for r in at_default if r.rule == "otsu"]
+        otsu = [r for r in rows if r.method == m and r.layer == model.cam_layer and not r.largest
+                and r.rule == "otsu"]
         b = best_row(any_layer)
         by_method[m] = {
             "otsu_default_layer": otsu[0].mean_dice if otsu else float("nan"),
