@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--n", type=int, default=2000)
     d.add_argument("--size", type=int, default=64)
     d.add_argument("--epochs", type=int, default=20)
-    d.add_argument("--archs", nargs="+", default=["resnet", "inception", "densenet", "mobilenet"], choices=sorted(ARCHITECTURES))
+    d.add_argument("--archs", nargs="+", default=["resnet", "inception", "densenet", "mobilenet"],
+                   choices=sorted(ARCHITECTURES))
     d.add_argument("--seed", type=int, default=0)
     return p
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -100,3 +101,16 @@ def trained_dir(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         progress=False,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(trained_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A copy of :func:`trained_dir` exported to ONNX, with the metadata export wrote."""
+    import shutil
+
+    from camseg.export import export_model
+
+    model_dir = tmp_path_factory.mktemp("export") / "m"
+    shutil.copytree(trained_dir, model_dir)
+    meta = export_model(model_dir, n_images=8, providers="CPUExecutionProvider")
+    return model_dir, meta

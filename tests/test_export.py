@@ -24,16 +24,6 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def exported(
-    trained_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, Any]]:
-    model_dir = tmp_path_factory.mktemp("export") / "m"
-    shutil.copytree(trained_dir, model_dir)
-    meta = export_model(model_dir, n_images=8, providers="CPUExecutionProvider")
-    return model_dir, meta
-
-
-@pytest.fixture(scope="module")
 def model(exported: tuple[Path, dict[str, Any]]) -> Classifier:
     return load_model(exported[0])[0]
 
