@@ -158,7 +158,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                           seed=args.seed)
         meta = train_from_folder(args.data, args.arch, args.out, cfg, input_size=args.size, channels=args.channels,
-                                 width=args.width, progress=progress)
+                                 width=args.width, progress=progress, device=settings.device)
         m = meta["metrics"]
         print(f"{args.out}: best epoch {m['best_epoch']}, val accuracy {m['val']['val_accuracy']:.4f}, "
               f"val AUC {m['val']['val_auc']:.4f}"

@@ -14,7 +14,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAMSEG_", extra="ignore")
 
     torch_threads: int = Field(0, ge=0, description="intra-op threads for torch; 0 = torch default")
-    device: str = Field("auto", description="torch device for training and Grad-CAM: auto|cpu|cuda")
+    device: str = Field("auto", description="torch device for training: auto (CUDA when torch sees a GPU)|cpu|cuda")
     ort_providers: str = Field(
         "auto", description="comma-separated ONNX Runtime providers, or auto (CUDA when it loads)"
     )

@@ -61,6 +61,16 @@ class TrainResult:
         return self.history[self.best_epoch - 1]
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` is CUDA where torch sees a GPU, else the CPU; otherwise a torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise InvalidInputError(f"bad device {name!r} ({exc})") from exc
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -80,8 +90,10 @@ def augment(x: Tensor, gen: torch.Generator) -> Tensor:
 
 @torch.inference_mode()
 def predict_proba(model: Classifier, images: Tensor, batch_size: int = 128) -> Tensor:
-    """Softmax probabilities ``(N, classes)``; the model must be in eval mode."""
-    out = [F.softmax(model(images[i : i + batch_size]), dim=1) for i in range(0, len(images), batch_size)]
+    """Softmax probabilities ``(N, classes)`` on the CPU; the model must be in eval mode."""
+    device = model.fc.weight.device
+    out = [F.softmax(model(images[i : i + batch_size].to(device)), dim=1).cpu()
+           for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.empty((0, model.spec.num_classes))
 
 
@@ -117,6 +129,7 @@ def train(
     progress: bool = True,
     description: str | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> TrainResult:
     """Train a fresh ``spec`` classifier; return the weights of the best validation epoch.
 
@@ -129,9 +142,11 @@ def train(
         raise InvalidInputError("the train split holds a single class; a classifier cannot learn from it")
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    dev = resolve_device(device) if isinstance(device, str) else device
     model = build(spec)
     mean, std = train_set.images.mean().item(), train_set.images.std().item()
     model.set_input_stats(mean, std)
+    model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -156,7 +171,8 @@ def train(
                 x = train_set.images[idx]
                 if cfg.augment:
                     x = augment(x, gen)
-                loss = F.cross_entropy(model(x), train_set.labels[idx], label_smoothing=cfg.label_smoothing)
+                loss = F.cross_entropy(model(x.to(dev)), train_set.labels[idx].to(dev),
+                                       label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -181,7 +197,7 @@ def train(
                     bar.update(task, completed=cfg.epochs * steps_per_epoch)
                     break
     model.load_state_dict(best_state)
-    model.eval()
+    model.cpu().eval()  # checkpoints, export and callers get a CPU model
     return result
 
 
@@ -195,6 +211,7 @@ def train_from_folder(
     channels: int = 1,
     width: int = 16,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train ``arch`` on a folder data set and write the model directory; returns metadata."""
     ds = FolderDataset.open(data_dir)
@@ -206,7 +223,7 @@ def train_from_folder(
         raise InvalidInputError(f"{data_dir}/labels.csv: no split column; training needs train and val splits")
     train_set = load_arrays(ds, train_idx, size, channels)
     val_set = load_arrays(ds, val_idx, size, channels)
-    result = train(spec, train_set, val_set, cfg, progress=progress)
+    result = train(spec, train_set, val_set, cfg, progress=progress, device=device)
     metrics: dict[str, Any] = {"best_epoch": result.best_epoch, "val": _rounded(asdict(result.best))}
     if test_idx:
         metrics["test"] = _rounded(evaluate(result.model, load_arrays(ds, test_idx, size, channels)))
