@@ -112,6 +112,17 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--epochs", type=int, default=None)
     f.add_argument("--json", type=Path, default=None)
 
+    sv = sub.add_parser("serve", help="the gRPC service over a model repository (needs the services package)")
+    sv.add_argument("--model-repo", type=Path, required=True, help="DIR/<name>/<version>/ of exported models")
+    sv.add_argument("--host", default=None)
+    sv.add_argument("--port", type=int, default=None)
+    sv.add_argument("--metrics-port", type=int, default=None)
+    sv.add_argument("--plaintext", action="store_true", help="no TLS (loopback development only)")
+    sv.add_argument("--tls-cert", type=Path, default=None)
+    sv.add_argument("--tls-key", type=Path, default=None)
+    sv.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates from this CA")
+    sv.add_argument("--no-batching", action="store_true")
+
     d = sub.add_parser("demo", help="the whole method on synthetic data, with a report")
     d.add_argument("--out", type=Path, default=Path("demo-out"))
     d.add_argument("--n", type=int, default=2000)
@@ -187,6 +198,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         return _evaluate(args, progress)
     if args.command == "filtered-retrain":
         return _filtered(args, progress)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "demo":
         from camseg.demo import DemoConfig, run_demo
 
@@ -195,6 +208,29 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         print(f"report: {report}")
         return 0
     raise AssertionError(args.command)  # pragma: no cover
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.server import serve
+    from services.settings import ServeSettings
+
+    overrides = {k: v for k, v in {
+        "model_repo": args.model_repo, "host": args.host, "port": args.port, "metrics_port": args.metrics_port,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
+    }.items() if v is not None}
+    if args.plaintext:
+        overrides["plaintext"] = True
+    if args.no_batching:
+        overrides["batching"] = False
+    settings = ServeSettings(**overrides)
+    try:
+        asyncio.run(serve(settings))
+    except (ValueError, OSError) as exc:
+        print(f"camseg: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _data(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,0 +1,1 @@
+"""The gRPC service: a thin adapter from ``camseg.v1.Segmentation`` to the core library."""

@@ -1,0 +1,105 @@
+"""Dynamic batching of Classify across concurrent calls (after Triton's dynamic batcher).
+
+Requests queue per served model; a worker takes the first request, gathers more until
+``max_batch`` images or ``max_delay`` seconds, runs them as one ONNX Runtime batch in
+a thread, and hands each caller its rows. A caller that gave up (cancelled, deadline
+passed) before its batch ran is dropped from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class _Item:
+    x: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    queued: float
+
+
+class DynamicBatcher:
+    def __init__(self, run: Runner, *, max_batch: int, max_delay: float, executor: Executor,
+                 on_batch: Callable[[int], None] | None = None,
+                 on_queue_time: Callable[[float], None] | None = None):
+        if max_batch < 1 or max_delay < 0:
+            raise ValueError("max_batch must be >= 1 and max_delay >= 0")
+        self._run = run
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self._executor = executor
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._on_batch = on_batch
+        self._on_queue_time = on_queue_time
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._worker())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for the images ``x`` ``(n, C, S, S)``, batched with others."""
+        self.start()
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Item(x, fut, time.perf_counter()))
+        return await fut
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            items = [first]
+            count = len(first.x)
+            deadline = loop.time() + self.max_delay
+            while count < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    nxt = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    break
+                items.append(nxt)
+                count += len(nxt.x)
+            live = [it for it in items if not it.future.done()]
+            if not live:
+                continue
+            now = time.perf_counter()
+            if self._on_queue_time:
+                for it in live:
+                    self._on_queue_time(now - it.queued)
+            batch = np.concatenate([it.x for it in live]) if len(live) > 1 else live[0].x
+            try:
+                out = await loop.run_in_executor(self._executor, self._run, batch)
+            except Exception as exc:
+                for it in live:
+                    if not it.future.done():
+                        it.future.set_exception(exc)
+                continue
+            if self._on_batch:
+                self._on_batch(len(batch))
+            start = 0
+            for it in live:
+                rows = out[start : start + len(it.x)]
+                start += len(it.x)
+                if not it.future.done():
+                    it.future.set_result(rows)

@@ -1,0 +1,280 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CamMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CAM_METHOD_UNSPECIFIED: _ClassVar[CamMethod]
+    CAM_METHOD_GRADCAM: _ClassVar[CamMethod]
+    CAM_METHOD_GRADCAM_PP: _ClassVar[CamMethod]
+    CAM_METHOD_HIRESCAM: _ClassVar[CamMethod]
+    CAM_METHOD_LAYERCAM: _ClassVar[CamMethod]
+    CAM_METHOD_FUSED: _ClassVar[CamMethod]
+
+class HeatmapEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEATMAP_ENCODING_UNSPECIFIED: _ClassVar[HeatmapEncoding]
+    HEATMAP_ENCODING_FLOAT16: _ClassVar[HeatmapEncoding]
+    HEATMAP_ENCODING_UINT8: _ClassVar[HeatmapEncoding]
+
+class ThresholdKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    THRESHOLD_KIND_UNSPECIFIED: _ClassVar[ThresholdKind]
+    THRESHOLD_KIND_FIXED: _ClassVar[ThresholdKind]
+    THRESHOLD_KIND_PERCENTILE: _ClassVar[ThresholdKind]
+    THRESHOLD_KIND_OTSU: _ClassVar[ThresholdKind]
+CAM_METHOD_UNSPECIFIED: CamMethod
+CAM_METHOD_GRADCAM: CamMethod
+CAM_METHOD_GRADCAM_PP: CamMethod
+CAM_METHOD_HIRESCAM: CamMethod
+CAM_METHOD_LAYERCAM: CamMethod
+CAM_METHOD_FUSED: CamMethod
+HEATMAP_ENCODING_UNSPECIFIED: HeatmapEncoding
+HEATMAP_ENCODING_FLOAT16: HeatmapEncoding
+HEATMAP_ENCODING_UINT8: HeatmapEncoding
+THRESHOLD_KIND_UNSPECIFIED: ThresholdKind
+THRESHOLD_KIND_FIXED: ThresholdKind
+THRESHOLD_KIND_PERCENTILE: ThresholdKind
+THRESHOLD_KIND_OTSU: ThresholdKind
+
+class Image(_message.Message):
+    __slots__ = ("encoded", "raw", "id")
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    encoded: bytes
+    raw: RawArray
+    id: str
+    def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawArray, _Mapping]] = ..., id: _Optional[str] = ...) -> None: ...
+
+class RawArray(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("model", "images")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
+class Classification(_message.Message):
+    __slots__ = ("probabilities", "label", "label_index", "id")
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    probabilities: _containers.RepeatedScalarFieldContainer[float]
+    label: str
+    label_index: int
+    id: str
+    def __init__(self, probabilities: _Optional[_Iterable[float]] = ..., label: _Optional[str] = ..., label_index: _Optional[int] = ..., id: _Optional[str] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("results", "model_name", "model_version")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[Classification]
+    model_name: str
+    model_version: str
+    def __init__(self, results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ExplainOptions(_message.Message):
+    __slots__ = ("method", "target_class", "layer")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    method: CamMethod
+    target_class: int
+    layer: str
+    def __init__(self, method: _Optional[_Union[CamMethod, str]] = ..., target_class: _Optional[int] = ..., layer: _Optional[str] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("model", "images", "options", "encoding", "overlay_png")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    options: ExplainOptions
+    encoding: HeatmapEncoding
+    overlay_png: bool
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., encoding: _Optional[_Union[HeatmapEncoding, str]] = ..., overlay_png: _Optional[bool] = ...) -> None: ...
+
+class Heatmap(_message.Message):
+    __slots__ = ("data", "shape", "encoding", "overlay_png", "classification", "target_class", "layer")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    encoding: HeatmapEncoding
+    overlay_png: bytes
+    classification: Classification
+    target_class: int
+    layer: str
+    def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., encoding: _Optional[_Union[HeatmapEncoding, str]] = ..., overlay_png: _Optional[bytes] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., target_class: _Optional[int] = ..., layer: _Optional[str] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("heatmaps", "model_name", "model_version", "engine")
+    HEATMAPS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    heatmaps: _containers.RepeatedCompositeFieldContainer[Heatmap]
+    model_name: str
+    model_version: str
+    engine: str
+    def __init__(self, heatmaps: _Optional[_Iterable[_Union[Heatmap, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., engine: _Optional[str] = ...) -> None: ...
+
+class ThresholdRule(_message.Message):
+    __slots__ = ("kind", "value")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    kind: ThresholdKind
+    value: float
+    def __init__(self, kind: _Optional[_Union[ThresholdKind, str]] = ..., value: _Optional[float] = ...) -> None: ...
+
+class SegmentRequest(_message.Message):
+    __slots__ = ("model", "images", "options", "threshold", "gate", "largest_component", "truth_masks", "overlay_png")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    TRUTH_MASKS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    options: ExplainOptions
+    threshold: ThresholdRule
+    gate: bool
+    largest_component: bool
+    truth_masks: _containers.RepeatedCompositeFieldContainer[Image]
+    overlay_png: bool
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., truth_masks: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., overlay_png: _Optional[bool] = ...) -> None: ...
+
+class Mask(_message.Message):
+    __slots__ = ("png", "packed_bits", "rle", "shape", "area", "threshold", "threshold_value", "gated", "dice", "classification", "overlay_png")
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    PACKED_BITS_FIELD_NUMBER: _ClassVar[int]
+    RLE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_VALUE_FIELD_NUMBER: _ClassVar[int]
+    GATED_FIELD_NUMBER: _ClassVar[int]
+    DICE_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    png: bytes
+    packed_bits: bytes
+    rle: _containers.RepeatedScalarFieldContainer[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    area: int
+    threshold: ThresholdRule
+    threshold_value: float
+    gated: bool
+    dice: float
+    classification: Classification
+    overlay_png: bytes
+    def __init__(self, png: _Optional[bytes] = ..., packed_bits: _Optional[bytes] = ..., rle: _Optional[_Iterable[int]] = ..., shape: _Optional[_Iterable[int]] = ..., area: _Optional[int] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., threshold_value: _Optional[float] = ..., gated: _Optional[bool] = ..., dice: _Optional[float] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., overlay_png: _Optional[bytes] = ...) -> None: ...
+
+class SegmentResponse(_message.Message):
+    __slots__ = ("masks", "model_name", "model_version", "mean_dice")
+    MASKS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MEAN_DICE_FIELD_NUMBER: _ClassVar[int]
+    masks: _containers.RepeatedCompositeFieldContainer[Mask]
+    model_name: str
+    model_version: str
+    mean_dice: float
+    def __init__(self, masks: _Optional[_Iterable[_Union[Mask, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., mean_dice: _Optional[float] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelVersions(_message.Message):
+    __slots__ = ("name", "versions", "latest")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    latest: str
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., latest: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersions]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "version", "architecture", "input_size", "input_channels", "classes", "gradcam_layer", "layers", "metrics", "providers", "one_pass_cam")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    GRADCAM_LAYER_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    ONE_PASS_CAM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    architecture: str
+    input_size: int
+    input_channels: int
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    gradcam_layer: str
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    metrics: _containers.ScalarMap[str, float]
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    one_pass_cam: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ...) -> None: ...

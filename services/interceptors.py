@@ -1,0 +1,95 @@
+"""One interceptor: status codes for camseg errors, and the RPC metrics.
+
+CamsegError subclasses carry their status code; any other exception answers INTERNAL
+with a generic message while its traceback goes to the log, never to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from camseg.errors import CamsegError
+from services.metrics import ServiceMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: ServiceMetrics):
+        self.metrics = metrics
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith("/camseg.v1."):
+            return handler
+        rpc = handler_call_details.method.rsplit("/", 1)[-1]
+        m = self.metrics
+
+        async def finish(context: grpc.aio.ServicerContext, exc: BaseException | None, start: float) -> None:
+            code = grpc.StatusCode.OK
+            if isinstance(exc, asyncio.CancelledError):
+                remaining = context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            elif isinstance(exc, CamsegError):
+                code = grpc.StatusCode[exc.code.value]
+            elif exc is not None and not isinstance(exc, grpc.aio.AbortError):
+                code = grpc.StatusCode.INTERNAL
+            elif context.code() is not None and context.code() != grpc.StatusCode.OK:
+                code = context.code()
+            m.requests.labels(rpc, code.name).inc()
+            m.latency.labels(rpc).observe(time.perf_counter() - start)
+            m.in_flight.labels(rpc).dec()
+            if isinstance(exc, asyncio.CancelledError):
+                return
+            if isinstance(exc, CamsegError):
+                await context.abort(code, exc.message)
+            if exc is not None and code is grpc.StatusCode.INTERNAL:
+                logger.error("%s failed", rpc, exc_info=exc)
+                await context.abort(code, "internal error")
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                start = time.perf_counter()
+                m.in_flight.labels(rpc).inc()
+                try:
+                    reply = await inner(request, context)
+                except BaseException as exc:  # mapped to a status (or counted) in finish
+                    await finish(context, exc, start)
+                    raise
+                await finish(context, None, start)
+                return reply
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.stream_stream:
+            inner_s = handler.stream_stream
+
+            async def stream(request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[Any]:
+                start = time.perf_counter()
+                m.in_flight.labels(rpc).inc()
+                try:
+                    async for reply in inner_s(request_iterator, context):
+                        yield reply
+                except BaseException as exc:
+                    await finish(context, exc, start)
+                    raise
+                await finish(context, None, start)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler

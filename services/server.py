@@ -1,0 +1,143 @@
+"""``camseg serve``: the grpc.aio server with health, reflection, metrics and draining.
+
+Health (``grpc.health.v1``) reports NOT_SERVING until every model version found at
+start is loaded and warmed up, SERVING while it serves, and NOT_SERVING again as soon
+as SIGTERM (or SIGINT) starts the drain; in-flight calls then get ``grace_seconds``
+to finish before the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
+from services.interceptors import ErrorsAndMetrics
+from services.metrics import ServiceMetrics
+from services.repository import ModelRepository, ServedModel
+from services.servicer import SegmentationServicer
+from services.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = camseg_pb2.DESCRIPTOR.services_by_name["Segmentation"].full_name
+
+
+def server_credentials(s: ServeSettings) -> grpc.ServerCredentials | None:
+    """TLS (mutual when a client CA is set), or None for plaintext."""
+    if s.plaintext:
+        return None
+    if not (s.tls_cert and s.tls_key):
+        raise ValueError("TLS needs CAMSEG_TLS_CERT and CAMSEG_TLS_KEY (or --plaintext for loopback development)")
+    ca = s.tls_client_ca.read_bytes() if s.tls_client_ca else None
+    return grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+                                       root_certificates=ca, require_client_auth=ca is not None)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    servicer: SegmentationServicer
+    repo: ModelRepository
+    metrics: ServiceMetrics
+    metrics_port: int | None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _metrics_server: Any = None
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+
+    async def drain_and_stop(self, grace: float) -> None:
+        """NOT_SERVING at once, then a graceful stop that lets in-flight calls finish."""
+        await self.set_serving(False)
+        for t in self.tasks:
+            t.cancel()
+        await self.server.stop(grace)
+        await self.servicer.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+
+
+async def start(settings: ServeSettings) -> RunningServer:
+    """Start serving (health NOT_SERVING), load the repository, then report SERVING."""
+    metrics = ServiceMetrics()
+
+    def loaded(s: ServedModel) -> None:
+        metrics.model_info.labels(s.name, s.version).set(1)
+
+    repo = ModelRepository(settings.model_repo, providers=settings.ort_providers,
+                           ort_threads=settings.torch_threads,
+                           on_load=loaded, on_failure=lambda n, v, r: metrics.load_failures.labels(n).inc())
+    options = [("grpc.max_receive_message_length", settings.max_receive_bytes),
+               ("grpc.max_send_message_length", settings.max_send_bytes),
+               ("grpc.so_reuseport", 0)]
+    server = grpc.aio.server(interceptors=[ErrorsAndMetrics(metrics)], options=options)
+    servicer = SegmentationServicer(repo, settings, metrics)
+    camseg_pb2_grpc.add_SegmentationServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    address = f"{settings.host}:{settings.port}"
+    creds = server_credentials(settings)
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    metrics_server, metrics_port = None, None
+    if settings.metrics_port is not None:
+        metrics_server, _thread = start_http_server(settings.metrics_port, addr=settings.host,
+                                                    registry=metrics.registry)
+        metrics_port = metrics_server.server_port
+    running = RunningServer(server, port, health_servicer, servicer, repo, metrics, metrics_port,
+                            _metrics_server=metrics_server)
+    await running.set_serving(False)
+    await server.start()
+    logger.info("listening on %s:%d (%s); metrics on %s", settings.host, port, "TLS" if creds else "plaintext",
+                metrics_port)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, repo.refresh)
+    if repo.snapshot:
+        await running.set_serving(True)
+    running.tasks.append(loop.create_task(_poll(running, settings.poll_seconds)))
+    return running
+
+
+async def _poll(running: RunningServer, every: float) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await loop.run_in_executor(None, running.repo.refresh)
+        except Exception:
+            logger.exception("repository scan failed")
+        if running.repo.snapshot:
+            await running.set_serving(True)
+
+
+async def serve(settings: ServeSettings, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    running = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"camseg serving on {settings.host}:{running.port} (metrics on {running.metrics_port})", flush=True)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    logger.info("draining for up to %.1f s", settings.grace_seconds)
+    await running.drain_and_stop(settings.grace_seconds)

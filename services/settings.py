@@ -1,0 +1,33 @@
+"""Settings of ``camseg serve`` (environment prefix ``CAMSEG_``), built once at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from camseg.settings import Settings
+
+MiB = 1024 * 1024
+
+
+class ServeSettings(Settings):
+    model_repo: Path = Field(Path("models"), description="DIR/<name>/<version>/ of exported models")
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    metrics_port: int | None = Field(9100, ge=0, le=65535, description="Prometheus port; None disables it")
+    max_receive_bytes: int = Field(64 * MiB, ge=1024)
+    max_send_bytes: int = Field(64 * MiB, ge=1024)
+    max_pixels: int = Field(4096 * 4096, ge=1, description="largest image accepted (height x width)")
+    max_images: int = Field(256, ge=1, description="images per request")
+    batching: bool = True
+    max_batch: int = Field(32, ge=1)
+    max_delay_ms: float = Field(2.0, ge=0)
+    ort_workers: int = Field(2, ge=1, description="threads running ONNX Runtime batches")
+    cam_workers: int = Field(1, ge=1, description="threads for the Grad-CAM path (its own pool)")
+    poll_seconds: float = Field(2.0, gt=0, description="how often the repository is scanned for new versions")
+    grace_seconds: float = Field(20.0, ge=0, description="drain time for in-flight calls on SIGTERM")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = Field(None, description="require client certificates signed by this CA")
+    plaintext: bool = Field(False, description="serve without TLS (loopback development only)")
