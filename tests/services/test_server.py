@@ -1,0 +1,347 @@
+"""The gRPC service over a real port, in a real ``camseg serve`` process."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
+
+from camseg.predict import from_run_lengths
+from services.gen.camseg.v1 import camseg_pb2 as pb
+from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    port: int
+    metrics_port: int
+    repo: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            return str(r.read().decode())
+
+
+def start_server(repo: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "camseg", "serve", "--model-repo", str(repo), "--port", "0", "--metrics-port", "0",
+         "--plaintext", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "CAMSEG_TORCH_THREADS": "1", "CAMSEG_POLL_SECONDS": "0.3", **(env or {})})
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(r"serving on 127\.0\.0\.1:(\d+) \(metrics on (\d+)\)", line)
+    if not m:
+        proc.kill()
+        raise AssertionError(f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    return Server(proc, int(m.group(1)), int(m.group(2)), repo)
+
+
+def stop(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def repo(exported: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copytree(exported[0], root / "tiny" / "1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[Server]:
+    s = start_server(repo)
+    yield s
+    stop(s)
+
+
+@pytest.fixture(scope="module")
+def stub(server: Server) -> pb_grpc.SegmentationStub:
+    return pb_grpc.SegmentationStub(server.channel())
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def roi(tiny_folder: Path, with_mask: bool = True) -> tuple[bytes, bytes | None]:
+    for m in sorted((tiny_folder / "masks").glob("*.png")):
+        return (tiny_folder / "images" / m.name).read_bytes(), m.read_bytes() if with_mask else None
+    raise AssertionError("no tumor ROI")
+
+
+def test_health_and_reflection(server: Server) -> None:
+    ch = server.channel()
+    health = health_pb2_grpc.HealthStub(ch)
+    for service in ("", "camseg.v1.Segmentation"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status == SERVING
+    first = next(iter(health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)))
+    assert first.status == SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+    reply = next(iter(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                                timeout=10)))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"camseg.v1.Segmentation", "grpc.health.v1.Health"} <= names
+
+
+def test_classify_every_input_form(stub: pb_grpc.SegmentationStub, tiny_folder: Path) -> None:
+    image, _ = roi(tiny_folder)
+    arr = np.asarray(Image.open(io.BytesIO(image)))
+    images = [
+        pb.Image(encoded=image, id="png8"),
+        pb.Image(encoded=png(arr.astype(np.uint16) * 257), id="png16"),
+        pb.Image(encoded=png(np.stack([arr] * 3, -1)), id="rgb"),
+        pb.Image(raw=pb.RawArray(dtype="uint8", shape=list(arr.shape), data=arr.tobytes()), id="raw"),
+        pb.Image(raw=pb.RawArray(dtype="float32", shape=list(arr.shape),
+                                 data=(arr / 255.0).astype(np.float32).tobytes()), id="rawf"),
+    ]
+    reply = stub.Classify(pb.ClassifyRequest(images=images), timeout=30)
+    assert (reply.model_name, reply.model_version) == ("tiny", "1")
+    probs = np.array([r.probabilities for r in reply.results])
+    assert [r.id for r in reply.results] == ["png8", "png16", "rgb", "raw", "rawf"]
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    # the same pixels in every form give the same answer
+    np.testing.assert_allclose(probs, np.repeat(probs[:1], 5, 0), atol=1e-4)
+    assert reply.results[0].label in ("normal", "tumor")
+
+
+def test_explain_one_pass_equals_torch_and_segment_dice(stub: pb_grpc.SegmentationStub, tiny_folder: Path) -> None:
+    image, mask = roi(tiny_folder)
+    one = stub.Explain(pb.ExplainRequest(images=[pb.Image(encoded=image)], overlay_png=True), timeout=30)
+    torch_path = stub.Explain(pb.ExplainRequest(images=[pb.Image(encoded=image)],
+                                                options=pb.ExplainOptions(layer="stage4", method=pb.CAM_METHOD_FUSED)),
+                              timeout=30)
+    assert one.engine == "onnx" and torch_path.engine == "torch"
+    h = one.heatmaps[0]
+    heat = np.frombuffer(h.data, np.float16).reshape(tuple(h.shape))
+    assert heat.shape == (32, 32) and heat.min() >= 0.0 and heat.max() <= 1.0
+    assert Image.open(io.BytesIO(h.overlay_png)).size == (32, 32)
+    u8 = stub.Explain(pb.ExplainRequest(images=[pb.Image(encoded=image)], encoding=pb.HEATMAP_ENCODING_UINT8),
+                      timeout=30).heatmaps[0]
+    np.testing.assert_allclose(np.frombuffer(u8.data, np.uint8) / 255.0, heat.ravel(), atol=1 / 255 + 1e-3)
+    seg = stub.Segment(pb.SegmentRequest(images=[pb.Image(encoded=image)], truth_masks=[pb.Image(encoded=mask)],
+                                         threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_PERCENTILE, value=80),
+                                         gate=False), timeout=30)
+    m = seg.masks[0]
+    decoded = np.asarray(Image.open(io.BytesIO(m.png))) > 0
+    assert decoded.sum() == m.area
+    np.testing.assert_array_equal(from_run_lengths(list(m.rle), (32, 32)), decoded)
+    np.testing.assert_array_equal(np.unpackbits(np.frombuffer(m.packed_bits, np.uint8))[: 32 * 32].reshape(32, 32),
+                                  decoded)
+    truth = np.asarray(Image.open(io.BytesIO(mask))) > 0
+    expect = 2 * (decoded & truth).sum() / (decoded.sum() + truth.sum())
+    assert m.dice == pytest.approx(expect) and seg.mean_dice == pytest.approx(expect)
+    assert not m.gated and m.threshold.kind == pb.THRESHOLD_KIND_PERCENTILE
+
+
+def test_models_and_stream(stub: pb_grpc.SegmentationStub, tiny_folder: Path) -> None:
+    models = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+    assert [(m.name, m.latest) for m in models][:1] == [("tiny", max(models[0].versions, key=int))]
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(model=pb.ModelRef(name="tiny", version="1")), timeout=10)
+    assert info.classes == ["normal", "tumor"] and info.gradcam_layer == "stage4" and info.input_size == 32
+    assert info.one_pass_cam and "CPUExecutionProvider" in info.providers and "test.accuracy" in info.metrics
+    image, _ = roi(tiny_folder)
+    replies = list(stub.ClassifyStream(iter([pb.ClassifyRequest(images=[pb.Image(encoded=image, id=str(i))])
+                                             for i in range(5)]), timeout=30))
+    assert [r.results[0].id for r in replies] == ["0", "1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "words"),
+    [
+        (pb.ClassifyRequest(), grpc.StatusCode.INVALID_ARGUMENT, "no images"),
+        (pb.ClassifyRequest(images=[pb.Image(encoded=b"\x89PNG garbage")]), grpc.StatusCode.INVALID_ARGUMENT,
+         "not a readable image"),
+        (pb.ClassifyRequest(images=[pb.Image(raw=pb.RawArray(dtype="int64", shape=[4, 4], data=b"0" * 128))]),
+         grpc.StatusCode.INVALID_ARGUMENT, "dtype"),
+        (pb.ClassifyRequest(images=[pb.Image(raw=pb.RawArray(dtype="uint8", shape=[4, 4], data=b"0" * 15))]),
+         grpc.StatusCode.INVALID_ARGUMENT, "15 bytes"),
+        (pb.ClassifyRequest(images=[pb.Image(raw=pb.RawArray(dtype="uint8", shape=[4, 4, 2], data=b"0" * 32))]),
+         grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+        (pb.ClassifyRequest(model=pb.ModelRef(name="nope"), images=[pb.Image(encoded=b"x")]),
+         grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+        (pb.ClassifyRequest(model=pb.ModelRef(name="tiny", version="99"), images=[pb.Image(encoded=b"x")]),
+         grpc.StatusCode.NOT_FOUND, "no version '99'"),
+        (pb.ClassifyRequest(images=[pb.Image(id="empty")]), grpc.StatusCode.INVALID_ARGUMENT, "neither"),
+    ],
+)
+def test_bad_input_gets_its_code(stub: pb_grpc.SegmentationStub, request_: pb.ClassifyRequest,
+                                 code: grpc.StatusCode, words: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(request_, timeout=10)
+    assert err.value.code() == code and words in err.value.details()
+
+
+def test_bad_explain_and_segment_options(stub: pb_grpc.SegmentationStub, tiny_folder: Path) -> None:
+    image, _ = roi(tiny_folder)
+    cases = [
+        (stub.Explain, pb.ExplainRequest(images=[pb.Image(encoded=image)], options=pb.ExplainOptions(layer="fc9")),
+         grpc.StatusCode.NOT_FOUND),
+        (stub.Explain, pb.ExplainRequest(images=[pb.Image(encoded=image)], options=pb.ExplainOptions(target_class=7)),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (stub.Segment, pb.SegmentRequest(images=[pb.Image(encoded=image)],
+                                         threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_FIXED, value=2)),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (stub.Segment, pb.SegmentRequest(images=[pb.Image(encoded=image)],
+                                         truth_masks=[pb.Image(encoded=image), pb.Image(encoded=image)]),
+         grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for call, req, code in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            call(req, timeout=10)
+        assert err.value.code() == code, err.value.details()
+    # and the server keeps serving
+    assert stub.Classify(pb.ClassifyRequest(images=[pb.Image(encoded=image)]), timeout=10).results
+
+
+def test_oversized_image_refused_before_decoding(repo: Path) -> None:
+    s = start_server(repo, env={"CAMSEG_MAX_PIXELS": "1000"})
+    try:
+        stub = pb_grpc.SegmentationStub(s.channel())
+        big = png(np.zeros((64, 64), np.uint8))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Classify(pb.ClassifyRequest(images=[pb.Image(encoded=big)]), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "exceed" in err.value.details()
+    finally:
+        stop(s)
+
+
+def test_expired_deadline(stub: pb_grpc.SegmentationStub, server: Server, tiny_folder: Path) -> None:
+    image, _ = roi(tiny_folder)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Segment(pb.SegmentRequest(images=[pb.Image(encoded=image)] * 200,
+                                       options=pb.ExplainOptions(method=pb.CAM_METHOD_FUSED)), timeout=0.01)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_concurrent_load_and_hot_swap(stub: pb_grpc.SegmentationStub, server: Server, tiny_folder: Path) -> None:
+    image, _ = roi(tiny_folder)
+    req = pb.ClassifyRequest(model=pb.ModelRef(name="tiny"), images=[pb.Image(encoded=image)])
+    errors: list[BaseException] = []
+    versions: set[str] = set()
+    lock = threading.Lock()
+    swap_done = threading.Event()
+
+    def call(i: int) -> None:
+        try:
+            r = stub.Classify(req, timeout=30)
+            with lock:
+                versions.add(r.model_version)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def swap() -> None:
+        time.sleep(0.2)
+        staging = server.repo / "tiny" / ".staging-2"
+        shutil.copytree(server.repo / "tiny" / "1", staging)
+        staging.rename(server.repo / "tiny" / "2")  # a version appears whole
+        # a broken version is refused and the serving one stays
+        broken = server.repo / "tiny" / ".staging-3"
+        shutil.copytree(server.repo / "tiny" / "1", broken)
+        (broken / "model.onnx").write_bytes(b"not onnx")
+        broken.rename(server.repo / "tiny" / "3")
+        swap_done.set()
+
+    t = threading.Thread(target=swap)
+    t.start()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(call, range(400)))
+        t.join()
+        deadline = time.time() + 20
+        while time.time() < deadline and "2" not in versions:
+            list(pool.map(call, range(32)))
+            time.sleep(0.1)
+    assert not errors, errors[:3]
+    assert "2" in versions
+    assert stub.Classify(req, timeout=10).model_version == "2"
+    listed = stub.ListModels(pb.ListModelsRequest(), timeout=10).models[0]
+    assert list(listed.versions) == ["1", "2"] and listed.latest == "2"
+    text = server.metrics()
+    assert 'camseg_model_load_failures_total{name="tiny"} 1.0' in text
+    assert 'camseg_model_info{name="tiny",version="2"} 1.0' in text
+
+
+def test_metrics_reflect_calls(server: Server) -> None:
+    text = server.metrics()
+    ok = re.search(r'camseg_grpc_requests_total\{code="OK",rpc="Classify"\} (\d+)', text)
+    assert ok and int(ok.group(1)) >= 400
+    assert re.search(r'camseg_grpc_requests_total\{code="NOT_FOUND",rpc="Classify"\} [1-9]', text)
+    assert re.search(r'camseg_grpc_requests_total\{code="DEADLINE_EXCEEDED",rpc="Segment"\} [1-9]', text)
+    assert "camseg_batch_size_images_bucket" in text and "camseg_grpc_request_duration_seconds_bucket" in text
+    batches = re.search(r"camseg_batch_size_images_count (\d+)\.0", text)
+    images = re.search(r"camseg_batch_size_images_sum (\d+)\.0", text)
+    assert batches and images and int(images.group(1)) > int(batches.group(1))  # some calls were batched
+
+
+def test_sigterm_drains_in_flight_calls(repo: Path, tiny_folder: Path) -> None:
+    s = start_server(repo)
+    try:
+        stub = pb_grpc.SegmentationStub(s.channel())
+        image, _ = roi(tiny_folder)
+        slow = pb.SegmentRequest(images=[pb.Image(encoded=image)] * 150,
+                                 options=pb.ExplainOptions(method=pb.CAM_METHOD_FUSED))
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(stub.Segment, slow, timeout=60) for _ in range(4)]
+            time.sleep(0.5)
+            s.proc.send_signal(signal.SIGTERM)
+            replies = [f.result() for f in futures]
+        assert all(len(r.masks) == 150 for r in replies)
+        assert s.proc.wait(timeout=30) == 0
+    finally:
+        stop(s)
+
+
+def test_health_not_serving_before_models_load(tmp_path: Path, exported: tuple[Path, dict[str, Any]]) -> None:
+    (tmp_path / "empty").mkdir()
+    s = start_server(tmp_path / "empty")
+    try:
+        ch = s.channel()
+        health = health_pb2_grpc.HealthStub(ch)
+        assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.SegmentationStub(ch).ListModels(pb.ListModelsRequest(), timeout=10)
+            pb_grpc.SegmentationStub(ch).Classify(pb.ClassifyRequest(images=[pb.Image(encoded=b"x")]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(iter(watch)).status == NOT_SERVING
+        shutil.copytree(exported[0], tmp_path / "empty" / "tiny" / "7")
+        assert next(iter(watch)).status == SERVING
+    finally:
+        stop(s)
