@@ -123,6 +123,25 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates from this CA")
     sv.add_argument("--no-batching", action="store_true")
 
+    cl = _Sub(sub.add_parser("client", help="call a running camseg service").add_subparsers(
+        dest="client_cmd", required=True, metavar="RPC"), common)
+    for name in ("classify", "explain", "segment"):
+        c = cl.add_parser(name, help=f"{name} image files")
+        c.add_argument("files", nargs="+", type=Path)
+        c.add_argument("--server", default="127.0.0.1:50051")
+        c.add_argument("--model", default="")
+        c.add_argument("--version", default="")
+        c.add_argument("--plaintext", action="store_true")
+        c.add_argument("--ca", type=Path, default=None)
+        c.add_argument("--cert", type=Path, default=None)
+        c.add_argument("--key", type=Path, default=None)
+        if name != "classify":
+            c.add_argument("--method", default="gradcam", choices=METHODS)
+            c.add_argument("--out", type=Path, default=Path("camseg-client-out"))
+        if name == "segment":
+            c.add_argument("--threshold", default="otsu")
+            c.add_argument("--largest", action="store_true")
+
     d = sub.add_parser("demo", help="the whole method on synthetic data, with a report")
     d.add_argument("--out", type=Path, default=Path("demo-out"))
     d.add_argument("--n", type=int, default=2000)
@@ -198,6 +217,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         return _evaluate(args, progress)
     if args.command == "filtered-retrain":
         return _filtered(args, progress)
+    if args.command == "client":
+        return _client(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "demo":
@@ -208,6 +229,32 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         print(f"report: {report}")
         return 0
     raise AssertionError(args.command)  # pragma: no cover
+
+
+def _client(args: argparse.Namespace) -> int:
+    from camseg.client import SegmentationClient, save_png
+
+    for f in args.files:
+        if not f.is_file():
+            print(f"camseg: error: {f}: no such file", file=sys.stderr)
+            return 2
+    with SegmentationClient(args.server, plaintext=args.plaintext, ca=args.ca, cert=args.cert, key=args.key,
+                            model=args.model, version=args.version) as c:
+        if args.client_cmd == "classify":
+            for f, r in zip(args.files, c.classify(args.files), strict=True):
+                print(f"{f}\t{r.label}\t" + "\t".join(f"{p:.4f}" for p in r.probabilities))
+        elif args.client_cmd == "explain":
+            for f, h in zip(args.files, c.explain(args.files, method=args.method, overlay=True), strict=True):
+                save_png(args.out / f"{f.stem}_heatmap.png", h.overlay_png)
+                print(f"{f}\t{h.classification.label}\t{args.out / (f.stem + '_heatmap.png')}")
+        else:
+            results = c.segment(args.files, method=args.method, threshold=args.threshold, largest=args.largest,
+                                overlay=True)
+            for f, m in zip(args.files, results, strict=True):
+                save_png(args.out / f"{f.stem}_mask.png", m.png)
+                save_png(args.out / f"{f.stem}_overlay.png", m.overlay_png)
+                print(f"{f}\t{m.classification.label}\tarea {m.area}\t{args.out / (f.stem + '_mask.png')}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

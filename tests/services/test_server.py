@@ -52,10 +52,11 @@ class Server:
             return str(r.read().decode())
 
 
-def start_server(repo: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
+def start_server(repo: Path, *extra: str, env: dict[str, str] | None = None, plaintext: bool = True) -> Server:
+    """A ``camseg serve`` process on free ports; ``extra`` arguments are appended."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "camseg", "serve", "--model-repo", str(repo), "--port", "0", "--metrics-port", "0",
-         "--plaintext", *extra],
+         *(["--plaintext"] if plaintext else []), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "CAMSEG_TORCH_THREADS": "1", "CAMSEG_POLL_SECONDS": "0.3", **(env or {})})
     assert proc.stdout is not None

@@ -1,0 +1,180 @@
+"""A typed client of the ``camseg.v1.Segmentation`` service.
+
+>>> with SegmentationClient("127.0.0.1:50051", plaintext=True) as c:  # doctest: +SKIP
+...     result = c.classify([Path("roi.png")])[0]
+...     print(result.label, result.probabilities)
+
+TLS is the default; ``ca`` verifies the server and ``cert``/``key`` present a client
+certificate for mutual TLS. Plaintext is for loopback development.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from camseg.errors import InvalidInputError, NotFoundError, UnavailableError, UnsupportedError
+
+ImageInput = Path | bytes | npt.NDArray[Any]
+
+
+def _pb() -> tuple[Any, Any]:
+    from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
+
+    return camseg_pb2, camseg_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Classification:
+    id: str
+    label: str
+    label_index: int
+    probabilities: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    heatmap: npt.NDArray[np.float32]
+    classification: Classification
+    target_class: int
+    layer: str
+    overlay_png: bytes
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    mask: npt.NDArray[np.bool_]
+    png: bytes
+    area: int
+    threshold_value: float
+    gated: bool
+    dice: float | None
+    classification: Classification
+    overlay_png: bytes
+
+
+_METHODS = {"gradcam": 1, "gradcam++": 2, "hirescam": 3, "layercam": 4, "fused": 5}
+_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError, grpc.StatusCode.NOT_FOUND: NotFoundError,
+           grpc.StatusCode.FAILED_PRECONDITION: UnsupportedError, grpc.StatusCode.UNAVAILABLE: UnavailableError}
+
+
+class SegmentationClient:
+    def __init__(self, target: str, *, plaintext: bool = False, ca: Path | None = None, cert: Path | None = None,
+                 key: Path | None = None, timeout: float = 60.0, model: str = "", version: str = ""):
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        if plaintext:
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=ca.read_bytes() if ca else None,
+                private_key=key.read_bytes() if key else None,
+                certificate_chain=cert.read_bytes() if cert else None)
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        pb, pb_grpc = _pb()
+        self._pb = pb
+        self.stub = pb_grpc.SegmentationStub(self.channel)
+        self.timeout = timeout
+        self.model = pb.ModelRef(name=model, version=version)
+
+    def __enter__(self) -> SegmentationClient:
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _image(self, item: ImageInput, i: int) -> Any:
+        pb = self._pb
+        if isinstance(item, Path):
+            return pb.Image(encoded=item.read_bytes(), id=item.stem)
+        if isinstance(item, bytes):
+            return pb.Image(encoded=item, id=str(i))
+        arr = np.ascontiguousarray(item)
+        return pb.Image(raw=pb.RawArray(dtype=arr.dtype.name, shape=list(arr.shape), data=arr.tobytes()), id=str(i))
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            err = _ERRORS.get(exc.code())
+            if err is not None:
+                raise err(exc.details() or exc.code().name) from None
+            raise
+
+    @staticmethod
+    def _cls(c: Any) -> Classification:
+        return Classification(c.id, c.label, c.label_index, tuple(c.probabilities))
+
+    def classify(self, images: Sequence[ImageInput]) -> list[Classification]:
+        req = self._pb.ClassifyRequest(model=self.model, images=[self._image(x, i) for i, x in enumerate(images)])
+        return [self._cls(r) for r in self._call(self.stub.Classify, req).results]
+
+    def _options(self, method: str, target: int | None, layer: str) -> Any:
+        if method not in _METHODS:
+            raise InvalidInputError(f"unknown CAM method {method!r}; choose one of {', '.join(_METHODS)}")
+        opts = self._pb.ExplainOptions(method=_METHODS[method], layer=layer)
+        if target is not None:
+            opts.target_class = target
+        return opts
+
+    def explain(self, images: Sequence[ImageInput], *, method: str = "gradcam", target: int | None = None,
+                layer: str = "", overlay: bool = False) -> list[Heatmap]:
+        pb = self._pb
+        req = pb.ExplainRequest(model=self.model, images=[self._image(x, i) for i, x in enumerate(images)],
+                                options=self._options(method, target, layer), encoding=pb.HEATMAP_ENCODING_FLOAT16,
+                                overlay_png=overlay)
+        out = []
+        for h in self._call(self.stub.Explain, req).heatmaps:
+            heat = np.frombuffer(h.data, np.float16).reshape(tuple(h.shape)).astype(np.float32)
+            out.append(Heatmap(heat, self._cls(h.classification), h.target_class, h.layer, h.overlay_png))
+        return out
+
+    def segment(self, images: Sequence[ImageInput], *, method: str = "gradcam", threshold: str = "otsu",
+                gate: bool = True, largest: bool = False, truth: Sequence[ImageInput] = (), layer: str = "",
+                overlay: bool = False) -> list[MaskResult]:
+        pb = self._pb
+        from camseg.masks import parse_rule
+
+        rule = parse_rule(threshold)
+        kind = {"fixed": pb.THRESHOLD_KIND_FIXED, "percentile": pb.THRESHOLD_KIND_PERCENTILE,
+                "otsu": pb.THRESHOLD_KIND_OTSU}[rule.kind]
+        req = pb.SegmentRequest(
+            model=self.model, images=[self._image(x, i) for i, x in enumerate(images)],
+            options=self._options(method, None, layer), threshold=pb.ThresholdRule(kind=kind, value=rule.value),
+            gate=gate, largest_component=largest, truth_masks=[self._image(x, i) for i, x in enumerate(truth)],
+            overlay_png=overlay)
+        out = []
+        for m in self._call(self.stub.Segment, req).masks:
+            bits = np.unpackbits(np.frombuffer(m.packed_bits, np.uint8))[: int(np.prod(m.shape))]
+            out.append(MaskResult(bits.reshape(tuple(m.shape)).astype(bool), m.png, m.area, m.threshold_value,
+                                  m.gated, m.dice if m.HasField("dice") else None, self._cls(m.classification),
+                                  m.overlay_png))
+        return out
+
+    def list_models(self) -> dict[str, list[str]]:
+        reply = self._call(self.stub.ListModels, self._pb.ListModelsRequest())
+        return {m.name: list(m.versions) for m in reply.models}
+
+
+def save_png(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def png_bytes(arr: npt.NDArray[Any]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
