@@ -39,8 +39,9 @@ $(BENCH_STAMP): $(STAMP)
 	@rm -f $(VENV)/.bench-*
 	@touch $@
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) redis
 	$(BIN)/python bench/cam_bench.py
+	$(BIN)/python bench/serve_bench.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

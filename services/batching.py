@@ -2,8 +2,10 @@
 
 Requests queue per served model; a worker takes the first request, gathers more until
 ``max_batch`` images or ``max_delay`` seconds, runs them as one ONNX Runtime batch in
-a thread, and hands each caller its rows. A caller that gave up (cancelled, deadline
-passed) before its batch ran is dropped from it.
+a thread, and hands each caller its rows. It waits only while more callers are on
+their way (:meth:`DynamicBatcher.expect` counts calls still decoding), so a lone call
+runs at once. A caller that gave up (cancelled, deadline passed) before its batch ran
+is dropped from it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -44,6 +46,16 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._on_batch = on_batch
         self._on_queue_time = on_queue_time
+        self._expected = 0  # calls admitted and not yet handed their rows
+
+    @contextlib.contextmanager
+    def expect(self) -> Iterator[None]:
+        """Mark a call on its way to :meth:`submit` (decoding), so the batch waits for it."""
+        self._expected += 1
+        try:
+            yield
+        finally:
+            self._expected -= 1
 
     def start(self) -> None:
         if self._task is None:
@@ -70,7 +82,7 @@ class DynamicBatcher:
             items = [first]
             count = len(first.x)
             deadline = loop.time() + self.max_delay
-            while count < self.max_batch:
+            while count < self.max_batch and self._expected > len(items):
                 timeout = deadline - loop.time()
                 if timeout <= 0:
                     break

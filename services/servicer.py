@@ -123,9 +123,11 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
     # ---------------------------------------------------------------- RPCs
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         served = self.repo.get(request.model.name, request.model.version)
-        images = self._decode(request.images)
-        x = prepare(images, served.onnx.size, served.onnx.channels).numpy()
-        probs = await self._batcher(served).submit(x)
+        batcher = self._batcher(served)
+        with batcher.expect():
+            images = self._decode(request.images)
+            x = prepare(images, served.onnx.size, served.onnx.channels).numpy()
+            probs = await batcher.submit(x)
         self.metrics.images.labels("Classify").inc(len(images))
         return pb.ClassifyResponse(
             results=[self._classification(served, p, img.id) for p, img in zip(probs, request.images, strict=True)],
