@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import numpy as np
+import torch
 from PIL import Image as PILImage
 
 from camseg.cam import CamMethod
@@ -138,8 +140,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         async for request in request_iterator:
             yield await self.Classify(request, context)
 
-    async def _explain(self, served: ServedModel, images: list[FloatArray], options: pb.ExplainOptions
-                       ) -> tuple[Explained, str]:
+    async def _explain(self, served: ServedModel, images: list[FloatArray], options: pb.ExplainOptions,
+                       context: grpc.aio.ServicerContext) -> tuple[Explained, str]:
         method = METHODS.get(options.method)
         if method is None:
             raise InvalidInputError(f"unknown CAM method {options.method}")
@@ -147,25 +149,40 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         if target is not None and not 0 <= target < len(served.classes):
             raise InvalidInputError(f"target class {target} is out of range 0..{len(served.classes) - 1}")
         layer = options.layer or None
-        loop = asyncio.get_running_loop()
+        if layer is not None:
+            served.torch_model.check_layer(layer)
         one_pass = (method in ONE_PASS_METHODS and served.onnx.cam_layer is not None
                     and (layer is None or layer == served.onnx.cam_layer))
-        if one_pass:
-            def run() -> Explained:
-                x = prepare(images, served.onnx.size, served.onnx.channels).numpy()
-                res = served.onnx.explain(x, method=method, targets=target)
-                maps = [to_size(res.heatmaps[i], img.shape[:2]) for i, img in enumerate(images)]
-                return Explained(maps, res.probabilities, res.targets, res.layers)
-            return await loop.run_in_executor(self.cam_pool, run), "onnx"
+        # the work runs in chunks and stops at the next chunk once the call is gone
+        # (cancelled, deadline passed), so an abandoned request does not hold the pool
+        gone = threading.Event()
+        context.add_done_callback(lambda _ctx: gone.set())
+        chunk = self.settings.cam_chunk
 
-        def run_torch() -> Explained:
-            return explain(served.torch_model, images, method=method, target=target, layer=layer)
-        return await loop.run_in_executor(self.cam_pool, run_torch), "torch"
+        def part(imgs: list[FloatArray]) -> Explained:
+            if one_pass:
+                x = prepare(imgs, served.onnx.size, served.onnx.channels).numpy()
+                res = served.onnx.explain(x, method=method, targets=target)
+                maps = [to_size(res.heatmaps[i], img.shape[:2]) for i, img in enumerate(imgs)]
+                return Explained(maps, res.probabilities, res.targets, res.layers)
+            return explain(served.torch_model, imgs, method=method, target=target, layer=layer)
+
+        def run() -> Explained:
+            parts = []
+            for i in range(0, len(images), chunk):
+                if gone.is_set():
+                    raise asyncio.CancelledError
+                parts.append(part(images[i : i + chunk]))
+            return Explained([h for p in parts for h in p.heatmaps], torch.cat([p.probabilities for p in parts]),
+                             torch.cat([p.targets for p in parts]), parts[0].layers)
+
+        res = await asyncio.get_running_loop().run_in_executor(self.cam_pool, run)
+        return res, "onnx" if one_pass else "torch"
 
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
         served = self.repo.get(request.model.name, request.model.version)
         images = self._decode(request.images)
-        res, engine = await self._explain(served, images, request.options)
+        res, engine = await self._explain(served, images, request.options, context)
         uint8 = request.encoding == pb.HEATMAP_ENCODING_UINT8
         out = []
         for i, (heat, img) in enumerate(zip(res.heatmaps, images, strict=True)):
@@ -191,7 +208,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                       for m in self._decode(request.truth_masks, "truth mask")]
         rule = _rule(request.threshold)
         gate = request.gate if request.HasField("gate") else True
-        res, _ = await self._explain(served, images, request.options)
+        res, _ = await self._explain(served, images, request.options, context)
         positive = len(served.classes) - 1
         masks, dices = [], []
         for i, heat in enumerate(res.heatmaps):

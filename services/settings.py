@@ -25,6 +25,7 @@ class ServeSettings(Settings):
     max_delay_ms: float = Field(2.0, ge=0)
     ort_workers: int = Field(2, ge=1, description="threads running ONNX Runtime batches")
     cam_workers: int = Field(1, ge=1, description="threads for the Grad-CAM path (its own pool)")
+    cam_chunk: int = Field(16, ge=1, description="images per Grad-CAM step; a gone call stops at the next step")
     poll_seconds: float = Field(2.0, gt=0, description="how often the repository is scanned for new versions")
     grace_seconds: float = Field(20.0, ge=0, description="drain time for in-flight calls on SIGTERM")
     tls_cert: Path | None = None

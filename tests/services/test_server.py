@@ -252,6 +252,30 @@ def test_expired_deadline(stub: pb_grpc.SegmentationStub, server: Server, tiny_f
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+def test_abandoned_work_frees_the_gradcam_pool(repo: Path, tiny_folder: Path) -> None:
+    """A call whose deadline passed stops its Grad-CAM work at the next chunk: the one
+    Grad-CAM worker is free again for the next caller long before the abandoned work
+    (thousands of fused heatmaps) would have finished."""
+    s = start_server(repo, env={"CAMSEG_MAX_IMAGES": "20000", "CAMSEG_CAM_WORKERS": "1"})
+    try:
+        stub = pb_grpc.SegmentationStub(s.channel())
+        image, _ = roi(tiny_folder)
+        one = pb.ExplainRequest(images=[pb.Image(encoded=image)], options=pb.ExplainOptions(method=pb.CAM_METHOD_FUSED))
+        start = time.perf_counter()
+        stub.Explain(pb.ExplainRequest(images=[pb.Image(encoded=image)] * 500, options=one.options), timeout=60)
+        per_image = (time.perf_counter() - start) / 500
+        n = int(20 / per_image)  # about 20 s of Grad-CAM work
+        huge = pb.SegmentRequest(images=[pb.Image(encoded=image)] * min(n, 20000), options=one.options)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Segment(huge, timeout=1.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        start = time.perf_counter()
+        assert len(stub.Explain(one, timeout=10).heatmaps) == 1
+        assert time.perf_counter() - start < 5.0
+    finally:
+        stop(s)
+
+
 def test_concurrent_load_and_hot_swap(stub: pb_grpc.SegmentationStub, server: Server, tiny_folder: Path) -> None:
     image, _ = roi(tiny_folder)
     req = pb.ClassifyRequest(model=pb.ModelRef(name="tiny"), images=[pb.Image(encoded=image)])
@@ -318,6 +342,11 @@ def test_sigterm_drains_in_flight_calls(repo: Path, tiny_folder: Path) -> None:
         image, _ = roi(tiny_folder)
         slow = pb.SegmentRequest(images=[pb.Image(encoded=image)] * 150,
                                  options=pb.ExplainOptions(method=pb.CAM_METHOD_FUSED))
+        health = health_pb2_grpc.HealthStub(s.channel())
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="camseg.v1.Segmentation"), timeout=60)
+        seen: list[int] = []
+        watcher = threading.Thread(target=lambda: seen.extend(r.status for r in watch), daemon=True)
+        watcher.start()
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(stub.Segment, slow, timeout=60) for _ in range(4)]
             time.sleep(0.5)
@@ -325,6 +354,8 @@ def test_sigterm_drains_in_flight_calls(repo: Path, tiny_folder: Path) -> None:
             replies = [f.result() for f in futures]
         assert all(len(r.masks) == 150 for r in replies)
         assert s.proc.wait(timeout=30) == 0
+        watcher.join(timeout=10)
+        assert seen[:2] == [SERVING, NOT_SERVING]  # draining is announced before the stop
     finally:
         stop(s)
 
