@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -61,27 +62,27 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, say: Any = None) -> Path
     def step(name: str) -> None:
         timings[name] = round(time.perf_counter() - t0 - sum(timings.values()), 1)
 
-    say(f"[1/6] synthetic data: {cfg.n} ROIs of {cfg.size}x{cfg.size}")
+    say(f"[1/7] synthetic data: {cfg.n} ROIs of {cfg.size}x{cfg.size}")
     data = synthesize(out / "data", SynthConfig(n=cfg.n, size=cfg.size, seed=cfg.seed))
     step("data")
 
     train_cfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
     models: dict[str, dict[str, Any]] = {}
     for arch in cfg.archs:
-        say(f"[2/6] train {arch} ({PAPER_NAMES[arch]}-style)")
+        say(f"[2/7] train {arch} ({PAPER_NAMES[arch]}-style)")
         meta = train_from_folder(data, arch, out / "models" / arch, train_cfg, progress=progress)
-        say(f"[3/6] export {arch} to ONNX")
+        say(f"[3/7] export {arch} to ONNX")
         meta = export_model(out / "models" / arch)
         models[arch] = meta
     step("train+export")
 
-    say("[4/6] heatmaps, masks and the Dice sweep")
+    say("[4/7] heatmaps, masks and the Dice sweep")
     sweeps: dict[str, Any] = {}
     for arch in cfg.archs:
         sweeps[arch] = _sweep_arch(out, arch, data, progress)
     step("dice")
 
-    say("[5/6] segment the test split (paper setting and camseg's best)")
+    say("[5/7] segment the test split (paper setting and camseg's best)")
     segments: dict[str, Any] = {}
     for arch in cfg.archs:
         best = sweeps[arch]["best"]
@@ -92,7 +93,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, say: Any = None) -> Path
     step("segment")
 
     farch = cfg.filter_arch or cfg.archs[0]
-    say(f"[6/6] filtered retraining of {farch} at t={cfg.filter_threshold}")
+    say(f"[6/7] filtered retraining of {farch} at t={cfg.filter_threshold}")
     fres = filtered_retrain(out / "models" / farch, data, thresholds=[cfg.filter_threshold],
                             cfg=replace(train_cfg), progress=progress, seed=cfg.seed)
     frows = [asdict(r) for r in fres]
@@ -100,15 +101,66 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, say: Any = None) -> Path
                         f"filtered retraining ({farch}, Grad-CAM, t={cfg.filter_threshold})")
     figures.training_curves(out / "figures" / "training.png", {a: m["history"] for a, m in models.items()})
     step("filtered")
+    say("[7/7] serve the exported models over gRPC and segment the test split through the service")
+    served = _through_service(out, data, cfg.archs, sweeps)
+    step("service")
     results = {"config": {**asdict(cfg), "out": str(cfg.out)},
                "models": {a: _model_summary(m) for a, m in models.items()},
-               "dice": sweeps, "segment": segments, "filtered": frows, "timings_seconds": timings,
+               "dice": sweeps, "segment": segments, "filtered": frows, "service": served, "timings_seconds": timings,
                "camseg_version": __version__}
     write_json(out / "results.json", results)
     report = out / "report.md"
     report.write_text(_report(results))
     say(f"done in {time.perf_counter() - t0:.0f} s")
     return report
+
+
+def _through_service(out: Path, data: Path, archs: Sequence[str], sweeps: dict[str, Any]) -> dict[str, Any]:
+    """Start ``camseg serve`` on the exported models, segment the tumor ROIs of the test
+    split through the real service with each model's best setting, and compare the
+    mean Dice with the in-process number."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from camseg.client import SegmentationClient
+    from camseg.data.folder import FolderDataset
+
+    repo = out / "repo"
+    for arch in archs:
+        shutil.copytree(out / "models" / arch, repo / arch / "1")
+    ds = FolderDataset.open(data)
+    tumor = [s for s in (ds.samples[i] for i in ds.subset("test")) if s.mask_path is not None]
+    proc = subprocess.Popen([sys.executable, "-m", "camseg", "serve", "--model-repo", str(repo), "--port", "0",
+                             "--metrics-port", "0", "--plaintext"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    result: dict[str, Any] = {}
+    try:
+        assert proc.stdout is not None
+        m = re.search(r"serving on (\S+) \(metrics on (\d+)\)", proc.stdout.readline())
+        if not m:
+            raise RuntimeError("camseg serve did not start")
+        for arch in archs:
+            best = sweeps[arch]["best"]
+            t0 = time.perf_counter()
+            with SegmentationClient(m.group(1), plaintext=True, model=arch) as client:
+                masks = []
+                for i in range(0, len(tumor), 64):
+                    chunk = tumor[i : i + 64]
+                    masks += client.segment([s.image_path for s in chunk], method=best["method"], layer=best["layer"],
+                                            threshold=best["rule"], largest=best["largest"],
+                                            truth=[s.mask_path for s in chunk if s.mask_path is not None])
+            dices = [r.dice for r in masks if r.dice is not None]
+            result[arch] = {"images": len(masks), "mean_dice": sum(dices) / len(dices),
+                            "in_process_mean_dice": best["mean_dice"], "seconds": round(time.perf_counter() - t0, 2)}
+        with urllib.request.urlopen(f"http://127.0.0.1:{m.group(2)}/metrics", timeout=10) as r:
+            result["metrics_sample"] = [line for line in r.read().decode().splitlines()
+                                        if line.startswith("camseg_grpc_requests_total")]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    return result
 
 
 def _model_summary(meta: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +276,17 @@ def _report(res: dict[str, Any]) -> str:
         lines += ["", f"`camseg segment` with the best setting on the test split: {s['images']} images, accuracy "
                   f"{_fmt(s['accuracy'])}, mean Dice {_fmt(s['mean_dice'])} over {s['with_truth']} truth masks "
                   f"(masks and overlays in `segment/{arch}/`)."]
+    lines += ["", "## Through the gRPC service", "",
+              "`camseg serve` on the exported models; the tumor ROIs of the test split sent as PNG files through "
+              "`camseg.client` (`Segment` with each model's best setting and the truth masks).", "",
+              "| architecture | images | mean Dice (service) | mean Dice (in process) | seconds |",
+              "|---|---:|---:|---:|---:|"]
+    for arch, s in res["service"].items():
+        if arch == "metrics_sample":
+            continue
+        lines.append(f"| {arch} | {s['images']} | {_fmt(s['mean_dice'])} | {_fmt(s['in_process_mean_dice'])} | "
+                     f"{s['seconds']} |")
+    lines += ["", "```", *res["service"].get("metrics_sample", []), "```"]
     lines += ["", "## Filtered retraining", "",
               "A fresh classifier of the same architecture is trained on heatmap-filtered train/val images and "
               "tested on filtered test images (Guan & Loew, Sec. III-C). *random* removes as many pixels as the hot "

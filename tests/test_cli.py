@@ -92,4 +92,9 @@ def test_demo_tiny(tmp_path: Path) -> None:
             "overlays_densenet_paper.png", "overlays_densenet_best.png"} <= figs
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(res["dice"]["densenet"]["by_method"]) == {"gradcam", "gradcam++", "hirescam", "layercam", "fused"}
-    assert lines[0].startswith("[1/6]") and lines[-1].startswith("done")
+    assert lines[0].startswith("[1/7]") and lines[-1].startswith("done")
+    # the same masks through the real gRPC service
+    assert "## Through the gRPC service" in text
+    svc = res["service"]["densenet"]
+    assert svc["images"] == res["dice"]["densenet"]["n_tumor"]
+    assert svc["mean_dice"] == pytest.approx(svc["in_process_mean_dice"], abs=0.02)
