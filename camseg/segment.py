@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from PIL import Image
 from torch import Tensor
 
 from camseg.cam import compute_cam, parse_method
-from camseg.data.folder import FolderDataset
+from camseg.data.folder import FolderDataset, atomic_directory
 from camseg.data.tensors import load_arrays
 from camseg.errors import InvalidInputError
 from camseg.figures import save_overlay
@@ -81,8 +78,6 @@ def segment_folder(
     not at all. Returns the summary.
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InvalidInputError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
     model, meta = load_model(model_dir)
     opts.validate(model)
     ds = FolderDataset.open(data_dir)
@@ -92,10 +87,8 @@ def segment_folder(
     size, channels = model.spec.input_size, model.spec.in_channels
     positive = model.spec.num_classes - 1
     rule = parse_rule(opts.threshold)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     rows: list[dict[str, Any]] = []
-    try:
+    with atomic_directory(out, overwrite=overwrite) as tmp:
         (tmp / "masks").mkdir()
         if opts.overlays:
             (tmp / "overlays").mkdir()
@@ -114,12 +107,6 @@ def segment_folder(
         _write_results(tmp / "results.csv", rows)
         summary = _summary(rows, opts, model_dir, data_dir, split, meta)
         write_json(tmp / "summary.json", summary)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("segmented %d images into %s (mean Dice %.4f)", len(rows), out, summary["mean_dice"])
     return summary
 

@@ -11,12 +11,13 @@ names the file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,25 @@ def _encode_png(arr: npt.NDArray[Any], path: Path) -> None:
     Image.fromarray(arr).save(path, compress_level=1)
 
 
+@contextlib.contextmanager
+def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary sibling of ``out`` to fill; on success it replaces ``out`` in one
+    rename, on any failure it is removed. ``out`` appears whole or not at all."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InvalidInputError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_dataset(
     out: Path, records: Iterable[Record], meta: dict[str, Any], *, overwrite: bool = False
 ) -> Path:
@@ -249,12 +269,7 @@ def write_dataset(
     The set is built in a sibling temporary directory and renamed into place, so an
     interrupted write leaves no half-written data set behind.
     """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InvalidInputError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         with (tmp / "labels.csv").open("w", newline="") as fh:
@@ -267,10 +282,4 @@ def write_dataset(
                     _encode_png(r.mask, tmp / "masks" / f"{r.id}.png")
                 writer.writerow([r.id, classes[r.label], r.split or ""])
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
