@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_server import Server, roi, start_server, stop
+from servers import Server, roi, start_server, stop
 
 from camseg.client import SegmentationClient
 from camseg.errors import InvalidInputError, NotFoundError, UnavailableError
-
-
-@pytest.fixture(scope="module")
-def repo(exported: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("repo-client")
-    shutil.copytree(exported[0], root / "tiny" / "1")
-    return root
-
-
-@pytest.fixture(scope="module")
-def plain(repo: Path) -> Iterator[Server]:
-    s = start_server(repo)
-    yield s
-    stop(s)
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -51,12 +34,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def test_client_round_trip(plain: Server, tiny_folder: Path, tmp_path: Path) -> None:
+def test_client_round_trip(server: Server, tiny_folder: Path, tmp_path: Path) -> None:
     image, mask = roi(tiny_folder)
     path = tmp_path / "roi.png"
     path.write_bytes(image)
     arr = np.asarray(Image.open(path))
-    with SegmentationClient(plain.address, plaintext=True) as c:
+    with SegmentationClient(server.address, plaintext=True) as c:
         assert c.list_models() == {"tiny": ["1"]}
         by_file, by_array = c.classify([path, arr])
         assert by_file.id == "roi" and by_file.probabilities == pytest.approx(by_array.probabilities, abs=1e-5)
@@ -66,16 +49,16 @@ def test_client_round_trip(plain: Server, tiny_folder: Path, tmp_path: Path) -> 
         assert m.area == int(m.mask.sum()) and m.dice is not None and 0 <= m.dice <= 1
         with pytest.raises(InvalidInputError, match="readable"):
             c.classify([b"garbage"])
-    with SegmentationClient(plain.address, plaintext=True, model="nope") as c, pytest.raises(NotFoundError):
+    with SegmentationClient(server.address, plaintext=True, model="nope") as c, pytest.raises(NotFoundError):
         c.classify([path])
 
 
-def test_cli_client_writes_masks_and_overlays(plain: Server, tiny_folder: Path, tmp_path: Path) -> None:
+def test_cli_client_writes_masks_and_overlays(server: Server, tiny_folder: Path, tmp_path: Path) -> None:
     image, _ = roi(tiny_folder)
     (tmp_path / "a.png").write_bytes(image)
     env = {**os.environ, "CAMSEG_TORCH_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "camseg", "client", "segment", str(tmp_path / "a.png"), "--server",
-                          plain.address, "--plaintext", "--out", str(tmp_path / "out"), "--threshold", "p90"],
+                          server.address, "--plaintext", "--out", str(tmp_path / "out"), "--threshold", "p90"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert Image.open(tmp_path / "out" / "a_mask.png").size == (32, 32)

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
+from servers import Launcher, Server, png, roi, start_server, stop
 
 from camseg.predict import from_run_lengths
 from services.gen.camseg.v1 import camseg_pb2 as pb
@@ -31,81 +26,6 @@ from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[str]
-    port: int
-    metrics_port: int
-    repo: Path
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address)
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
-            return str(r.read().decode())
-
-
-def start_server(repo: Path, *extra: str, env: dict[str, str] | None = None, plaintext: bool = True) -> Server:
-    """A ``camseg serve`` process on free ports; ``extra`` arguments are appended."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "camseg", "serve", "--model-repo", str(repo), "--port", "0", "--metrics-port", "0",
-         *(["--plaintext"] if plaintext else []), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "CAMSEG_TORCH_THREADS": "1", "CAMSEG_POLL_SECONDS": "0.3", **(env or {})})
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    m = re.search(r"serving on 127\.0\.0\.1:(\d+) \(metrics on (\d+)\)", line)
-    if not m:
-        proc.kill()
-        raise AssertionError(f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
-    return Server(proc, int(m.group(1)), int(m.group(2)), repo)
-
-
-def stop(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-
-
-@pytest.fixture(scope="module")
-def repo(exported: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("repo")
-    shutil.copytree(exported[0], root / "tiny" / "1")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[Server]:
-    s = start_server(repo)
-    yield s
-    stop(s)
-
-
-@pytest.fixture(scope="module")
-def stub(server: Server) -> pb_grpc.SegmentationStub:
-    return pb_grpc.SegmentationStub(server.channel())
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def roi(tiny_folder: Path, with_mask: bool = True) -> tuple[bytes, bytes | None]:
-    for m in sorted((tiny_folder / "masks").glob("*.png")):
-        return (tiny_folder / "images" / m.name).read_bytes(), m.read_bytes() if with_mask else None
-    raise AssertionError("no tumor ROI")
 
 
 def test_health_and_reflection(server: Server) -> None:
@@ -232,16 +152,13 @@ def test_bad_explain_and_segment_options(stub: pb_grpc.SegmentationStub, tiny_fo
     assert stub.Classify(pb.ClassifyRequest(images=[pb.Image(encoded=image)]), timeout=10).results
 
 
-def test_oversized_image_refused_before_decoding(repo: Path) -> None:
-    s = start_server(repo, env={"CAMSEG_MAX_PIXELS": "1000"})
-    try:
-        stub = pb_grpc.SegmentationStub(s.channel())
-        big = png(np.zeros((64, 64), np.uint8))
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Classify(pb.ClassifyRequest(images=[pb.Image(encoded=big)]), timeout=30)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "exceed" in err.value.details()
-    finally:
-        stop(s)
+def test_oversized_image_refused_before_decoding(repo: Path, launch: Launcher) -> None:
+    s = launch(repo, env={"CAMSEG_MAX_PIXELS": "1000"})
+    stub = pb_grpc.SegmentationStub(s.channel())
+    big = png(np.zeros((64, 64), np.uint8))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(pb.ClassifyRequest(images=[pb.Image(encoded=big)]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "exceed" in err.value.details()
 
 
 def test_expired_deadline(stub: pb_grpc.SegmentationStub, server: Server, tiny_folder: Path) -> None:
