@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,17 +40,23 @@ class Server:
 
 def start_server(repo: Path, *extra: str, env: dict[str, str] | None = None, plaintext: bool = True) -> Server:
     """A ``camseg serve`` process on free ports; ``extra`` arguments are appended."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "camseg", "serve", "--model-repo", str(repo), "--port", "0", "--metrics-port", "0",
-         *(["--plaintext"] if plaintext else []), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "CAMSEG_TORCH_THREADS": "1", "CAMSEG_POLL_SECONDS": "0.3", **(env or {})})
+    # the log goes to a file: an unread pipe could fill up and stall the server
+    log = tempfile.NamedTemporaryFile(prefix="camseg-serve-", suffix=".log", delete=False)  # noqa: SIM115
+    log.close()
+    with open(log.name, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "camseg", "serve", "--model-repo", str(repo), "--port", "0", "--metrics-port",
+             "0", *(["--plaintext"] if plaintext else []), *extra],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+            env={**os.environ, "CAMSEG_TORCH_THREADS": "1", "CAMSEG_POLL_SECONDS": "0.3", **(env or {})})
     assert proc.stdout is not None
     line = proc.stdout.readline()
     m = re.search(r"serving on 127\.0\.0\.1:(\d+) \(metrics on (\d+)\)", line)
     if not m:
         proc.kill()
-        raise AssertionError(f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+        proc.wait()
+        proc.stdout.close()
+        raise AssertionError(f"server did not start: {line!r} {Path(log.name).read_text()}")
     return Server(proc, int(m.group(1)), int(m.group(2)), repo)
 
 
@@ -64,6 +71,9 @@ def stop(server: Server) -> None:
             server.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.proc.kill()
+            server.proc.wait()
+    if server.proc.stdout is not None:
+        server.proc.stdout.close()
 
 
 def png(arr: np.ndarray) -> bytes:
