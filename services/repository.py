@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,7 @@ class ServedModel:
     path: Path
     onnx: OnnxModel
     torch_model: Classifier
-    meta: dict[str, Any]
-    # serialises torch Grad-CAM on this model object only when it is not thread-safe;
-    # camseg's compute_cam is, so this stays unused but documents the contract
-    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+    meta: dict[str, Any]  # ONNX sessions and camseg's hook-free Grad-CAM are safe to call from many threads
 
     @property
     def classes(self) -> list[str]:
