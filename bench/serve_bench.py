@@ -28,10 +28,7 @@ import json
 import logging
 import os
 import platform
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +52,7 @@ from camseg.models import ModelSpec, build  # noqa: E402
 from camseg.runtime import make_session  # noqa: E402
 from services.gen.camseg.v1 import camseg_pb2 as pb  # noqa: E402
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc  # noqa: E402
+from services.process import spawn  # noqa: E402
 
 logger = logging.getLogger("serve_bench")
 GOAL = 0.85
@@ -88,19 +86,6 @@ def make_repo(root: Path, arch: str, size: int) -> Path:
 def images(root: Path, n: int) -> list[bytes]:
     files = sorted((root / "data" / "images").glob("*.png"))[:n]
     return [f.read_bytes() for f in files]
-
-
-def start(repo: Path, batching: bool, threads: int) -> tuple[subprocess.Popen[str], int]:
-    args = [sys.executable, "-m", "camseg", "serve", "--model-repo", str(repo), "--port", "0", "--metrics-port",
-            "0", "--plaintext", *([] if batching else ["--no-batching"])]
-    env = {**os.environ, "CAMSEG_TORCH_THREADS": str(threads)}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-    assert proc.stdout is not None
-    m = re.search(r":(\d+) \(metrics", proc.stdout.readline())
-    if not m:
-        proc.kill()
-        raise SystemExit("the server did not start")
-    return proc, int(m.group(1))
 
 
 async def load(port: int, rpc: str, make: Any, concurrency: int, seconds: float) -> tuple[list[float], int]:
@@ -169,7 +154,9 @@ def main() -> int:
             return pb.ClassifyRequest(images=[pb.Image(encoded=pngs[i % len(pngs)])])
 
         for batching in (True, False):
-            proc, port = start(repo, batching, args.threads)
+            server = spawn(repo, *([] if batching else ["--no-batching"]),
+                           env={"CAMSEG_TORCH_THREADS": str(args.threads)})
+            port = server.port
             try:
                 for c in levels:
                     lat, err = asyncio.run(load(port, "Classify", classify, c, args.seconds))
@@ -189,8 +176,7 @@ def main() -> int:
                         rows.append(row(rpc, f"{engine} ({pb.CamMethod.Name(method)})", True, 8, lat, err,
                                         args.seconds))
             finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
+                server.stop(timeout=60)
         model_dir = repo / args.arch / "1"
         rows.append(bare_ort(model_dir, x, 1, args.seconds, args.threads))
         rows.append(bare_ort(model_dir, x, args.max_batch, args.seconds, args.threads))

@@ -119,32 +119,22 @@ def _through_service(out: Path, data: Path, archs: Sequence[str], sweeps: dict[s
     """Start ``camseg serve`` on the exported models, segment the tumor ROIs of the test
     split through the real service with each model's best setting, and compare the
     mean Dice with the in-process number."""
-    import re
-    import signal
-    import subprocess
-    import sys
-
     from camseg.client import SegmentationClient
     from camseg.data.folder import FolderDataset
+    from services.process import spawn
 
     repo = out / "repo"
     for arch in archs:
         shutil.copytree(out / "models" / arch, repo / arch / "1")
     ds = FolderDataset.open(data)
     tumor = [s for s in (ds.samples[i] for i in ds.subset("test")) if s.mask_path is not None]
-    proc = subprocess.Popen([sys.executable, "-m", "camseg", "serve", "--model-repo", str(repo), "--port", "0",
-                             "--metrics-port", "0", "--plaintext"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+    server = spawn(repo)
     result: dict[str, Any] = {}
     try:
-        assert proc.stdout is not None
-        m = re.search(r"serving on (\S+) \(metrics on (\d+)\)", proc.stdout.readline())
-        if not m:
-            raise RuntimeError("camseg serve did not start")
         for arch in archs:
             best = sweeps[arch]["best"]
             t0 = time.perf_counter()
-            with SegmentationClient(m.group(1), plaintext=True, model=arch) as client:
+            with SegmentationClient(server.address, plaintext=True, model=arch) as client:
                 masks = []
                 for i in range(0, len(tumor), 64):
                     chunk = tumor[i : i + 64]
@@ -154,12 +144,11 @@ def _through_service(out: Path, data: Path, archs: Sequence[str], sweeps: dict[s
             dices = [r.dice for r in masks if r.dice is not None]
             result[arch] = {"images": len(masks), "mean_dice": sum(dices) / len(dices),
                             "in_process_mean_dice": best["mean_dice"], "seconds": round(time.perf_counter() - t0, 2)}
-        with urllib.request.urlopen(f"http://127.0.0.1:{m.group(2)}/metrics", timeout=10) as r:
+        with urllib.request.urlopen(f"http://{server.host}:{server.metrics_port}/metrics", timeout=10) as r:
             result["metrics_sample"] = [line for line in r.read().decode().splitlines()
                                         if line.startswith("camseg_grpc_requests_total")]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        server.stop(timeout=60)
     return result
 
 
