@@ -159,7 +159,10 @@ def _eval_mode(model: Classifier) -> Iterator[None]:
                     m.training = flag
 
 
-def _resolve_targets(targets: Targets, n: int, num_classes: int, device: torch.device) -> Tensor:
+def resolve_targets(targets: Targets, n: int, num_classes: int, device: torch.device | str = "cpu") -> Tensor:
+    """One class index per image: the last class when ``targets`` is None, one class for
+    all, or one each; InvalidInputError for non-integers, a wrong count or a class out
+    of range."""
     if targets is None:
         t = torch.full((n,), num_classes - 1, dtype=torch.long)
     elif isinstance(targets, int | np.integer) or (
@@ -248,7 +251,7 @@ def compute_cam(
     k = model.check_layer(layer)
     n = images.shape[0]
     device = images.device
-    t = _resolve_targets(targets, n, model.spec.num_classes, device)
+    t = resolve_targets(targets, n, model.spec.num_classes, device)
     out_size = size or (int(images.shape[2]), int(images.shape[3]))
     if cam_method is CamMethod.FUSED:
         return _fused(model, images, t, k, out_size, normalise)

@@ -61,7 +61,6 @@ class MaskResult:
     overlay_png: bytes
 
 
-_METHODS = {"gradcam": 1, "gradcam++": 2, "hirescam": 3, "layercam": 4, "fused": 5}
 _ERRORS = {grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError, grpc.StatusCode.NOT_FOUND: NotFoundError,
            grpc.StatusCode.FAILED_PRECONDITION: UnsupportedError, grpc.StatusCode.UNAVAILABLE: UnavailableError}
 
@@ -121,9 +120,9 @@ class SegmentationClient:
         return [self._cls(r) for r in self._call(self.stub.Classify, req).results]
 
     def _options(self, method: str, target: int | None, layer: str) -> Any:
-        if method not in _METHODS:
-            raise InvalidInputError(f"unknown CAM method {method!r}; choose one of {', '.join(_METHODS)}")
-        opts = self._pb.ExplainOptions(method=_METHODS[method], layer=layer)
+        from services.convert import method_to_pb
+
+        opts = self._pb.ExplainOptions(method=method_to_pb(method), layer=layer)
         if target is not None:
             opts.target_class = target
         return opts
@@ -145,13 +144,11 @@ class SegmentationClient:
                 overlay: bool = False) -> list[MaskResult]:
         pb = self._pb
         from camseg.masks import parse_rule
+        from services.convert import rule_to_pb
 
-        rule = parse_rule(threshold)
-        kind = {"fixed": pb.THRESHOLD_KIND_FIXED, "percentile": pb.THRESHOLD_KIND_PERCENTILE,
-                "otsu": pb.THRESHOLD_KIND_OTSU}[rule.kind]
         req = pb.SegmentRequest(
             model=self.model, images=[self._image(x, i) for i, x in enumerate(images)],
-            options=self._options(method, None, layer), threshold=pb.ThresholdRule(kind=kind, value=rule.value),
+            options=self._options(method, None, layer), threshold=rule_to_pb(parse_rule(threshold)),
             gate=gate, largest_component=largest, truth_masks=[self._image(x, i) for i, x in enumerate(truth)],
             overlay_png=overlay)
         out = []

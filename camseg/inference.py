@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from camseg.cam import CamMethod, CamResult, cam_from_activations, parse_method
+from camseg.cam import CamMethod, CamResult, Targets, cam_from_activations, parse_method, resolve_targets
 from camseg.errors import InvalidInputError, UnsupportedError
 from camseg.modeldir import ONNX_FILE, read_metadata
 from camseg.runtime import make_session
@@ -63,22 +63,15 @@ class OnnxModel:
         return out
 
     def explain(self, images: np.ndarray, *, method: str | CamMethod = CamMethod.GRADCAM,
-                targets: Tensor | int | None = None, size: tuple[int, int] | None = None) -> CamResult:
+                targets: Targets = None, size: tuple[int, int] | None = None) -> CamResult:
         """Heatmaps from one pass at the exported layer; FAILED_PRECONDITION where the
         method has no one-pass form."""
         m = parse_method(method)
         if self.head_weight is None or self.cam_layer is None or m not in ONE_PASS_METHODS:
             raise UnsupportedError(f"{m.value} has no one-pass ONNX form for this model")
-        probs, acts = self.session.run(["probabilities", "activations"], {self.input_name: self._check(images)})
-        n = probs.shape[0]
-        if targets is None:
-            t = torch.full((n,), len(self.classes) - 1, dtype=torch.long)
-        elif isinstance(targets, int):
-            t = torch.full((n,), targets, dtype=torch.long)
-        else:
-            t = targets.long()
-        if int(t.min()) < 0 or int(t.max()) >= len(self.classes):
-            raise InvalidInputError(f"target class out of range 0..{len(self.classes) - 1}")
+        x = self._check(images)
+        t = resolve_targets(targets, x.shape[0], len(self.classes))
+        probs, acts = self.session.run(["probabilities", "activations"], {self.input_name: x})
         maps = cam_from_activations(torch.from_numpy(acts), self.head_weight, t, method=m,
                                     size=size or (images.shape[2], images.shape[3]))
         # the logits are not exported; log-probabilities differ from them by a per-row constant

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 
-from camseg.cam import CamMethod, compute_cam, parse_method
+from camseg.cam import CamMethod, compute_cam, parse_method, upsample
 from camseg.data.folder import FloatArray, array_to_float
 from camseg.data.tensors import resize_image, to_channels
 from camseg.errors import InvalidInputError
+from camseg.inference import OnnxModel
 from camseg.masks import ThresholdRule, thresholds, to_masks
 from camseg.metrics import dice
 from camseg.models import Classifier
@@ -54,9 +54,7 @@ def prepare(images: Sequence[FloatArray], size: int, channels: int) -> torch.Ten
 
 def to_size(heat: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """One heatmap ``(h, w)`` resampled to ``shape``, kept in [0, 1]."""
-    if tuple(heat.shape) == shape:
-        return heat
-    return F.interpolate(heat[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+    return upsample(heat[None], shape)[0].clamp(0, 1)
 
 
 @dataclass(frozen=True)
@@ -75,6 +73,15 @@ def explain(model: Classifier, images: Sequence[FloatArray], *, method: str | Ca
         model.check_layer(layer)
     batch = prepare(images, model.spec.input_size, model.spec.in_channels)
     res = compute_cam(model, batch, method=method, targets=target, layer=layer or None)
+    maps = [to_size(res.heatmaps[i], img.shape[:2]) for i, img in enumerate(images)]
+    return Explained(maps, res.probabilities, res.targets, res.layers)
+
+
+def explain_onnx(onnx: OnnxModel, images: Sequence[FloatArray], *, method: str | CamMethod = "gradcam",
+                 target: int | None = None) -> Explained:
+    """Heatmaps of ``images`` at their own sizes from one ONNX pass (the exported layer)."""
+    x = prepare(images, onnx.size, onnx.channels).numpy()
+    res = onnx.explain(x, method=method, targets=target)
     maps = [to_size(res.heatmaps[i], img.shape[:2]) for i, img in enumerate(images)]
     return Explained(maps, res.probabilities, res.targets, res.layers)
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -24,6 +23,7 @@ from camseg.masks import parse_rule, to_masks
 from camseg.metrics import dice
 from camseg.modeldir import load_model, write_json
 from camseg.models import Classifier
+from camseg.predict import to_size
 from camseg.training import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -115,9 +115,7 @@ def _one(ds: FolderDataset, i: int, image: Tensor, heat: Tensor, probs: Tensor, 
          rule: Any, opts: SegmentOptions, tmp: Path) -> dict[str, Any]:
     sample = ds.samples[i]
     original, truth = ds.load(i)
-    h, w = original.shape[:2]
-    if heat.shape != (h, w):  # masks come at the image's own size
-        heat = F.interpolate(heat[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+    heat = to_size(heat, original.shape[:2])  # masks come at the image's own size
     mask = to_masks(heat[None], rule, predicted=torch.tensor([pred]) if opts.gate else None,
                     positive_class=positive, largest=opts.largest, fill_holes=opts.fill_holes)[0]
     mask_np = mask.numpy()

@@ -20,14 +20,13 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from camseg.cam import CamMethod
 from camseg.data.folder import FloatArray, decode_image
 from camseg.errors import InvalidInputError
 from camseg.figures import overlay
 from camseg.inference import ONE_PASS_METHODS
-from camseg.masks import ThresholdRule
-from camseg.predict import Explained, explain, prepare, raw_to_image, run_lengths, segment_one, to_size
+from camseg.predict import Explained, explain, explain_onnx, prepare, raw_to_image, run_lengths, segment_one
 from services.batching import DynamicBatcher
+from services.convert import method_from_pb, rule_from_pb, rule_to_pb
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from services.metrics import ServiceMetrics
@@ -36,14 +35,6 @@ from services.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
-METHODS = {
-    pb.CAM_METHOD_UNSPECIFIED: CamMethod.GRADCAM,
-    pb.CAM_METHOD_GRADCAM: CamMethod.GRADCAM,
-    pb.CAM_METHOD_GRADCAM_PP: CamMethod.GRADCAM_PP,
-    pb.CAM_METHOD_HIRESCAM: CamMethod.HIRESCAM,
-    pb.CAM_METHOD_LAYERCAM: CamMethod.LAYERCAM,
-    pb.CAM_METHOD_FUSED: CamMethod.FUSED,
-}
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -142,9 +133,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     async def _explain(self, served: ServedModel, images: list[FloatArray], options: pb.ExplainOptions,
                        context: grpc.aio.ServicerContext) -> tuple[Explained, str]:
-        method = METHODS.get(options.method)
-        if method is None:
-            raise InvalidInputError(f"unknown CAM method {options.method}")
+        method = method_from_pb(options.method)
         target = options.target_class if options.HasField("target_class") else None
         if target is not None and not 0 <= target < len(served.classes):
             raise InvalidInputError(f"target class {target} is out of range 0..{len(served.classes) - 1}")
@@ -161,10 +150,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
         def part(imgs: list[FloatArray]) -> Explained:
             if one_pass:
-                x = prepare(imgs, served.onnx.size, served.onnx.channels).numpy()
-                res = served.onnx.explain(x, method=method, targets=target)
-                maps = [to_size(res.heatmaps[i], img.shape[:2]) for i, img in enumerate(imgs)]
-                return Explained(maps, res.probabilities, res.targets, res.layers)
+                return explain_onnx(served.onnx, imgs, method=method, target=target)
             return explain(served.torch_model, imgs, method=method, target=target, layer=layer)
 
         def run() -> Explained:
@@ -206,7 +192,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 raise InvalidInputError(f"{len(request.truth_masks)} truth masks for {len(images)} images")
             truths = [(m.max(axis=-1) if m.ndim == 3 else m) > 0
                       for m in self._decode(request.truth_masks, "truth mask")]
-        rule = _rule(request.threshold)
+        rule = rule_from_pb(request.threshold)
         gate = request.gate if request.HasField("gate") else True
         res, _ = await self._explain(served, images, request.options, context)
         positive = len(served.classes) - 1
@@ -220,7 +206,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 dices.append(seg.dice)
             masks.append(pb.Mask(
                 png=_png(m.astype(np.uint8) * 255), packed_bits=np.packbits(m.ravel()).tobytes(),
-                rle=run_lengths(m), shape=list(m.shape), area=int(m.sum()), threshold=_rule_pb(rule),
+                rle=run_lengths(m), shape=list(m.shape), area=int(m.sum()), threshold=rule_to_pb(rule),
                 threshold_value=seg.threshold_value if np.isfinite(seg.threshold_value) else 1.0,
                 gated=seg.gated, dice=seg.dice,
                 classification=self._classification(served, probs, request.images[i].id),
@@ -245,26 +231,6 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             gradcam_layer=meta.get("gradcam_layer", ""), layers=meta.get("layers", []),
             metrics=_flat_metrics(meta.get("metrics", {})), providers=served.onnx.providers,
             one_pass_cam=served.onnx.cam_layer is not None)
-
-
-def _rule(r: pb.ThresholdRule) -> ThresholdRule:
-    if r.kind in (pb.THRESHOLD_KIND_UNSPECIFIED, pb.THRESHOLD_KIND_OTSU):
-        return ThresholdRule("otsu")
-    if r.kind == pb.THRESHOLD_KIND_FIXED:
-        if not 0.0 <= r.value <= 1.0:
-            raise InvalidInputError(f"fixed threshold {r.value} is outside [0, 1]")
-        return ThresholdRule("fixed", r.value)
-    if r.kind == pb.THRESHOLD_KIND_PERCENTILE:
-        if not 0.0 <= r.value <= 100.0:
-            raise InvalidInputError(f"percentile {r.value} is outside [0, 100]")
-        return ThresholdRule("percentile", r.value)
-    raise InvalidInputError(f"unknown threshold kind {r.kind}")
-
-
-def _rule_pb(rule: ThresholdRule) -> pb.ThresholdRule:
-    kind = {"fixed": pb.THRESHOLD_KIND_FIXED, "percentile": pb.THRESHOLD_KIND_PERCENTILE,
-            "otsu": pb.THRESHOLD_KIND_OTSU}[rule.kind]
-    return pb.ThresholdRule(kind=kind, value=rule.value)
 
 
 def _flat_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
