@@ -28,7 +28,7 @@ test: $(STAMP) redis
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check camseg tests bench
+	$(BIN)/ruff check camseg services jobs tests bench
 	$(BIN)/mypy
 
 data-real: $(STAMP)

@@ -213,6 +213,78 @@ def _check_size(size: tuple[int, int] | None) -> None:
 FUSED_LAYERS = 2  # the fused map multiplies LayerCAM of the last two stages
 
 
+@dataclass(frozen=True)
+class RawCam:
+    """Heatmaps before upsampling: one ``(N, h, w)`` map per layer at the layer's own
+    resolution (after ReLU), with the logits and targets of the pass.
+
+    :meth:`render` brings them to any output size, so a caller with images of several
+    sizes runs the network once and resizes each map once, straight to its image's size.
+    """
+
+    parts: tuple[Tensor, ...]
+    logits: Tensor
+    targets: Tensor
+    layers: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.logits.shape[0])
+
+    def render(self, size: tuple[int, int], *, index: Tensor | None = None, normalise: bool = True) -> Tensor:
+        """Maps ``(n, *size)`` of the images ``index`` (all by default).
+
+        One layer: upsampled, then min-max normalised. Several (fused): each upsampled
+        and normalised, multiplied, and the geometric mean taken, then normalised.
+        """
+        parts = self.parts if index is None else tuple(p[index] for p in self.parts)
+        if len(parts) == 1:
+            maps = upsample(parts[0], size)
+            return normalise_maps(maps) if normalise else maps
+        fused = torch.ones((parts[0].shape[0], *size), device=parts[0].device)
+        for p in parts:
+            fused = fused * normalise_maps(upsample(p, size))
+        maps = fused.sqrt() if len(parts) == 2 else fused.pow(1.0 / len(parts))
+        return normalise_maps(maps) if normalise else maps
+
+
+def raw_cam(
+    model: Classifier,
+    images: Tensor,
+    *,
+    method: str | CamMethod = CamMethod.GRADCAM,
+    targets: Targets = None,
+    layer: str | None = None,
+    analytic: bool = True,
+) -> RawCam:
+    """The forward (and, where needed, backward) pass of :func:`compute_cam`, stopped
+    before upsampling; same arguments, same checks."""
+    cam_method = parse_method(method)
+    _check_images(model, images)
+    layer = layer or model.cam_layer
+    k = model.check_layer(layer)
+    t = resolve_targets(targets, images.shape[0], model.spec.num_classes, images.device)
+    if cam_method is CamMethod.FUSED:
+        return _fused(model, images, t, k)
+    with _eval_mode(model):
+        if analytic and model.has_linear_gap_head(layer):
+            with torch.inference_mode():
+                acts = model.run_until(images, k)
+                logits = model.head(acts)
+                maps = combine(cam_method, acts, analytic_grads(model.fc.weight, t, acts.shape))
+        else:
+            with torch.no_grad():
+                leaf = model.run_until(images, k)
+            leaf.requires_grad_(True)
+            with torch.enable_grad():
+                logits, _ = model.run_from(leaf, k + 1)
+                score = logits.gather(1, t[:, None]).sum()
+                (grads,) = torch.autograd.grad(score, leaf)
+            with torch.no_grad():
+                maps = combine(cam_method, leaf.detach(), grads)
+            logits = logits.detach()
+    return RawCam((maps,), logits, t, (layer,))
+
+
 def compute_cam(
     model: Classifier,
     images: Tensor,
@@ -244,45 +316,32 @@ def compute_cam(
     Raises:
         TypeError / InvalidInputError / NotFoundError before any computation.
     """
-    cam_method = parse_method(method)
+    parse_method(method)
     _check_images(model, images)
     _check_size(size)
-    layer = layer or model.cam_layer
-    k = model.check_layer(layer)
-    n = images.shape[0]
-    device = images.device
-    t = resolve_targets(targets, n, model.spec.num_classes, device)
+    raw = raw_cam(model, images, method=method, targets=targets, layer=layer, analytic=analytic)
     out_size = size or (int(images.shape[2]), int(images.shape[3]))
-    if cam_method is CamMethod.FUSED:
-        return _fused(model, images, t, k, out_size, normalise)
-    with _eval_mode(model):
-        if analytic and model.has_linear_gap_head(layer):
-            with torch.inference_mode():
-                acts = model.run_until(images, k)
-                logits = model.head(acts)
-                grads = analytic_grads(model.fc.weight, t, acts.shape)
-                maps = combine(cam_method, acts, grads)
-        else:
-            with torch.no_grad():
-                leaf = model.run_until(images, k)
-            leaf.requires_grad_(True)
-            with torch.enable_grad():
-                logits, _ = model.run_from(leaf, k + 1)
-                score = logits.gather(1, t[:, None]).sum()
-                (grads,) = torch.autograd.grad(score, leaf)
-            with torch.no_grad():
-                maps = combine(cam_method, leaf.detach(), grads)
-            logits = logits.detach()
-    maps = upsample(maps, out_size)
-    if normalise:
-        maps = normalise_maps(maps)
-    return CamResult(maps, logits, t, (layer,))
+    return CamResult(raw.render(out_size, normalise=normalise), raw.logits, raw.targets, raw.layers)
 
 
-def _fused(model: Classifier, images: Tensor, t: Tensor, k: int, size: tuple[int, int],
-           normalise: bool) -> CamResult:
-    """LayerCAM at stage ``k`` and the stage before it from one forward and one
-    backward, each normalised at input size, multiplied."""
+def cam_batches(
+    model: Classifier, images: Tensor, *, batch_size: int = 64, method: str | CamMethod = CamMethod.GRADCAM,
+    targets: Targets = None, layer: str | None = None,
+) -> Iterator[CamResult]:
+    """:func:`compute_cam` over a large set, ``batch_size`` images at a time, at the input
+    size. ``targets`` is None, one class, or one per image of the whole set."""
+    if batch_size < 1:
+        raise InvalidInputError("batch size must be at least 1")
+    per_image = targets is not None and not isinstance(targets, int | np.integer) and not (
+        isinstance(targets, Tensor) and targets.ndim == 0)
+    all_targets = torch.as_tensor(targets) if per_image else None
+    for i in range(0, len(images), batch_size):
+        t = all_targets[i : i + batch_size] if all_targets is not None else targets
+        yield compute_cam(model, images[i : i + batch_size], method=method, layer=layer, targets=t)
+
+
+def _fused(model: Classifier, images: Tensor, t: Tensor, k: int) -> RawCam:
+    """LayerCAM at stage ``k`` and the stage before it from one forward and one backward."""
     first = max(0, k - FUSED_LAYERS + 1)
     names = model.layer_names
     with _eval_mode(model):
@@ -295,13 +354,18 @@ def _fused(model: Classifier, images: Tensor, t: Tensor, k: int, size: tuple[int
             score = logits.gather(1, t[:, None]).sum()
             grads = torch.autograd.grad(score, acts)
         with torch.no_grad():
-            fused = torch.ones((images.shape[0], *size), device=images.device)
-            for a, g in zip(acts, grads, strict=True):
-                fused = fused * normalise_maps(upsample(combine(CamMethod.LAYERCAM, a.detach(), g), size))
-            maps = fused.sqrt() if len(acts) == 2 else fused.pow(1.0 / len(acts))
-    if normalise:
-        maps = normalise_maps(maps)
-    return CamResult(maps, logits.detach(), t, tuple(names[first : k + 1]))
+            parts = tuple(combine(CamMethod.LAYERCAM, a.detach(), g) for a, g in zip(acts, grads, strict=True))
+    return RawCam(parts, logits.detach(), t, tuple(names[first : k + 1]))
+
+
+def raw_from_activations(acts: Tensor, weight: Tensor, targets: Tensor, *,
+                         method: str | CamMethod = CamMethod.GRADCAM) -> Tensor:
+    """Maps ``(N, h, w)`` at the layer's resolution from last-stage activations and the
+    linear head's weight, as exported by ``camseg export`` (the one-pass path)."""
+    cam_method = parse_method(method)
+    if cam_method is CamMethod.FUSED:
+        raise InvalidInputError("the fused method needs two layers; it has no one-pass form")
+    return combine(cam_method, acts, analytic_grads(weight, targets, acts.shape))
 
 
 def cam_from_activations(
@@ -311,9 +375,6 @@ def cam_from_activations(
     """Normalised heatmaps from last-stage activations and the linear head's weight,
     as exported by ``camseg export``: the one-pass path, numerically the same as
     :func:`compute_cam` at the default layer."""
-    cam_method = parse_method(method)
-    if cam_method is CamMethod.FUSED:
-        raise InvalidInputError("the fused method needs two layers; it has no one-pass form")
-    maps = combine(cam_method, acts, analytic_grads(weight, targets, acts.shape))
+    maps = raw_from_activations(acts, weight, targets, method=method)
     out_size = size or (int(acts.shape[-2]), int(acts.shape[-1]))
     return normalise_maps(upsample(maps, out_size))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from camseg import __version__
+from camseg.cam import parse_method
 from camseg.errors import CamsegError
 from camseg.settings import Settings
 
@@ -33,8 +34,10 @@ def _configure(settings: Settings, verbose: int) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from camseg.cam import METHODS
-    from camseg.evaluation import DEFAULT_RULES, FILTERS
+    from camseg.data.folder import SPLITS
+    from camseg.evaluation import DEFAULT_RULES
     from camseg.models import ARCHITECTURES
+    from camseg.retraining import FILTERS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
@@ -93,54 +96,28 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--overlays", action="store_true", help="write heatmap overlays")
     g.add_argument("--overwrite", action="store_true")
 
-    ev = sub.add_parser("evaluate", help="mean Dice over methods, layers and threshold rules")
+    ev = sub.add_parser("evaluate", help="Dice over methods, layers and thresholds: chosen on one split, "
+                                         "reported on another")
     ev.add_argument("--model", type=Path, required=True)
     ev.add_argument("--data", type=Path, required=True)
-    ev.add_argument("--split", default="test", choices=("train", "val", "test"))
+    ev.add_argument("--select", default="val", choices=SPLITS, help="split the settings are chosen on")
+    ev.add_argument("--report", default="test", choices=SPLITS, help="split the Dice is reported on")
     ev.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ev.add_argument("--layers", nargs="+", default=None)
     ev.add_argument("--rules", nargs="+", default=list(DEFAULT_RULES))
-    ev.add_argument("--json", type=Path, default=None, help="write all rows as JSON")
+    ev.add_argument("--out", type=Path, default=None, help="write report.json, report.md and the Dice curves here")
+    ev.add_argument("--overwrite", action="store_true")
     ev.add_argument("--top", type=int, default=15, help="rows to print")
 
     f = sub.add_parser("filtered-retrain", help="retrain on heatmap-filtered images (the paper's evaluation)")
     f.add_argument("--model", type=Path, required=True)
     f.add_argument("--data", type=Path, required=True)
+    f.add_argument("--out", type=Path, default=None, help="keep each run and results.json here (resumable)")
     f.add_argument("--thresholds", nargs="+", type=float, default=[0.5])
     f.add_argument("--filters", nargs="+", default=list(FILTERS), choices=FILTERS)
     f.add_argument("--method", default="gradcam", choices=METHODS)
     f.add_argument("--epochs", type=int, default=None)
     f.add_argument("--json", type=Path, default=None)
-
-    sv = sub.add_parser("serve", help="the gRPC service over a model repository (needs the services package)")
-    sv.add_argument("--model-repo", type=Path, required=True, help="DIR/<name>/<version>/ of exported models")
-    sv.add_argument("--host", default=None)
-    sv.add_argument("--port", type=int, default=None)
-    sv.add_argument("--metrics-port", type=int, default=None)
-    sv.add_argument("--plaintext", action="store_true", help="no TLS (loopback development only)")
-    sv.add_argument("--tls-cert", type=Path, default=None)
-    sv.add_argument("--tls-key", type=Path, default=None)
-    sv.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates from this CA")
-    sv.add_argument("--no-batching", action="store_true")
-
-    cl = _Sub(sub.add_parser("client", help="call a running camseg service").add_subparsers(
-        dest="client_cmd", required=True, metavar="RPC"), common)
-    for name in ("classify", "explain", "segment"):
-        c = cl.add_parser(name, help=f"{name} image files")
-        c.add_argument("files", nargs="+", type=Path)
-        c.add_argument("--server", default="127.0.0.1:50051")
-        c.add_argument("--model", default="")
-        c.add_argument("--version", default="")
-        c.add_argument("--plaintext", action="store_true")
-        c.add_argument("--ca", type=Path, default=None)
-        c.add_argument("--cert", type=Path, default=None)
-        c.add_argument("--key", type=Path, default=None)
-        if name != "classify":
-            c.add_argument("--method", default="gradcam", choices=METHODS)
-            c.add_argument("--out", type=Path, default=Path("camseg-client-out"))
-        if name == "segment":
-            c.add_argument("--threshold", default="otsu")
-            c.add_argument("--largest", action="store_true")
 
     d = sub.add_parser("demo", help="the whole method on synthetic data, with a report")
     d.add_argument("--out", type=Path, default=Path("demo-out"))
@@ -150,11 +127,32 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--archs", nargs="+", default=["resnet", "inception", "densenet", "mobilenet"],
                    choices=sorted(ARCHITECTURES))
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-service", action="store_true", help="skip the steps that start the service and workers")
+    for module in _adapters():
+        module.register(sub)
     return p
 
 
+ADAPTER_MODULES = ("services.cli",)
+
+
+def _adapters() -> list[Any]:
+    """The adapter packages' command modules that are installed (``camseg[serve]``,
+    ``camseg[jobs]``); each adds its subcommands and hands ``demo`` its steps."""
+    import importlib
+
+    found = []
+    for name in ADAPTER_MODULES:
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError as exc:
+            logger.debug("%s not available: %s", name, exc)
+    return found
+
+
 class _Sub:
-    """Adds the common options to every sub-command, so they work after it too."""
+    """Adds the common options to every sub-command, so they work after it too.
+    Adapters receive one to add their own commands (``register(sub)``)."""
 
     def __init__(self, action: argparse._SubParsersAction, common: argparse.ArgumentParser):
         self.action, self.common = action, common
@@ -170,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure(settings, args.verbose)
     progress = not args.no_progress
     try:
+        if hasattr(args, "handler"):  # an adapter's command
+            code: int = args.handler(args, settings)
+            return code
         return _dispatch(args, settings, progress)
     except CamsegError as exc:
         print(f"camseg: error: {exc.message}", file=sys.stderr)
@@ -180,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
+    from camseg.console import progress_bars
+
     if args.command == "data":
         return _data(args, settings)
     if args.command == "train":
@@ -187,8 +190,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
 
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                           seed=args.seed)
-        meta = train_from_folder(args.data, args.arch, args.out, cfg, input_size=args.size, channels=args.channels,
-                                 width=args.width, progress=progress, device=settings.device)
+        with progress_bars(progress) as bars:
+            meta = train_from_folder(args.data, args.arch, args.out, cfg, input_size=args.size,
+                                     channels=args.channels, width=args.width, on_progress=bars,
+                                     device=settings.device)
         m = meta["metrics"]
         print(f"{args.out}: best epoch {m['best_epoch']}, val accuracy {m['val']['val_accuracy']:.4f}, "
               f"val AUC {m['val']['val_auc']:.4f}"
@@ -204,80 +209,34 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
               f"on {par['images']} images")
         return 0
     if args.command == "segment":
-        from camseg.segment import SegmentOptions, segment_folder
+        from camseg.masks import parse_rule
+        from camseg.pipeline import LoadedModel, Options
+        from camseg.segment import segment_folder
 
-        opts = SegmentOptions(method=args.method, threshold=args.threshold, layer=args.layer, gate=not args.no_gate,
-                              largest=args.largest, fill_holes=args.fill_holes, overlays=args.overlays)
-        summary = segment_folder(args.model, args.data, args.out, opts, split=args.split, overwrite=args.overwrite,
-                                 progress=progress)
+        opts = Options(method=parse_method(args.method), threshold=parse_rule(args.threshold), layer=args.layer,
+                       gate=not args.no_gate, largest=args.largest, fill_holes=args.fill_holes)
+        model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
+        with progress_bars(progress) as bars:
+            summary = segment_folder(model, args.data, args.out, opts, split=args.split, overlays=args.overlays,
+                                     overwrite=args.overwrite, on_progress=bars)
         print(f"{args.out / 'results.csv'}: {summary['images']} images, accuracy {summary['accuracy']:.4f}, "
-              f"mean Dice {summary['mean_dice']:.4f} over {summary['with_truth']} truth masks")
+              f"mean Dice {summary['mean_dice']:.4f} over {summary['with_truth']} truth masks"
+              + (" (reused: same inputs)" if summary["reused"] else ""))
         return 0
     if args.command == "evaluate":
         return _evaluate(args, progress)
     if args.command == "filtered-retrain":
         return _filtered(args, progress)
-    if args.command == "client":
-        return _client(args)
-    if args.command == "serve":
-        return _serve(args)
     if args.command == "demo":
         from camseg.demo import DemoConfig, run_demo
 
-        report = run_demo(DemoConfig(out=args.out, n=args.n, size=args.size, epochs=args.epochs,
-                                     archs=tuple(args.archs), seed=args.seed), progress=progress)
+        steps = [] if args.no_service else [s for m in _adapters() for s in m.demo_steps(settings)]
+        with progress_bars(progress) as bars:
+            report = run_demo(DemoConfig(out=args.out, n=args.n, size=args.size, epochs=args.epochs,
+                                         archs=tuple(args.archs), seed=args.seed), on_progress=bars, steps=steps)
         print(f"report: {report}")
         return 0
     raise AssertionError(args.command)  # pragma: no cover
-
-
-def _client(args: argparse.Namespace) -> int:
-    from camseg.client import SegmentationClient, save_png
-
-    for f in args.files:
-        if not f.is_file():
-            print(f"camseg: error: {f}: no such file", file=sys.stderr)
-            return 2
-    with SegmentationClient(args.server, plaintext=args.plaintext, ca=args.ca, cert=args.cert, key=args.key,
-                            model=args.model, version=args.version) as c:
-        if args.client_cmd == "classify":
-            for f, r in zip(args.files, c.classify(args.files), strict=True):
-                print(f"{f}\t{r.label}\t" + "\t".join(f"{p:.4f}" for p in r.probabilities))
-        elif args.client_cmd == "explain":
-            for f, h in zip(args.files, c.explain(args.files, method=args.method, overlay=True), strict=True):
-                save_png(args.out / f"{f.stem}_heatmap.png", h.overlay_png)
-                print(f"{f}\t{h.classification.label}\t{args.out / (f.stem + '_heatmap.png')}")
-        else:
-            results = c.segment(args.files, method=args.method, threshold=args.threshold, largest=args.largest,
-                                overlay=True)
-            for f, m in zip(args.files, results, strict=True):
-                save_png(args.out / f"{f.stem}_mask.png", m.png)
-                save_png(args.out / f"{f.stem}_overlay.png", m.overlay_png)
-                print(f"{f}\t{m.classification.label}\tarea {m.area}\t{args.out / (f.stem + '_mask.png')}")
-    return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from services.server import serve
-    from services.settings import ServeSettings
-
-    overrides = {k: v for k, v in {
-        "model_repo": args.model_repo, "host": args.host, "port": args.port, "metrics_port": args.metrics_port,
-        "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
-    }.items() if v is not None}
-    if args.plaintext:
-        overrides["plaintext"] = True
-    if args.no_batching:
-        overrides["batching"] = False
-    settings = ServeSettings(**overrides)
-    try:
-        asyncio.run(serve(settings))
-    except (ValueError, OSError) as exc:
-        print(f"camseg: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _data(args: argparse.Namespace, settings: Settings) -> int:
@@ -306,26 +265,29 @@ def _evaluate(args: argparse.Namespace, progress: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from camseg.evaluation import best_row, dice_sweep, paper_row, split_arrays, sweep_records
-    from camseg.modeldir import load_model, write_json
+    from camseg.console import progress_bars
+    from camseg.evaluation import evaluate_dice
 
-    model, _ = load_model(args.model)
-    data = split_arrays(args.data, model, args.split)
-    rows = dice_sweep(model, data, methods=args.methods, layers=args.layers, rules=args.rules, progress=progress)
-    table = Table(title=f"mean Dice over {rows[0].n} tumor ROIs ({args.split} split, gated)")
+    with progress_bars(progress) as bars:
+        report = evaluate_dice(args.model, args.data, select=args.select, report=args.report, methods=args.methods,
+                               layers=args.layers, rules=args.rules, out=args.out, overwrite=args.overwrite,
+                               on_progress=bars)
+    console = Console()
+    for note in report.notes:
+        console.print(f"note: {note}")
+    table = Table(title=f"mean Dice over {report.n_report} tumor ROIs ({report.report_split} split, gated); "
+                        f"for reading: choices are made on {report.select_split}")
     for col in ("method", "layer", "threshold", "largest CC", "mean Dice"):
         table.add_column(col, justify="right" if col == "mean Dice" else "left")
-    for r in sorted(rows, key=lambda r: -r.mean_dice)[: args.top]:
+    for r in sorted(report.report_rows, key=lambda r: -r.mean_dice)[: args.top]:
         table.add_row(r.method, r.layer, r.rule, "yes" if r.largest else "no", f"{r.mean_dice:.4f}")
-    console = Console()
     console.print(table)
-    base = paper_row(rows, model)
-    best = best_row(rows)
-    console.print(f"paper baseline (Grad-CAM@{base.layer}, t={base.rule}): {base.mean_dice:.4f}; "
-                  f"best ({best.method}@{best.layer}, {best.rule}{', largest CC' if best.largest else ''}): "
-                  f"{best.mean_dice:.4f}")
-    if args.json:
-        write_json(args.json, sweep_records(rows))
+    base, best = report.paper, report.best
+    console.print(f"paper baseline (Grad-CAM@{base.layer}, t={base.rule} chosen on {report.select_split}): "
+                  f"{base.mean_dice:.4f}; best ({best.label}, chosen on {report.select_split}): "
+                  f"{best.mean_dice:.4f} on {report.report_split}")
+    if args.out:
+        console.print(f"report: {args.out / 'report.md'}")
     return 0
 
 
@@ -335,15 +297,17 @@ def _filtered(args: argparse.Namespace, progress: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from camseg.evaluation import filtered_retrain
+    from camseg.console import progress_bars
     from camseg.modeldir import read_metadata, write_json
+    from camseg.retraining import filtered_retrain
     from camseg.training import TrainConfig
 
     cfg = TrainConfig(**read_metadata(args.model).get("training", {}))
     if args.epochs:
         cfg = replace(cfg, epochs=args.epochs)
-    results = filtered_retrain(args.model, args.data, thresholds=args.thresholds, filters=args.filters,
-                               method=args.method, cfg=cfg, progress=progress)
+    with progress_bars(progress) as bars:
+        results = filtered_retrain(args.model, args.data, args.out, thresholds=args.thresholds,
+                                   filters=args.filters, method=args.method, cfg=cfg, on_progress=bars)
     table = Table(title="filtered retraining: test accuracy and ROC AUC")
     for col in ("filter", "threshold", "hot fraction", "accuracy", "AUC"):
         table.add_column(col)

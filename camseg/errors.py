@@ -17,6 +17,8 @@ class StatusCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     UNAVAILABLE = "UNAVAILABLE"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
 
 
@@ -52,3 +54,9 @@ class UnavailableError(CamsegError):
     """Not loaded yet, or draining."""
 
     code = StatusCode.UNAVAILABLE
+
+
+class CancelledError(CamsegError):
+    """The caller asked a long-running call to stop (``should_stop``)."""
+
+    code = StatusCode.CANCELLED

@@ -62,6 +62,13 @@ class OnnxModel:
         out: np.ndarray = self.session.run(["probabilities"], {self.input_name: self._check(images)})[0]
         return out
 
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and the exported layer's activations of one pass."""
+        if self.cam_layer is None:
+            raise UnsupportedError(f"{self.dir}: the ONNX file exports no activations")
+        probs, acts = self.session.run(["probabilities", "activations"], {self.input_name: self._check(images)})
+        return probs, acts
+
     def explain(self, images: np.ndarray, *, method: str | CamMethod = CamMethod.GRADCAM,
                 targets: Targets = None, size: tuple[int, int] | None = None) -> CamResult:
         """Heatmaps from one pass at the exported layer; FAILED_PRECONDITION where the
@@ -69,9 +76,8 @@ class OnnxModel:
         m = parse_method(method)
         if self.head_weight is None or self.cam_layer is None or m not in ONE_PASS_METHODS:
             raise UnsupportedError(f"{m.value} has no one-pass ONNX form for this model")
-        x = self._check(images)
-        t = resolve_targets(targets, x.shape[0], len(self.classes))
-        probs, acts = self.session.run(["probabilities", "activations"], {self.input_name: x})
+        t = resolve_targets(targets, images.shape[0], len(self.classes))
+        probs, acts = self.run(images)
         maps = cam_from_activations(torch.from_numpy(acts), self.head_weight, t, method=m,
                                     size=size or (images.shape[2], images.shape[3]))
         # the logits are not exported; log-probabilities differ from them by a per-row constant

@@ -13,6 +13,7 @@ pixels (8-connectivity).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -113,22 +114,33 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return out[0] if mask.ndim == 2 else out
 
 
-def to_masks(
+@dataclass(frozen=True)
+class Masks:
+    """Masks ``(N, H, W)``, the threshold each map got ``(N,)`` (``inf`` where the rule
+    finds none, as Otsu on a flat map) and which images the classifier gate emptied."""
+
+    masks: Tensor
+    thresholds: Tensor
+    gated: Tensor
+
+
+def segment_maps(
     heatmaps: Tensor,
     rule: ThresholdRule | str = "otsu",
     *,
     predicted: Tensor | None = None,
-    positive_class: int = 1,
+    positive_class: int | Sequence[int] = 1,
     largest: bool = False,
     fill_holes: bool = False,
-) -> Tensor:
-    """Boolean masks ``(N, H, W)`` from heatmaps.
+) -> Masks:
+    """Heatmaps to masks, each threshold computed once.
 
     Args:
         heatmaps: ``(N, H, W)`` normalised to [0, 1].
         rule: the threshold rule.
-        predicted: predicted class per image; where given, images not predicted as
-            ``positive_class`` get an empty mask (the classifier gate).
+        predicted: predicted class per image; where given, images not predicted as a
+            positive class get an empty mask (the classifier gate).
+        positive_class: the tumor class, or several (any of them counts as tumor).
         largest: keep only the largest connected component.
         fill_holes: fill enclosed holes.
     """
@@ -139,8 +151,11 @@ def to_masks(
     masks = heatmaps >= t[:, None, None]
     if r.kind == "percentile":
         masks &= heatmaps > 0  # a flat-zero region is never above its own percentile
+    gated = torch.zeros(heatmaps.shape[0], dtype=torch.bool, device=heatmaps.device)
     if predicted is not None:
-        masks &= (predicted.to(masks.device) == positive_class)[:, None, None]
+        positives = torch.as_tensor([positive_class] if isinstance(positive_class, int) else list(positive_class))
+        gated = ~torch.isin(predicted.cpu(), positives).to(heatmaps.device)
+        masks &= ~gated[:, None, None]
     if largest or fill_holes:
         arr = masks.cpu().numpy()
         if largest:
@@ -150,4 +165,18 @@ def to_masks(
             structure[1] = ndimage.generate_binary_structure(2, 1)
             arr = ndimage.binary_fill_holes(arr, structure=structure)
         masks = torch.from_numpy(np.ascontiguousarray(arr)).to(heatmaps.device)
-    return masks
+    return Masks(masks, t, gated)
+
+
+def to_masks(
+    heatmaps: Tensor,
+    rule: ThresholdRule | str = "otsu",
+    *,
+    predicted: Tensor | None = None,
+    positive_class: int | Sequence[int] = 1,
+    largest: bool = False,
+    fill_holes: bool = False,
+) -> Tensor:
+    """Boolean masks ``(N, H, W)`` from heatmaps: :func:`segment_maps`' masks alone."""
+    return segment_maps(heatmaps, rule, predicted=predicted, positive_class=positive_class, largest=largest,
+                        fill_holes=fill_holes).masks

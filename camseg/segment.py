@@ -1,155 +1,140 @@
-"""Bulk segmentation of a folder data set: masks, overlays and ``results.csv``."""
+"""Bulk segmentation of a folder data set: masks, overlays, ``results.csv`` and
+``summary.json``, through :func:`camseg.pipeline.run`.
+
+The output directory is keyed by its inputs (:mod:`camseg.outputs`): a rerun with the
+same model, data, split and options reuses the complete output; the directory appears
+whole or not at all.
+"""
 
 from __future__ import annotations
 
 import csv
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
-from torch import Tensor
 
-from camseg.cam import compute_cam, parse_method
 from camseg.data.folder import FolderDataset, atomic_directory
-from camseg.data.tensors import load_arrays
 from camseg.errors import InvalidInputError
-from camseg.figures import save_overlay
-from camseg.masks import parse_rule, to_masks
-from camseg.metrics import dice
-from camseg.modeldir import load_model, write_json
-from camseg.models import Classifier
-from camseg.predict import to_size
-from camseg.training import progress_bar
+from camseg.modeldir import write_json
+from camseg.outputs import data_fingerprint, model_fingerprint, output_key, reusable
+from camseg.pipeline import Encoding, LoadedModel, Options, run
+from camseg.progress import OnProgress, ShouldStop, Tracker
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    method: str = "gradcam"
-    threshold: str = "otsu"
-    layer: str | None = None
-    gate: bool = True
-    largest: bool = False
-    fill_holes: bool = False
-    overlays: bool = False
-    batch_size: int = 32
-
-    def validate(self, model: Classifier) -> None:
-        parse_method(self.method)
-        parse_rule(self.threshold)
-        if self.layer is not None:
-            model.check_layer(self.layer)
-        if self.batch_size < 1:
-            raise InvalidInputError("batch size must be at least 1")
-
-
-def heatmaps(
-    model: Classifier, images: Tensor, *, method: str = "gradcam", layer: str | None = None,
-    batch_size: int = 64, bar: Any = None, task: Any = None,
-) -> tuple[Tensor, Tensor]:
-    """Heatmaps ``(N, H, W)`` of a whole set, computed in batches.
-
-    Returns the heatmaps and the class probabilities ``(N, classes)``.
-    """
-    maps, probs = [], []
-    for i in range(0, len(images), batch_size):
-        res = compute_cam(model, images[i : i + batch_size], method=method, layer=layer)
-        maps.append(res.heatmaps)
-        probs.append(res.probabilities)
-        if bar is not None:
-            bar.advance(task, len(res.heatmaps))
-    return torch.cat(maps), torch.cat(probs)
+SUMMARY = "summary.json"
+COLUMNS = ["id", "label", "probability", "predicted_label", "mask_area", "threshold", "gated", "dice"]
 
 
 def segment_folder(
-    model_dir: Path, data_dir: Path, out: Path, opts: SegmentOptions, *, split: str | None = None,
-    overwrite: bool = False, progress: bool = True,
+    model: LoadedModel | Path,
+    data_dir: Path,
+    out: Path,
+    options: Options | None = None,
+    *,
+    split: str | None = None,
+    overlays: bool = False,
+    overwrite: bool = False,
+    on_progress: OnProgress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> dict[str, Any]:
-    """Segment every image of ``data_dir`` (or one split) with ``model_dir``'s heatmaps.
+    """Segment every image of ``data_dir`` (or one split) with the model's heatmaps.
 
-    Writes ``out/masks/<id>.png`` (at each image's own size), ``out/overlays/<id>.png``
-    on request, ``out/results.csv`` and ``out/summary.json``; ``out`` appears whole or
-    not at all. Returns the summary.
+    Writes ``out/masks/<id>.png`` (8-bit, 255 = tumor, at each image's own size),
+    ``out/overlays/<id>.png`` when ``overlays``, ``out/results.csv`` and, last,
+    ``out/summary.json``. Returns the summary (``reused`` tells whether a complete
+    output of the same inputs was found instead). Mean Dice is over the images with a
+    truth mask.
     """
-    out = Path(out)
-    model, meta = load_model(model_dir)
-    opts.validate(model)
+    opts = options or Options()
+    if opts.threshold is None:
+        raise InvalidInputError("segmentation needs a threshold rule")
+    loaded = model if isinstance(model, LoadedModel) else LoadedModel.load(model)
+    loaded.engine_for(opts)
     ds = FolderDataset.open(data_dir)
-    if tuple(meta.get("classes", ds.classes)) != ds.classes:
-        raise InvalidInputError(f"{data_dir}: classes {ds.classes} differ from the model's {meta['classes']}")
+    if ds.classes != loaded.classes:
+        raise InvalidInputError(f"{data_dir}: classes {ds.classes} differ from the model's {loaded.classes}")
     indices = ds.subset(split)
-    size, channels = model.spec.input_size, model.spec.in_channels
-    positive = model.spec.num_classes - 1
-    rule = parse_rule(opts.threshold)
+    key = output_key(model=model_fingerprint(loaded.path), data=data_fingerprint(ds, indices), split=split,
+                     options=_options_record(opts), overlays=overlays)
+    done = reusable(out, SUMMARY, key, overwrite=overwrite)
+    if done is not None:
+        logger.info("reusing %s (same inputs)", out)
+        return {**done, "reused": True}
+    encodings = {Encoding.MASK_PNG} | ({Encoding.OVERLAY_PNG} if overlays else set())
+    opts = Options(**{**_fields(opts), "encodings": frozenset(encodings)})
     rows: list[dict[str, Any]] = []
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    tracker = Tracker(f"segment {loaded.path.name}", len(indices), on_progress=on_progress, should_stop=should_stop)
+    with atomic_directory(out, overwrite=True) as tmp:
         (tmp / "masks").mkdir()
-        if opts.overlays:
+        if overlays:
             (tmp / "overlays").mkdir()
-        with progress_bar(disable=not progress) as bar:
-            task = bar.add_task(f"segment {Path(model_dir).name}", total=len(indices), status="")
-            for start in range(0, len(indices), opts.batch_size):
-                chunk = indices[start : start + opts.batch_size]
-                arrays = load_arrays(ds, chunk, size, channels)
-                res = compute_cam(model, arrays.images, method=opts.method, layer=opts.layer)
-                probs = res.probabilities
-                pred = probs.argmax(1)
-                for j, i in enumerate(chunk):
-                    rows.append(_one(ds, i, arrays.images[j], res.heatmaps[j], probs[j], int(pred[j]),
-                                     positive, rule, opts, tmp))
-                bar.advance(task, len(chunk))
+        for start in range(0, len(indices), opts.chunk):
+            chunk = indices[start : start + opts.chunk]
+            loaded_pairs = [ds.load(i) for i in chunk]
+            result = run(loaded, [p[0] for p in loaded_pairs], opts, truths=[p[1] for p in loaded_pairs])
+            for i, item in zip(chunk, result.items, strict=True):
+                sample = ds.samples[i]
+                assert item.mask_png is not None
+                (tmp / "masks" / f"{sample.id}.png").write_bytes(item.mask_png)
+                if item.overlay_png is not None:
+                    (tmp / "overlays" / f"{sample.id}.png").write_bytes(item.overlay_png)
+                rows.append(_row(ds, i, loaded, item))
+            tracker.advance(len(chunk))
         _write_results(tmp / "results.csv", rows)
-        summary = _summary(rows, opts, model_dir, data_dir, split, meta)
-        write_json(tmp / "summary.json", summary)
+        summary = _summary(rows, opts, loaded, data_dir, split, key, overlays)
+        write_json(tmp / SUMMARY, summary)
     logger.info("segmented %d images into %s (mean Dice %.4f)", len(rows), out, summary["mean_dice"])
-    return summary
+    return {**summary, "reused": False}
 
 
-def _one(ds: FolderDataset, i: int, image: Tensor, heat: Tensor, probs: Tensor, pred: int, positive: int,
-         rule: Any, opts: SegmentOptions, tmp: Path) -> dict[str, Any]:
+def _fields(opts: Options) -> dict[str, Any]:
+    return {f: getattr(opts, f) for f in Options.__dataclass_fields__}
+
+
+def _options_record(opts: Options) -> dict[str, Any]:
+    rec = asdict(opts)
+    rec["threshold"] = str(opts.threshold) if opts.threshold is not None else None
+    rec["encodings"] = sorted(e.value for e in opts.encodings)
+    return {k: (v.value if hasattr(v, "value") else v) for k, v in rec.items()}
+
+
+def _row(ds: FolderDataset, i: int, model: LoadedModel, item: Any) -> dict[str, Any]:
     sample = ds.samples[i]
-    original, truth = ds.load(i)
-    heat = to_size(heat, original.shape[:2])  # masks come at the image's own size
-    mask = to_masks(heat[None], rule, predicted=torch.tensor([pred]) if opts.gate else None,
-                    positive_class=positive, largest=opts.largest, fill_holes=opts.fill_holes)[0]
-    mask_np = mask.numpy()
-    Image.fromarray(mask_np.astype(np.uint8) * 255).save(tmp / "masks" / f"{sample.id}.png")
-    if opts.overlays:
-        save_overlay(tmp / "overlays" / f"{sample.id}.png", original, heat.numpy(), mask_np, truth)
-    d = float(dice(mask, torch.from_numpy(truth))) if truth is not None else math.nan
     return {
         "id": sample.id,
         "label": ds.classes[sample.label],
-        "probability": round(float(probs[positive]), 6),
-        "predicted_label": ds.classes[pred],
-        "mask_area": int(mask_np.sum()),
-        "dice": "" if math.isnan(d) else round(d, 6),
+        "probability": round(float(item.probabilities[list(model.positives)].sum()), 6),
+        "predicted_label": ds.classes[item.label],
+        "mask_area": item.area,
+        "threshold": "" if item.threshold_value is None else round(item.threshold_value, 6),
+        "gated": int(item.gated),
+        "dice": "" if item.dice is None else round(item.dice, 6),
     }
 
 
 def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["id", "label", "probability", "predicted_label", "mask_area", "dice"])
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
 
 
-def _summary(rows: list[dict[str, Any]], opts: SegmentOptions, model_dir: Path, data_dir: Path,
-             split: str | None, meta: dict[str, Any]) -> dict[str, Any]:
+def _summary(rows: list[dict[str, Any]], opts: Options, model: LoadedModel, data_dir: Path, split: str | None,
+             key: str, overlays: bool) -> dict[str, Any]:
     dices = [float(r["dice"]) for r in rows if r["dice"] != ""]
     correct = [r["label"] == r["predicted_label"] for r in rows]
     return {
-        "model": str(model_dir),
-        "architecture": meta.get("architecture"),
+        "key": key,
+        "model": str(model.path),
+        "architecture": model.meta.get("architecture"),
         "data": str(data_dir),
         "split": split,
-        "options": asdict(opts),
+        "options": {**_options_record(opts), "overlays": overlays},
         "images": len(rows),
         "with_truth": len(dices),
         "mean_dice": float(np.mean(dices)) if dices else math.nan,

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 import camseg
@@ -24,6 +23,7 @@ from camseg.errors import InvalidInputError
 from camseg.metrics import accuracy, roc_auc
 from camseg.modeldir import save_model
 from camseg.models import Classifier, ModelSpec, build, count_parameters
+from camseg.progress import OnProgress, ShouldStop, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -113,28 +113,24 @@ def evaluate(model: Classifier, data: ArraySet, batch_size: int = 128) -> dict[s
     }
 
 
-def progress_bar(disable: bool = False) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=disable,
-    )
-
-
 def train(
     spec: ModelSpec,
     train_set: ArraySet,
     val_set: ArraySet,
     cfg: TrainConfig,
     *,
-    progress: bool = True,
-    description: str | None = None,
+    task: str | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
+    on_progress: OnProgress | None = None,
+    should_stop: ShouldStop | None = None,
     device: str | torch.device = "cpu",
 ) -> TrainResult:
     """Train a fresh ``spec`` classifier; return the weights of the best validation epoch.
 
     The best epoch is the one with the lowest validation loss; training stops after
-    ``cfg.patience`` epochs without improvement.
+    ``cfg.patience`` epochs without improvement. Progress is reported per batch under
+    the name ``task`` (default: the architecture); ``should_stop`` is polled after each
+    batch and stops training with :class:`~camseg.errors.CancelledError`.
     """
     if len(train_set) == 0 or len(val_set) == 0:
         raise InvalidInputError("training needs a non-empty train and val split")
@@ -154,48 +150,49 @@ def train(
     )
     result = TrainResult(model)
     best_loss, best_state, stale = math.inf, copy.deepcopy(model.state_dict()), 0
-    name = description or spec.arch
+    name = task or f"train {spec.arch}"
     logger.info("training %s (%d parameters) on %d images", spec.arch, count_parameters(model), len(train_set))
-    with progress_bar(disable=not progress) as bar:
-        task = bar.add_task(name, total=cfg.epochs * steps_per_epoch, status="")
-        for epoch in range(1, cfg.epochs + 1):
-            start = time.perf_counter()
-            model.train()
-            order = torch.randperm(len(train_set), generator=gen)
-            total = 0.0
-            for b in range(steps_per_epoch):
-                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                if len(idx) < 2:  # BatchNorm needs two samples
-                    bar.advance(task)
-                    continue
-                x = train_set.images[idx]
-                if cfg.augment:
-                    x = augment(x, gen)
-                loss = F.cross_entropy(model(x.to(dev)), train_set.labels[idx].to(dev),
-                                       label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-                bar.advance(task)
-            val = evaluate(model, val_set)
-            log = EpochLog(epoch, total / len(train_set), val["loss"], val["accuracy"], val["auc"],
-                           time.perf_counter() - start)
-            result.history.append(log)
-            bar.update(task, status=f"epoch {epoch} val acc {log.val_accuracy:.3f} auc {log.val_auc:.3f}")
-            logger.info("%s epoch %d: train loss %.4f, val loss %.4f, acc %.4f, auc %.4f",
-                        name, epoch, log.train_loss, log.val_loss, log.val_accuracy, log.val_auc)
-            if on_epoch is not None:
-                on_epoch(log)
-            if log.val_loss < best_loss - 1e-4:
-                best_loss, best_state, stale = log.val_loss, copy.deepcopy(model.state_dict()), 0
-                result.best_epoch = epoch
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    bar.update(task, completed=cfg.epochs * steps_per_epoch)
-                    break
+    tracker = Tracker(name, cfg.epochs * steps_per_epoch, on_progress=on_progress, should_stop=should_stop)
+    status = ""
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train_set), generator=gen)
+        total = 0.0
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                tracker.advance(1, status)
+                continue
+            x = train_set.images[idx]
+            if cfg.augment:
+                x = augment(x, gen)
+            loss = F.cross_entropy(model(x.to(dev)), train_set.labels[idx].to(dev),
+                                   label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            tracker.advance(1, status)
+        val = evaluate(model, val_set)
+        log = EpochLog(epoch, total / len(train_set), val["loss"], val["accuracy"], val["auc"],
+                       time.perf_counter() - start)
+        result.history.append(log)
+        status = f"epoch {epoch} val acc {log.val_accuracy:.3f} auc {log.val_auc:.3f}"
+        tracker.advance(0, status)
+        logger.info("%s epoch %d: train loss %.4f, val loss %.4f, acc %.4f, auc %.4f",
+                    name, epoch, log.train_loss, log.val_loss, log.val_accuracy, log.val_auc)
+        if on_epoch is not None:
+            on_epoch(log)
+        if log.val_loss < best_loss - 1e-4:
+            best_loss, best_state, stale = log.val_loss, copy.deepcopy(model.state_dict()), 0
+            result.best_epoch = epoch
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    tracker.finish(status)
     model.load_state_dict(best_state)
     model.cpu().eval()  # checkpoints, export and callers get a CPU model
     return result
@@ -210,7 +207,8 @@ def train_from_folder(
     input_size: int | None = None,
     channels: int = 1,
     width: int = 16,
-    progress: bool = True,
+    on_progress: OnProgress | None = None,
+    should_stop: ShouldStop | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Train ``arch`` on a folder data set and write the model directory; returns metadata."""
@@ -223,7 +221,8 @@ def train_from_folder(
         raise InvalidInputError(f"{data_dir}/labels.csv: no split column; training needs train and val splits")
     train_set = load_arrays(ds, train_idx, size, channels)
     val_set = load_arrays(ds, val_idx, size, channels)
-    result = train(spec, train_set, val_set, cfg, progress=progress, device=device)
+    result = train(spec, train_set, val_set, cfg, task=f"train {Path(out).name}", on_progress=on_progress,
+                   should_stop=should_stop, device=device)
     metrics: dict[str, Any] = {"best_epoch": result.best_epoch, "val": _rounded(asdict(result.best))}
     if test_idx:
         metrics["test"] = _rounded(evaluate(result.model, load_arrays(ds, test_idx, size, channels)))

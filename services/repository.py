@@ -15,57 +15,47 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-
-from camseg.cam import compute_cam
 from camseg.errors import CamsegError, InvalidInputError, NotFoundError, UnavailableError
-from camseg.inference import OnnxModel
-from camseg.modeldir import METADATA_FILE, MODEL_FILE, ONNX_FILE, load_model
-from camseg.models import Classifier
+from camseg.pipeline import LoadedModel
+from camseg.repository import ModelStore, Signature, signature, version_key
 
 logger = logging.getLogger(__name__)
 
 
-def version_key(v: str) -> tuple[int, int, str]:
-    """Numeric versions sort numerically and after named ones."""
-    return (1, int(v), "") if v.isdigit() else (0, 0, v)
-
-
 @dataclass(frozen=True)
 class ServedModel:
+    """A loaded version. ONNX sessions and camseg's hook-free Grad-CAM are safe to call
+    from many threads."""
+
     name: str
     version: str
-    path: Path
-    onnx: OnnxModel
-    torch_model: Classifier
-    meta: dict[str, Any]  # ONNX sessions and camseg's hook-free Grad-CAM are safe to call from many threads
+    model: LoadedModel
 
     @property
-    def classes(self) -> list[str]:
-        return list(self.meta["classes"])
+    def path(self) -> Path:
+        return self.model.path
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.model.classes
 
 
 Snapshot = Mapping[str, Mapping[str, ServedModel]]
 
 
-def _signature(path: Path) -> tuple[tuple[str, int, int], ...]:
-    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()))
-
-
 class ModelRepository:
+    """The served snapshot of a :class:`camseg.repository.ModelStore`, refreshed by polling."""
+
     def __init__(self, root: Path | str, *, providers: str = "auto", ort_threads: int = 0,
                  on_load: Callable[[ServedModel], None] | None = None,
                  on_failure: Callable[[str, str, str], None] | None = None):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise NotFoundError(f"{self.root}: no such model repository")
+        self.store = ModelStore(root)
+        self.root = self.store.root
         self.providers = providers
         self.ort_threads = ort_threads
         self._snapshot: Snapshot = {}
-        self._failed: dict[tuple[str, str], tuple[tuple[str, int, int], ...]] = {}
+        self._failed: dict[tuple[str, str], Signature] = {}
         self._refresh_lock = threading.Lock()
         self._on_load = on_load
         self._on_failure = on_failure
@@ -76,13 +66,7 @@ class ModelRepository:
 
     def on_disk(self) -> dict[str, list[str]]:
         """Complete versions on disk (model.onnx, model.pt and metadata.json present)."""
-        found: dict[str, list[str]] = {}
-        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            versions = [v.name for v in model_dir.iterdir() if v.is_dir() and not v.name.startswith(".")
-                        and all((v / f).is_file() for f in (ONNX_FILE, MODEL_FILE, METADATA_FILE))]
-            if versions:
-                found[model_dir.name] = sorted(versions, key=version_key)
-        return found
+        return self.store.scan()
 
     def refresh(self) -> list[ServedModel]:
         """Load versions new on disk; swap the snapshot once. Returns what was loaded."""
@@ -94,7 +78,10 @@ class ModelRepository:
                     if version in current.get(name, {}):
                         continue
                     path = self.root / name / version
-                    sig = _signature(path)
+                    try:
+                        sig = signature(path)
+                    except OSError:
+                        continue  # removed while scanning
                     if self._failed.get((name, version)) == sig:
                         continue
                     try:
@@ -120,11 +107,9 @@ class ModelRepository:
             return loaded
 
     def _load(self, name: str, version: str, path: Path) -> ServedModel:
-        onnx = OnnxModel(path, providers=self.providers, threads=self.ort_threads)
-        model, meta = load_model(path)
-        served = ServedModel(name, version, path, onnx, model, meta)
-        warm_up(served)
-        return served
+        model = LoadedModel.load(path, onnx=True, providers=self.providers, threads=self.ort_threads)
+        model.warm_up()
+        return ServedModel(name, version, model)
 
     def get(self, name: str = "", version: str = "") -> ServedModel:
         """A served model; the only model when ``name`` is empty; the latest version
@@ -146,16 +131,3 @@ class ModelRepository:
             have = ", ".join(sorted(versions, key=version_key))
             raise NotFoundError(f"model {name!r} has no version {version!r}; it has {have}")
         return served
-
-
-def warm_up(served: ServedModel) -> None:
-    """One pass of every engine on a blank image: a model that cannot answer is refused
-    before it serves, and first calls do not pay for lazy initialisation."""
-    size, channels = served.onnx.size, served.onnx.channels
-    x = np.zeros((1, channels, size, size), dtype=np.float32)
-    probs = served.onnx.classify(x)
-    if probs.shape != (1, len(served.classes)) or not np.isfinite(probs).all():
-        raise InvalidInputError(f"{served.path}: warm-up gave probabilities of shape {probs.shape}")
-    compute_cam(served.torch_model, torch.from_numpy(x))
-    if served.onnx.cam_layer is not None:
-        served.onnx.explain(x)

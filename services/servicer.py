@@ -1,57 +1,36 @@
 """``camseg.v1.Segmentation``: a thin adapter from protobuf to the core library.
 
-Decoding, batching and thread hand-off live here; the numbers come from
-``camseg.predict``, ``camseg.inference`` and ``camseg.cam``. Errors are raised as
-:class:`~camseg.errors.CamsegError` and turned into status codes by the interceptor.
+Each RPC decodes its request (:mod:`services.codec`), calls one core function
+(:func:`camseg.pipeline.run`, or the model's classifier through the dynamic batcher)
+and encodes the answer. Errors are raised as :class:`~camseg.errors.CamsegError` and
+turned into status codes by the interceptor.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import numpy as np
-import torch
-from PIL import Image as PILImage
 
-from camseg.data.folder import FloatArray, decode_image
-from camseg.errors import InvalidInputError
-from camseg.figures import overlay
-from camseg.inference import ONE_PASS_METHODS
-from camseg.predict import Explained, explain, explain_onnx, prepare, raw_to_image, run_lengths, segment_one
+from camseg.data.folder import BoolArray, FloatArray
+from camseg.errors import CancelledError
+from camseg.pipeline import Options, Result, run
+from camseg.repository import version_key
+from services import codec
 from services.batching import DynamicBatcher
-from services.convert import method_from_pb, rule_from_pb, rule_to_pb
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from services.metrics import ServiceMetrics
-from services.repository import ModelRepository, ServedModel, version_key
+from services.repository import ModelRepository, ServedModel
 from services.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
-
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    PILImage.fromarray(arr).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _check_header_size(data: bytes, max_pixels: int, name: str) -> None:
-    """Refuse an oversized image from its header, before decoding the pixels."""
-    try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            w, h = img.size
-    except Exception:
-        return
-    if w * h > max_pixels:
-        raise InvalidInputError(f"{name}: {w}x{h} pixels exceed the limit of {max_pixels}")
 
 
 class SegmentationServicer(pb_grpc.SegmentationServicer):
@@ -70,48 +49,37 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.ort_pool.shutdown(wait=False, cancel_futures=True)
         self.cam_pool.shutdown(wait=False, cancel_futures=True)
 
-    # ---------------------------------------------------------------- decoding
-    def _decode(self, images: Sequence[pb.Image], what: str = "image") -> list[FloatArray]:
-        if not images:
-            raise InvalidInputError("the request holds no images")
-        if len(images) > self.settings.max_images:
-            raise InvalidInputError(f"{len(images)} images exceed the limit of {self.settings.max_images} per request")
-        out = []
-        for i, img in enumerate(images):
-            name = f"{what} {i}" + (f" ({img.id})" if img.id else "")
-            kind = img.WhichOneof("data")
-            if kind == "encoded":
-                _check_header_size(img.encoded, self.settings.max_pixels, name)
-                arr = decode_image(img.encoded, name=name)
-            elif kind == "raw":
-                try:
-                    arr = raw_to_image(img.raw.dtype, img.raw.shape, img.raw.data, max_pixels=self.settings.max_pixels)
-                except InvalidInputError as exc:
-                    raise InvalidInputError(f"{name}: {exc.message}") from None
-            else:
-                raise InvalidInputError(f"{name}: carries neither encoded bytes nor a raw array")
-            if arr.shape[0] * arr.shape[1] > self.settings.max_pixels:
-                raise InvalidInputError(f"{name}: {arr.shape[1]}x{arr.shape[0]} pixels exceed the limit")
-            out.append(arr)
-        return out
+    def _decode(self, images: Any, what: str = "image") -> list[FloatArray]:
+        return codec.decode_images(images, max_images=self.settings.max_images, max_pixels=self.settings.max_pixels,
+                                   what=what)
 
     def _batcher(self, served: ServedModel) -> DynamicBatcher:
         key = (served.name, served.version)
         b = self._batchers.get(key)
         if b is None:
             s = self.settings
-            b = DynamicBatcher(served.onnx.classify, max_batch=s.max_batch if s.batching else 1,
+            b = DynamicBatcher(served.model.classify_prepared, max_batch=s.max_batch if s.batching else 1,
                                max_delay=s.max_delay_ms / 1000.0 if s.batching else 0.0,
                                executor=self.ort_pool, on_batch=self.metrics.batch_size.observe,
                                on_queue_time=self.metrics.queue_time.observe)
             self._batchers[key] = b
         return b
 
-    @staticmethod
-    def _classification(served: ServedModel, probs: np.ndarray, image_id: str) -> pb.Classification:
-        idx = int(np.argmax(probs))
-        return pb.Classification(probabilities=[float(p) for p in probs], label=served.classes[idx],
-                                 label_index=idx, id=image_id)
+    async def _run(self, served: ServedModel, images: list[FloatArray], options: Options,
+                   context: grpc.aio.ServicerContext, truths: list[BoolArray] | None = None) -> Result:
+        """The core pipeline in the Grad-CAM pool. It works in chunks and stops at the next
+        chunk once the call is gone (cancelled, deadline passed), so an abandoned request
+        does not hold the pool."""
+        gone = threading.Event()
+        context.add_done_callback(lambda _ctx: gone.set())
+
+        def work() -> Result:
+            return run(served.model, images, options, truths=truths, should_stop=gone.is_set)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.cam_pool, work)
+        except CancelledError:
+            raise asyncio.CancelledError from None
 
     # ---------------------------------------------------------------- RPCs
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
@@ -119,11 +87,12 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         batcher = self._batcher(served)
         with batcher.expect():
             images = self._decode(request.images)
-            x = prepare(images, served.onnx.size, served.onnx.channels).numpy()
+            x = served.model.prepare(images).numpy()
             probs = await batcher.submit(x)
         self.metrics.images.labels("Classify").inc(len(images))
         return pb.ClassifyResponse(
-            results=[self._classification(served, p, img.id) for p, img in zip(probs, request.images, strict=True)],
+            results=[codec.classification(served.model, p, img.id) for p, img in zip(probs, request.images,
+                                                                                      strict=True)],
             model_name=served.name, model_version=served.version)
 
     async def ClassifyStream(self, request_iterator: AsyncIterator[pb.ClassifyRequest],
@@ -131,89 +100,33 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         async for request in request_iterator:
             yield await self.Classify(request, context)
 
-    async def _explain(self, served: ServedModel, images: list[FloatArray], options: pb.ExplainOptions,
-                       context: grpc.aio.ServicerContext) -> tuple[Explained, str]:
-        method = method_from_pb(options.method)
-        target = options.target_class if options.HasField("target_class") else None
-        if target is not None and not 0 <= target < len(served.classes):
-            raise InvalidInputError(f"target class {target} is out of range 0..{len(served.classes) - 1}")
-        layer = options.layer or None
-        if layer is not None:
-            served.torch_model.check_layer(layer)
-        one_pass = (method in ONE_PASS_METHODS and served.onnx.cam_layer is not None
-                    and (layer is None or layer == served.onnx.cam_layer))
-        # the work runs in chunks and stops at the next chunk once the call is gone
-        # (cancelled, deadline passed), so an abandoned request does not hold the pool
-        gone = threading.Event()
-        context.add_done_callback(lambda _ctx: gone.set())
-        chunk = self.settings.cam_chunk
-
-        def part(imgs: list[FloatArray]) -> Explained:
-            if one_pass:
-                return explain_onnx(served.onnx, imgs, method=method, target=target)
-            return explain(served.torch_model, imgs, method=method, target=target, layer=layer)
-
-        def run() -> Explained:
-            parts = []
-            for i in range(0, len(images), chunk):
-                if gone.is_set():
-                    raise asyncio.CancelledError
-                parts.append(part(images[i : i + chunk]))
-            return Explained([h for p in parts for h in p.heatmaps], torch.cat([p.probabilities for p in parts]),
-                             torch.cat([p.targets for p in parts]), parts[0].layers)
-
-        res = await asyncio.get_running_loop().run_in_executor(self.cam_pool, run)
-        return res, "onnx" if one_pass else "torch"
-
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
         served = self.repo.get(request.model.name, request.model.version)
+        options = codec.explain_options(request.options, overlay=request.overlay_png, chunk=self.settings.cam_chunk)
+        served.model.engine_for(options)
         images = self._decode(request.images)
-        res, engine = await self._explain(served, images, request.options, context)
+        res = await self._run(served, images, options, context)
         uint8 = request.encoding == pb.HEATMAP_ENCODING_UINT8
-        out = []
-        for i, (heat, img) in enumerate(zip(res.heatmaps, images, strict=True)):
-            h = heat.numpy()
-            data = np.round(h * 255).astype(np.uint8).tobytes() if uint8 else h.astype(np.float16).tobytes()
-            out.append(pb.Heatmap(
-                data=data, shape=list(h.shape),
-                encoding=pb.HEATMAP_ENCODING_UINT8 if uint8 else pb.HEATMAP_ENCODING_FLOAT16,
-                overlay_png=_png(overlay(img, h)) if request.overlay_png else b"",
-                classification=self._classification(served, res.probabilities[i].numpy(), request.images[i].id),
-                target_class=int(res.targets[i]), layer=res.layers[-1]))
         self.metrics.images.labels("Explain").inc(len(images))
-        return pb.ExplainResponse(heatmaps=out, model_name=served.name, model_version=served.version, engine=engine)
+        return pb.ExplainResponse(
+            heatmaps=[codec.heatmap(served.model, r, img.id, res.layers[-1], uint8=uint8)
+                      for r, img in zip(res.items, request.images, strict=True)],
+            model_name=served.name, model_version=served.version, engine=res.engine.value)
 
     async def Segment(self, request: pb.SegmentRequest, context: grpc.aio.ServicerContext) -> pb.SegmentResponse:
         served = self.repo.get(request.model.name, request.model.version)
+        options = codec.segment_options(request, chunk=self.settings.cam_chunk)
+        served.model.engine_for(options)
         images = self._decode(request.images)
-        truths: list[np.ndarray | None] = [None] * len(images)
-        if request.truth_masks:
-            if len(request.truth_masks) != len(images):
-                raise InvalidInputError(f"{len(request.truth_masks)} truth masks for {len(images)} images")
-            truths = [(m.max(axis=-1) if m.ndim == 3 else m) > 0
-                      for m in self._decode(request.truth_masks, "truth mask")]
-        rule = rule_from_pb(request.threshold)
-        gate = request.gate if request.HasField("gate") else True
-        res, _ = await self._explain(served, images, request.options, context)
-        positive = len(served.classes) - 1
-        masks, dices = [], []
-        for i, heat in enumerate(res.heatmaps):
-            probs = res.probabilities[i].numpy()
-            seg = segment_one(heat, rule, predicted=int(np.argmax(probs)), positive=positive, gate=gate,
-                              largest=request.largest_component, truth=truths[i])
-            m = seg.mask
-            if seg.dice is not None:
-                dices.append(seg.dice)
-            masks.append(pb.Mask(
-                png=_png(m.astype(np.uint8) * 255), packed_bits=np.packbits(m.ravel()).tobytes(),
-                rle=run_lengths(m), shape=list(m.shape), area=int(m.sum()), threshold=rule_to_pb(rule),
-                threshold_value=seg.threshold_value if np.isfinite(seg.threshold_value) else 1.0,
-                gated=seg.gated, dice=seg.dice,
-                classification=self._classification(served, probs, request.images[i].id),
-                overlay_png=_png(overlay(images[i], heat.numpy(), m, truths[i])) if request.overlay_png else b""))
+        truths = codec.decode_truths(request.truth_masks, len(images), max_images=self.settings.max_images,
+                                     max_pixels=self.settings.max_pixels)
+        res = await self._run(served, images, options, context, truths)
+        assert options.threshold is not None
         self.metrics.images.labels("Segment").inc(len(images))
-        return pb.SegmentResponse(masks=masks, model_name=served.name, model_version=served.version,
-                                  mean_dice=float(np.mean(dices)) if dices else None)
+        return pb.SegmentResponse(
+            masks=[codec.mask(served.model, r, img.id, options.threshold)
+                   for r, img in zip(res.items, request.images, strict=True)],
+            model_name=served.name, model_version=served.version, mean_dice=res.mean_dice)
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
@@ -224,13 +137,14 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
         served = self.repo.get(request.model.name, request.model.version)
-        meta = served.meta
+        m = served.model
+        meta = m.meta
         return pb.ModelInfo(
             name=served.name, version=served.version, architecture=meta.get("architecture", ""),
-            input_size=served.onnx.size, input_channels=served.onnx.channels, classes=served.classes,
+            input_size=m.size, input_channels=m.channels, classes=m.classes,
             gradcam_layer=meta.get("gradcam_layer", ""), layers=meta.get("layers", []),
-            metrics=_flat_metrics(meta.get("metrics", {})), providers=served.onnx.providers,
-            one_pass_cam=served.onnx.cam_layer is not None)
+            metrics=_flat_metrics(meta.get("metrics", {})), providers=m.onnx.providers if m.onnx else [],
+            one_pass_cam=m.onnx is not None and m.onnx.cam_layer is not None)
 
 
 def _flat_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:

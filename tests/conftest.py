@@ -54,6 +54,7 @@ def _make_model(
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
                 m.running_mean.uniform_(-0.1, 0.1)
@@ -98,7 +99,7 @@ def trained_dir(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         TrainConfig(epochs=1, batch_size=8, seed=0),
         input_size=TINY_SIZE,
         width=8,
-        progress=False,
+
     )
     return out
 

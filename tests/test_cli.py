@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from camseg.cli import main
+from camseg.settings import Settings
 
 
 def camseg(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -40,10 +41,15 @@ def test_end_to_end(tmp_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 12 and {"id", "probability", "predicted_label", "mask_area", "dice"} <= set(rows[0])
     assert len(list((seg / "masks").glob("*.png"))) == 12 and len(list((seg / "overlays").glob("*.png"))) == 12
-    out = camseg("evaluate", "--model", model, "--data", data, "--split", "train", "--methods", "gradcam",
-                 "--rules", "0.5", "otsu", "--json", tmp_path / "sweep.json").stdout
-    assert "paper baseline" in out
-    assert len(json.loads((tmp_path / "sweep.json").read_text())) == 3 * 2 * 2
+    out = camseg("evaluate", "--model", model, "--data", data, "--methods", "gradcam", "--rules", "0.5", "otsu",
+                 "--out", tmp_path / "eval").stdout
+    assert "paper baseline" in out and "chosen on val" in out
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert len(report["select_rows"]) == len(report["report_rows"]) == 3 * 2 * 2
+    assert (report["select_split"], report["report_split"]) == ("val", "test")
+    again = camseg("segment", "--model", model, "--data", data, "--out", seg, "--split", "test", "--threshold",
+                   "p90", "--overlays", "--largest").stdout
+    assert "reused" in again
     out = camseg("filtered-retrain", "--model", model, "--data", data, "--epochs", "1", "--filters", "keep-hot",
                  "random", "--json", tmp_path / "f.json").stdout
     assert "keep-hot" in out
@@ -81,10 +87,11 @@ def test_bad_label_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_demo_tiny(tmp_path: Path) -> None:
     from camseg.demo import DemoConfig, run_demo
+    from services.cli import demo_steps
 
     lines: list[str] = []
     report = run_demo(DemoConfig(out=tmp_path / "demo", n=120, size=32, epochs=1, archs=("densenet",)),
-                      progress=False, say=lines.append)
+                      say=lines.append, steps=demo_steps(Settings()))
     text = report.read_text()
     assert "## Mean Dice" in text and "## Filtered retraining" in text and "keep-cold" in text
     figs = {p.name for p in (tmp_path / "demo" / "figures").iterdir()}
@@ -95,6 +102,6 @@ def test_demo_tiny(tmp_path: Path) -> None:
     assert lines[0].startswith("[1/7]") and lines[-1].startswith("done")
     # the same masks through the real gRPC service
     assert "## Through the gRPC service" in text
-    svc = res["service"]["densenet"]
-    assert svc["images"] == res["dice"]["densenet"]["n_tumor"]
+    svc = res["steps"]["Through the gRPC service"]["densenet"]
+    assert svc["images"] == res["dice"]["densenet"]["n_report"]
     assert svc["mean_dice"] == pytest.approx(svc["in_process_mean_dice"], abs=0.02)

@@ -51,7 +51,7 @@ def test_learns_an_easy_task(easy_sets: tuple[ArraySet, ArraySet]) -> None:
         train_set,
         val_set,
         TrainConfig(epochs=6, batch_size=16, seed=0, patience=6),
-        progress=False,
+
     )
     assert not result.model.training
     assert 1 <= result.best_epoch <= len(result.history) <= 6
@@ -75,12 +75,12 @@ def test_same_seed_same_weights(easy_sets: tuple[ArraySet, ArraySet]) -> None:
     small, val = train_set.select(range(48)), val_set.select(range(16))
     spec = ModelSpec("mobilenet", input_size=SIZE, width=8)
     cfg = TrainConfig(epochs=2, batch_size=16, seed=3)
-    a = train(spec, small, val, cfg, progress=False)
-    b = train(spec, small, val, cfg, progress=False)
+    a = train(spec, small, val, cfg)
+    b = train(spec, small, val, cfg)
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert [h.val_loss for h in a.history] == [h.val_loss for h in b.history]
-    c = train(spec, small, val, TrainConfig(epochs=2, batch_size=16, seed=4), progress=False)
+    c = train(spec, small, val, TrainConfig(epochs=2, batch_size=16, seed=4))
     assert any(
         not torch.equal(sa[k], c.model.state_dict()[k]) for k in sa if sa[k].is_floating_point()
     )
@@ -95,7 +95,7 @@ def test_single_class_train_split_is_refused(easy_sets: tuple[ArraySet, ArraySet
             normals,
             val_set,
             TrainConfig(epochs=1),
-            progress=False,
+
         )
     with pytest.raises(InvalidInputError, match="non-empty"):
         train(
@@ -103,7 +103,7 @@ def test_single_class_train_split_is_refused(easy_sets: tuple[ArraySet, ArraySet
             train_set,
             val_set.select([]),
             TrainConfig(epochs=1),
-            progress=False,
+
         )
 
 
@@ -172,7 +172,7 @@ def test_train_from_folder_errors(tmp_path: Path, tiny_folder: Path) -> None:
             tmp_path / "m",
             TrainConfig(epochs=1),
             input_size=SIZE,
-            progress=False,
+
         )
     # no split column
     flat = tmp_path / "flat"
@@ -183,6 +183,6 @@ def test_train_from_folder_errors(tmp_path: Path, tiny_folder: Path) -> None:
     )
     with pytest.raises(InvalidInputError, match="no split column"):
         train_from_folder(
-            flat, "resnet", tmp_path / "m", TrainConfig(epochs=1), input_size=SIZE, progress=False
+            flat, "resnet", tmp_path / "m", TrainConfig(epochs=1), input_size=SIZE
         )
     assert not (tmp_path / "m").exists()

@@ -234,14 +234,6 @@ class FolderDataset:
         return [i for i, s in enumerate(self.samples) if s.split == split]
 
 
-def _encode_png(arr: npt.NDArray[Any], path: Path) -> None:
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8) * 255
-    # Pillow picks I;16 for uint16 and writes a 16-bit grayscale PNG; level 1 keeps
-    # writing large slices fast at a small size cost
-    Image.fromarray(arr).save(path, compress_level=1)
-
-
 @contextlib.contextmanager
 def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """A temporary sibling of ``out`` to fill; on success it replaces ``out`` in one
@@ -269,6 +261,8 @@ def write_dataset(
     The set is built in a sibling temporary directory and renamed into place, so an
     interrupted write leaves no half-written data set behind.
     """
+    from camseg.codecs import write_png
+
     with atomic_directory(out, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
@@ -277,9 +271,9 @@ def write_dataset(
             writer.writerow(["id", "label", "split"])
             classes = meta.get("classes", CLASSES)
             for r in records:
-                _encode_png(r.image, tmp / "images" / f"{r.id}.png")
+                write_png(tmp / "images" / f"{r.id}.png", r.image)
                 if r.mask is not None:
-                    _encode_png(r.mask, tmp / "masks" / f"{r.id}.png")
+                    write_png(tmp / "masks" / f"{r.id}.png", r.mask)
                 writer.writerow([r.id, classes[r.label], r.split or ""])
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return Path(out)

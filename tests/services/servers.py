@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import urllib.request
 from collections.abc import Callable
@@ -10,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
-from PIL import Image
 
 from services.process import ServeProcess, spawn
 
@@ -55,12 +52,6 @@ Launcher = Callable[..., Server]
 
 def stop(server: Server) -> None:
     server.serve.stop()
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def roi(tiny_folder: Path) -> tuple[bytes, bytes]:

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from servers import Server, roi, start_server, stop
 
-from camseg.client import SegmentationClient
 from camseg.errors import InvalidInputError, NotFoundError, UnavailableError
+from services.client import SegmentationClient
 
 
 def openssl(*args: str, cwd: Path) -> None:

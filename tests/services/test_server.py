@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 from servers import Launcher, Server, png, roi, start_server, stop
 
-from camseg.predict import from_run_lengths
+from camseg.codecs import from_run_lengths
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 
@@ -79,7 +79,8 @@ def test_explain_one_pass_equals_torch_and_segment_dice(stub: pb_grpc.Segmentati
     np.testing.assert_allclose(np.frombuffer(u8.data, np.uint8) / 255.0, heat.ravel(), atol=1 / 255 + 1e-3)
     seg = stub.Segment(pb.SegmentRequest(images=[pb.Image(encoded=image)], truth_masks=[pb.Image(encoded=mask)],
                                          threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_PERCENTILE, value=80),
-                                         gate=False), timeout=30)
+                                         gate=False, mask_encodings=[pb.MASK_ENCODING_PNG, pb.MASK_ENCODING_RLE,
+                                                                     pb.MASK_ENCODING_PACKED_BITS]), timeout=30)
     m = seg.masks[0]
     decoded = np.asarray(Image.open(io.BytesIO(m.png))) > 0
     assert decoded.sum() == m.area
@@ -90,6 +91,11 @@ def test_explain_one_pass_equals_torch_and_segment_dice(stub: pb_grpc.Segmentati
     expect = 2 * (decoded & truth).sum() / (decoded.sum() + truth.sum())
     assert m.dice == pytest.approx(expect) and seg.mean_dice == pytest.approx(expect)
     assert not m.gated and m.threshold.kind == pb.THRESHOLD_KIND_PERCENTILE
+    # encodings come only when asked for: packed bits alone by default
+    plain = stub.Segment(pb.SegmentRequest(images=[pb.Image(encoded=image)], gate=False,
+                                           threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_PERCENTILE, value=80)),
+                         timeout=30).masks[0]
+    assert plain.packed_bits == m.packed_bits and not plain.png and not plain.rle and not plain.overlay_png
 
 
 def test_models_and_stream(stub: pb_grpc.SegmentationStub, tiny_folder: Path) -> None:
@@ -284,8 +290,8 @@ def test_health_not_serving_before_models_load(tmp_path: Path, exported: tuple[P
         ch = s.channel()
         health = health_pb2_grpc.HealthStub(ch)
         assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == NOT_SERVING
+        assert not pb_grpc.SegmentationStub(ch).ListModels(pb.ListModelsRequest(), timeout=10).models
         with pytest.raises(grpc.RpcError) as err:
-            pb_grpc.SegmentationStub(ch).ListModels(pb.ListModelsRequest(), timeout=10)
             pb_grpc.SegmentationStub(ch).Classify(pb.ClassifyRequest(images=[pb.Image(encoded=b"x")]), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)

@@ -22,6 +22,13 @@ class HeatmapEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HEATMAP_ENCODING_FLOAT16: _ClassVar[HeatmapEncoding]
     HEATMAP_ENCODING_UINT8: _ClassVar[HeatmapEncoding]
 
+class MaskEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MASK_ENCODING_UNSPECIFIED: _ClassVar[MaskEncoding]
+    MASK_ENCODING_PACKED_BITS: _ClassVar[MaskEncoding]
+    MASK_ENCODING_PNG: _ClassVar[MaskEncoding]
+    MASK_ENCODING_RLE: _ClassVar[MaskEncoding]
+
 class ThresholdKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     THRESHOLD_KIND_UNSPECIFIED: _ClassVar[ThresholdKind]
@@ -37,6 +44,10 @@ CAM_METHOD_FUSED: CamMethod
 HEATMAP_ENCODING_UNSPECIFIED: HeatmapEncoding
 HEATMAP_ENCODING_FLOAT16: HeatmapEncoding
 HEATMAP_ENCODING_UINT8: HeatmapEncoding
+MASK_ENCODING_UNSPECIFIED: MaskEncoding
+MASK_ENCODING_PACKED_BITS: MaskEncoding
+MASK_ENCODING_PNG: MaskEncoding
+MASK_ENCODING_RLE: MaskEncoding
 THRESHOLD_KIND_UNSPECIFIED: ThresholdKind
 THRESHOLD_KIND_FIXED: ThresholdKind
 THRESHOLD_KIND_PERCENTILE: ThresholdKind
@@ -163,7 +174,7 @@ class ThresholdRule(_message.Message):
     def __init__(self, kind: _Optional[_Union[ThresholdKind, str]] = ..., value: _Optional[float] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("model", "images", "options", "threshold", "gate", "largest_component", "truth_masks", "overlay_png")
+    __slots__ = ("model", "images", "options", "threshold", "gate", "largest_component", "truth_masks", "overlay_png", "mask_encodings")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +183,7 @@ class SegmentRequest(_message.Message):
     LARGEST_COMPONENT_FIELD_NUMBER: _ClassVar[int]
     TRUTH_MASKS_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    MASK_ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     images: _containers.RepeatedCompositeFieldContainer[Image]
     options: ExplainOptions
@@ -180,7 +192,8 @@ class SegmentRequest(_message.Message):
     largest_component: bool
     truth_masks: _containers.RepeatedCompositeFieldContainer[Image]
     overlay_png: bool
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., truth_masks: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., overlay_png: _Optional[bool] = ...) -> None: ...
+    mask_encodings: _containers.RepeatedScalarFieldContainer[MaskEncoding]
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., truth_masks: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., overlay_png: _Optional[bool] = ..., mask_encodings: _Optional[_Iterable[_Union[MaskEncoding, str]]] = ...) -> None: ...
 
 class Mask(_message.Message):
     __slots__ = ("png", "packed_bits", "rle", "shape", "area", "threshold", "threshold_value", "gated", "dice", "classification", "overlay_png")

@@ -10,7 +10,6 @@ certificate for mutual TLS. Plaintext is for loopback development.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +20,13 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from camseg import codecs
 from camseg.errors import InvalidInputError, NotFoundError, UnavailableError, UnsupportedError
+from camseg.masks import parse_rule
+from services.codec import method_to_pb, rule_to_pb
+from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
 
 ImageInput = Path | bytes | npt.NDArray[Any]
-
-
-def _pb() -> tuple[Any, Any]:
-    from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
-
-    return camseg_pb2, camseg_pb2_grpc
 
 
 @dataclass(frozen=True)
@@ -78,9 +75,8 @@ class SegmentationClient:
                 private_key=key.read_bytes() if key else None,
                 certificate_chain=cert.read_bytes() if cert else None)
             self.channel = grpc.secure_channel(target, creds, options=options)
-        pb, pb_grpc = _pb()
-        self._pb = pb
-        self.stub = pb_grpc.SegmentationStub(self.channel)
+        self._pb = pb = camseg_pb2
+        self.stub = camseg_pb2_grpc.SegmentationStub(self.channel)
         self.timeout = timeout
         self.model = pb.ModelRef(name=model, version=version)
 
@@ -120,8 +116,6 @@ class SegmentationClient:
         return [self._cls(r) for r in self._call(self.stub.Classify, req).results]
 
     def _options(self, method: str, target: int | None, layer: str) -> Any:
-        from services.convert import method_to_pb
-
         opts = self._pb.ExplainOptions(method=method_to_pb(method), layer=layer)
         if target is not None:
             opts.target_class = target
@@ -141,20 +135,18 @@ class SegmentationClient:
 
     def segment(self, images: Sequence[ImageInput], *, method: str = "gradcam", threshold: str = "otsu",
                 gate: bool = True, largest: bool = False, truth: Sequence[ImageInput] = (), layer: str = "",
-                overlay: bool = False) -> list[MaskResult]:
+                overlay: bool = False, png: bool = False) -> list[MaskResult]:
+        """Masks (from packed bits); ``png`` and ``overlay`` also ask for those encodings."""
         pb = self._pb
-        from camseg.masks import parse_rule
-        from services.convert import rule_to_pb
-
+        encodings = [pb.MASK_ENCODING_PACKED_BITS] + ([pb.MASK_ENCODING_PNG] if png else [])
         req = pb.SegmentRequest(
             model=self.model, images=[self._image(x, i) for i, x in enumerate(images)],
             options=self._options(method, None, layer), threshold=rule_to_pb(parse_rule(threshold)),
             gate=gate, largest_component=largest, truth_masks=[self._image(x, i) for i, x in enumerate(truth)],
-            overlay_png=overlay)
+            overlay_png=overlay, mask_encodings=encodings)
         out = []
         for m in self._call(self.stub.Segment, req).masks:
-            bits = np.unpackbits(np.frombuffer(m.packed_bits, np.uint8))[: int(np.prod(m.shape))]
-            out.append(MaskResult(bits.reshape(tuple(m.shape)).astype(bool), m.png, m.area, m.threshold_value,
+            out.append(MaskResult(codecs.unpack_bits(m.packed_bits, m.shape), m.png, m.area, m.threshold_value,
                                   m.gated, m.dice if m.HasField("dice") else None, self._cls(m.classification),
                                   m.overlay_png))
         return out
@@ -167,11 +159,3 @@ class SegmentationClient:
 def save_png(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-
-
-def png_bytes(arr: npt.NDArray[Any]) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()

@@ -1,0 +1,353 @@
+"""One segmentation pipeline for every caller: decoded images in; classes, heatmaps,
+masks, thresholds and Dice out.
+
+The command line (``camseg segment``), the demo, the gRPC service and the workers all
+call :func:`run` on a :class:`LoadedModel`. Every domain decision lives here: which
+engine computes the heatmaps (one ONNX pass where the method allows it at the exported
+layer, else the torch path), how the work is chunked, the positive class(es) read from
+the model's metadata, the classifier gate. Each input is checked once, each threshold
+computed once, each heatmap resized once (straight from the layer's resolution to its
+image's size) and each encoding made only when asked for.
+
+>>> model = LoadedModel.load("models/resnet")  # doctest: +SKIP
+>>> result = run(model, [image], Options(threshold=parse_rule("p90")), truths=[truth])  # doctest: +SKIP
+>>> result.items[0].dice  # doctest: +SKIP
+0.71
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from camseg import codecs
+from camseg.cam import CamMethod, RawCam, parse_method, raw_cam, raw_from_activations
+from camseg.data.folder import BoolArray, FloatArray
+from camseg.data.tensors import resize_image, to_channels
+from camseg.errors import InvalidInputError, UnsupportedError
+from camseg.figures import overlay
+from camseg.inference import ONE_PASS_METHODS, OnnxModel
+from camseg.masks import Masks, ThresholdRule, parse_rule, segment_maps
+from camseg.metrics import dice
+from camseg.modeldir import ONNX_FILE, load_model
+from camseg.models import Classifier
+from camseg.progress import OnProgress, ShouldStop, Tracker
+
+
+class Engine(StrEnum):
+    AUTO = "auto"  # one ONNX pass where the method allows it, else torch
+    ONNX = "onnx"
+    TORCH = "torch"
+
+
+class Encoding(StrEnum):
+    """Encodings of a mask a caller may ask for; none is made unasked."""
+
+    MASK_PNG = "mask_png"
+    MASK_BITS = "mask_bits"
+    MASK_RLE = "mask_rle"
+    OVERLAY_PNG = "overlay_png"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to compute. ``threshold=None`` stops at heatmaps (no masks).
+
+    ``target`` None means the positive class (with several positive classes, the most
+    probable of them for each image). ``chunk`` images go through the network at a time;
+    ``should_stop`` is polled between chunks.
+    """
+
+    method: CamMethod = CamMethod.GRADCAM
+    layer: str | None = None
+    target: int | None = None
+    threshold: ThresholdRule | None = field(default_factory=lambda: ThresholdRule("otsu"))
+    gate: bool = True
+    largest: bool = False
+    fill_holes: bool = False
+    encodings: frozenset[Encoding] = frozenset()
+    engine: Engine = Engine.AUTO
+    chunk: int = 16
+
+    def __post_init__(self) -> None:
+        # accept the plain strings of configuration files and command lines
+        object.__setattr__(self, "method", parse_method(self.method))
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", parse_rule(self.threshold))
+        try:
+            object.__setattr__(self, "engine", Engine(self.engine))
+            object.__setattr__(self, "encodings", frozenset(Encoding(e) for e in self.encodings))
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        if self.chunk < 1:
+            raise InvalidInputError("chunk must be at least 1 image")
+        if self.layer == "":
+            object.__setattr__(self, "layer", None)
+
+
+def positive_classes(meta: dict[str, Any], classes: Sequence[str]) -> tuple[int, ...]:
+    """The positive (tumor) class indices from metadata: ``positive_classes`` (names or
+    indices), else ``positive_class``, else the last class."""
+    names = meta.get("positive_classes")
+    if not names:
+        names = [meta["positive_class"]] if meta.get("positive_class") is not None else [classes[-1]]
+    out = []
+    for n in names:
+        if isinstance(n, str) and n in classes:
+            out.append(list(classes).index(n))
+        elif isinstance(n, int) and not isinstance(n, bool) and 0 <= n < len(classes):
+            out.append(n)
+        else:
+            raise InvalidInputError(f"positive class {n!r} is not one of the classes {', '.join(classes)}")
+    return tuple(sorted(set(out)))
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model directory in memory: the torch classifier, the ONNX session where the
+    model was exported, and the metadata. Safe to share between threads."""
+
+    path: Path
+    meta: dict[str, Any]
+    network: Classifier
+    onnx: OnnxModel | None
+    classes: tuple[str, ...]
+    positives: tuple[int, ...]
+
+    @classmethod
+    def load(cls, path: Path | str, *, onnx: bool | None = None, providers: str = "auto",
+             threads: int = 0) -> LoadedModel:
+        """Load ``path``; ``onnx`` True requires ``model.onnx``, False skips it, None
+        loads it where present."""
+        path = Path(path)
+        network, meta = load_model(path)
+        session = None
+        if onnx or (onnx is None and (path / ONNX_FILE).is_file() and meta.get("onnx")):
+            session = OnnxModel(path, providers=providers, threads=threads)
+        classes = tuple(meta.get("classes") or [str(i) for i in range(network.spec.num_classes)])
+        if len(classes) != network.spec.num_classes:
+            raise InvalidInputError(f"{path}: {len(classes)} classes in metadata for a "
+                                    f"{network.spec.num_classes}-class network")
+        return cls(path, meta, network, session, classes, positive_classes(meta, classes))
+
+    @property
+    def size(self) -> int:
+        return int(self.network.spec.input_size)
+
+    @property
+    def channels(self) -> int:
+        return int(self.network.spec.in_channels)
+
+    @property
+    def positive(self) -> int:
+        """The first positive class (the tumor class of a two-class model)."""
+        return self.positives[0]
+
+    def engine_for(self, options: Options) -> Engine:
+        """The engine :func:`run` uses for ``options``; checks the layer and the target."""
+        if options.layer is not None:
+            self.network.check_layer(options.layer)
+        if options.target is not None and not 0 <= options.target < len(self.classes):
+            raise InvalidInputError(f"target class {options.target} is out of range 0..{len(self.classes) - 1}")
+        one_pass = (self.onnx is not None and self.onnx.cam_layer is not None and options.method in ONE_PASS_METHODS
+                    and options.layer in (None, self.onnx.cam_layer))
+        if options.engine is Engine.ONNX and not one_pass:
+            raise UnsupportedError(f"{options.method.value} at layer {options.layer or self.network.cam_layer} "
+                                   "has no one-pass ONNX form for this model")
+        if options.engine is Engine.TORCH:
+            return Engine.TORCH
+        return Engine.ONNX if one_pass else Engine.TORCH
+
+    def prepare(self, images: Sequence[FloatArray]) -> Tensor:
+        """Decoded images to the model's input batch ``(N, channels, size, size)``."""
+        if not images:
+            raise InvalidInputError("no images")
+        size, channels = self.size, self.channels
+        batch = torch.empty((len(images), channels, size, size), dtype=torch.float32)
+        for i, img in enumerate(images):
+            batch[i] = resize_image(torch.from_numpy(to_channels(img, channels)), size)
+        return batch
+
+    def classify_prepared(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Probabilities ``(N, classes)`` of a prepared batch (ONNX where exported)."""
+        if self.onnx is not None:
+            return self.onnx.classify(x)
+        with torch.inference_mode():
+            probs: npt.NDArray[np.float32] = F.softmax(self.network(torch.from_numpy(x)), dim=1).numpy()
+        return probs
+
+    def classify(self, images: Sequence[FloatArray]) -> npt.NDArray[np.float32]:
+        return self.classify_prepared(self.prepare(images).numpy())
+
+    def _targets(self, options: Options, probs: Tensor | None) -> int | Tensor:
+        if options.target is not None:
+            return options.target
+        if len(self.positives) == 1 or probs is None:
+            return self.positive
+        pos = torch.tensor(self.positives)
+        return pos[probs[:, pos].argmax(1)]
+
+    def raw_cam(self, engine: Engine, x: Tensor, options: Options) -> RawCam:
+        """The heatmap pass of a prepared batch on ``engine``."""
+        if engine is Engine.ONNX:
+            assert self.onnx is not None and self.onnx.head_weight is not None and self.onnx.cam_layer is not None
+            probs, acts = self.onnx.run(x.numpy())
+            p = torch.from_numpy(probs)
+            t = torch.as_tensor(self._targets(options, p)).expand(x.shape[0]).clone()
+            maps = raw_from_activations(torch.from_numpy(acts), self.onnx.head_weight, t, method=options.method)
+            # the logits are not exported; log-probabilities differ from them by a per-row constant
+            return RawCam((maps,), torch.log(p.clamp_min(1e-30)), t, (self.onnx.cam_layer,))
+        probs_first = None
+        if options.target is None and len(self.positives) > 1:
+            probs_first = torch.from_numpy(self.classify_prepared(x.numpy()))
+        return raw_cam(self.network, x, method=options.method, layer=options.layer,
+                       targets=self._targets(options, probs_first))
+
+    def warm_up(self) -> None:
+        """One pass of every engine on a blank image: a model that cannot answer fails
+        here, and first calls do not pay for lazy initialisation."""
+        x = np.zeros((1, self.channels, self.size, self.size), dtype=np.float32)
+        probs = self.classify_prepared(x)
+        if probs.shape != (1, len(self.classes)) or not np.isfinite(probs).all():
+            raise InvalidInputError(f"{self.path}: warm-up gave probabilities of shape {probs.shape}")
+        blank = [np.zeros((self.size, self.size), dtype=np.float32)]
+        run(self, blank, Options(engine=Engine.TORCH))
+        if self.onnx is not None and self.onnx.cam_layer is not None:
+            run(self, blank, Options(engine=Engine.ONNX))
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's answer. ``heatmap`` is at the image's own size; the mask fields are
+    None when no threshold was asked for, the encodings None when not asked for."""
+
+    probabilities: npt.NDArray[np.float32]
+    label: int
+    target: int
+    heatmap: Tensor
+    mask: BoolArray | None = None
+    threshold_value: float | None = None  # None where the rule finds no threshold (a flat map)
+    gated: bool = False
+    dice: float | None = None
+    mask_png: bytes | None = None
+    mask_bits: bytes | None = None
+    mask_rle: list[int] | None = None
+    overlay_png: bytes | None = None
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum()) if self.mask is not None else 0
+
+
+@dataclass(frozen=True)
+class Result:
+    items: list[ImageResult]
+    engine: Engine
+    layers: tuple[str, ...]
+
+    @property
+    def mean_dice(self) -> float | None:
+        """Mean Dice over the images sent with a truth mask; None when there were none."""
+        d = [r.dice for r in self.items if r.dice is not None]
+        return float(np.mean(d)) if d else None
+
+
+def _check_inputs(images: Sequence[FloatArray], truths: Sequence[BoolArray | None] | None) -> None:
+    if not images:
+        raise InvalidInputError("no images")
+    for i, img in enumerate(images):
+        if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) or min(img.shape[:2]) < 1:
+            raise InvalidInputError(f"image {i}: expected (H, W) or (H, W, 3), got {tuple(img.shape)}")
+    if truths is None:
+        return
+    if len(truths) != len(images):
+        raise InvalidInputError(f"{len(truths)} truth masks for {len(images)} images")
+    for i, (t, img) in enumerate(zip(truths, images, strict=True)):
+        if t is not None and t.shape != img.shape[:2]:
+            raise InvalidInputError(f"truth mask {i}: shape {t.shape} differs from its image {img.shape[:2]}")
+
+
+def run(
+    model: LoadedModel,
+    images: Sequence[FloatArray],
+    options: Options | None = None,
+    *,
+    truths: Sequence[BoolArray | None] | None = None,
+    on_progress: OnProgress | None = None,
+    should_stop: ShouldStop | None = None,
+    task: str = "segment",
+) -> Result:
+    """Classify, explain and (with a threshold) segment ``images``, each at its own size.
+
+    Args:
+        model: the loaded model.
+        images: decoded ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], any sizes.
+        options: method, layer, target, threshold rule, gate, refinement, encodings,
+            engine and chunk size.
+        truths: optional truth masks, one per image (None for an image without one),
+            each of its image's height and width; Dice is computed where given. Dice
+            follows :func:`camseg.metrics.dice` (both masks empty -> 1).
+        on_progress / should_stop: see :mod:`camseg.progress`; stopping raises
+            :class:`~camseg.errors.CancelledError` between chunks.
+
+    Raises:
+        InvalidInputError / NotFoundError / UnsupportedError before any computation.
+    """
+    opts = options or Options()
+    engine = model.engine_for(opts)
+    _check_inputs(images, truths)
+    tracker = Tracker(task, len(images), on_progress=on_progress, should_stop=should_stop)
+    items: list[ImageResult | None] = [None] * len(images)
+    layers: tuple[str, ...] = ()
+    for start in range(0, len(images), opts.chunk):
+        part = images[start : start + opts.chunk]
+        raw = model.raw_cam(engine, model.prepare(part), opts)
+        layers = raw.layers
+        probs = F.softmax(raw.logits, dim=1)
+        predicted = probs.argmax(1)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for j, img in enumerate(part):
+            by_size.setdefault((int(img.shape[0]), int(img.shape[1])), []).append(j)
+        for size, idx in by_size.items():
+            index = torch.tensor(idx)
+            heat = raw.render(size, index=index)
+            seg = None
+            if opts.threshold is not None:
+                seg = segment_maps(heat, opts.threshold, predicted=predicted[index] if opts.gate else None,
+                                   positive_class=model.positives, largest=opts.largest, fill_holes=opts.fill_holes)
+            for k, j in enumerate(idx):
+                i = start + j
+                items[i] = _finish(opts, images[i], heat[k], probs[j], int(predicted[j]), int(raw.targets[j]),
+                                   seg, k, truths[i] if truths is not None else None)
+        tracker.advance(len(part))
+    return Result([r for r in items if r is not None], engine, layers)
+
+
+def _finish(opts: Options, image: FloatArray, heat: Tensor, probs: Tensor, predicted: int, target: int,
+            seg: Masks | None, k: int, truth: BoolArray | None) -> ImageResult:
+    p = probs.numpy().astype(np.float32)
+    want = opts.encodings
+    if seg is None:
+        return ImageResult(p, predicted, target, heat,
+                           overlay_png=codecs.encode_png(overlay(image, heat.numpy()))
+                           if Encoding.OVERLAY_PNG in want else None)
+    mask = seg.masks[k].numpy()
+    t = float(seg.thresholds[k])
+    d = float(dice(seg.masks[k], torch.from_numpy(truth))) if truth is not None else None
+    return ImageResult(
+        p, predicted, target, heat, mask, t if np.isfinite(t) else None, bool(seg.gated[k]), d,
+        mask_png=codecs.encode_png(mask) if Encoding.MASK_PNG in want else None,
+        mask_bits=codecs.packed_bits(mask) if Encoding.MASK_BITS in want else None,
+        mask_rle=codecs.run_lengths(mask) if Encoding.MASK_RLE in want else None,
+        overlay_png=codecs.encode_png(overlay(image, heat.numpy(), mask, truth))
+        if Encoding.OVERLAY_PNG in want else None,
+    )

@@ -1,0 +1,106 @@
+"""The service's subcommands of ``camseg`` (``serve``, ``client``) and its demo step.
+
+:mod:`camseg.cli` finds this module when the ``serve`` extra is installed; nothing here
+imports grpc until a command runs, so ``camseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from camseg.cam import METHODS
+from camseg.demo import DemoStep
+from camseg.settings import Settings
+
+
+def register(sub: Any) -> None:
+    """Add ``serve`` and ``client`` to the ``camseg`` command's subparsers."""
+    sv = sub.add_parser("serve", help="the gRPC service over a model repository")
+    sv.add_argument("--model-repo", type=Path, required=True, help="DIR/<name>/<version>/ of exported models")
+    sv.add_argument("--host", default=None)
+    sv.add_argument("--port", type=int, default=None)
+    sv.add_argument("--metrics-port", type=int, default=None)
+    sv.add_argument("--plaintext", action="store_true", help="no TLS (loopback development only)")
+    sv.add_argument("--tls-cert", type=Path, default=None)
+    sv.add_argument("--tls-key", type=Path, default=None)
+    sv.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates from this CA")
+    sv.add_argument("--no-batching", action="store_true")
+    sv.set_defaults(handler=serve)
+
+    cl = sub.add_parser("client", help="call a running camseg service")
+    rpcs = cl.add_subparsers(dest="client_cmd", required=True, metavar="RPC")
+    for name in ("classify", "explain", "segment"):
+        c = rpcs.add_parser(name, help=f"{name} image files")
+        c.add_argument("files", nargs="+", type=Path)
+        c.add_argument("--server", default="127.0.0.1:50051")
+        c.add_argument("--model", default="")
+        c.add_argument("--version", default="")
+        c.add_argument("--plaintext", action="store_true")
+        c.add_argument("--ca", type=Path, default=None)
+        c.add_argument("--cert", type=Path, default=None)
+        c.add_argument("--key", type=Path, default=None)
+        if name != "classify":
+            c.add_argument("--method", default="gradcam", choices=METHODS)
+            c.add_argument("--out", type=Path, default=Path("camseg-client-out"))
+        if name == "segment":
+            c.add_argument("--threshold", default="otsu")
+            c.add_argument("--largest", action="store_true")
+    cl.set_defaults(handler=client)
+
+
+def demo_steps(settings: Settings) -> list[tuple[str, DemoStep]]:
+    from services.demo import through_service
+
+    return [("serve the exported models over gRPC and segment the test split through the service", through_service)]
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from services.server import serve as run_server
+    from services.settings import ServeSettings
+
+    overrides: dict[str, Any] = {k: v for k, v in {
+        "model_repo": args.model_repo, "host": args.host, "port": args.port, "metrics_port": args.metrics_port,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
+    }.items() if v is not None}
+    if args.plaintext:
+        overrides["plaintext"] = True
+    if args.no_batching:
+        overrides["batching"] = False
+    serve_settings = ServeSettings(**overrides)
+    try:
+        asyncio.run(run_server(serve_settings))
+    except (ValueError, OSError) as exc:
+        print(f"camseg: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def client(args: argparse.Namespace, settings: Settings) -> int:
+    from services.client import SegmentationClient, save_png
+
+    for f in args.files:
+        if not f.is_file():
+            print(f"camseg: error: {f}: no such file", file=sys.stderr)
+            return 2
+    with SegmentationClient(args.server, plaintext=args.plaintext, ca=args.ca, cert=args.cert, key=args.key,
+                            model=args.model, version=args.version) as c:
+        if args.client_cmd == "classify":
+            for f, r in zip(args.files, c.classify(args.files), strict=True):
+                print(f"{f}\t{r.label}\t" + "\t".join(f"{p:.4f}" for p in r.probabilities))
+        elif args.client_cmd == "explain":
+            for f, h in zip(args.files, c.explain(args.files, method=args.method, overlay=True), strict=True):
+                save_png(args.out / f"{f.stem}_heatmap.png", h.overlay_png)
+                print(f"{f}\t{h.classification.label}\t{args.out / (f.stem + '_heatmap.png')}")
+        else:
+            results = c.segment(args.files, method=args.method, threshold=args.threshold, largest=args.largest,
+                                overlay=True, png=True)
+            for f, m in zip(args.files, results, strict=True):
+                save_png(args.out / f"{f.stem}_mask.png", m.png)
+                save_png(args.out / f"{f.stem}_overlay.png", m.overlay_png)
+                print(f"{f}\t{m.classification.label}\tarea {m.area}\t{args.out / (f.stem + '_mask.png')}")
+    return 0

@@ -1,0 +1,165 @@
+"""The one place where ``camseg.v1`` messages meet the core's values: requests become
+decoded arrays and :class:`camseg.pipeline.Options`, results become messages. The
+servicer and :mod:`services.client` both use it."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image as PILImage
+
+from camseg import codecs
+from camseg.cam import CamMethod, parse_method
+from camseg.data.folder import BoolArray, FloatArray, decode_image
+from camseg.errors import InvalidInputError
+from camseg.masks import ThresholdRule
+from camseg.pipeline import Encoding, ImageResult, LoadedModel, Options
+from services.gen.camseg.v1 import camseg_pb2 as pb
+
+METHOD_FROM_PB: dict[int, CamMethod] = {
+    pb.CAM_METHOD_UNSPECIFIED: CamMethod.GRADCAM,
+    pb.CAM_METHOD_GRADCAM: CamMethod.GRADCAM,
+    pb.CAM_METHOD_GRADCAM_PP: CamMethod.GRADCAM_PP,
+    pb.CAM_METHOD_HIRESCAM: CamMethod.HIRESCAM,
+    pb.CAM_METHOD_LAYERCAM: CamMethod.LAYERCAM,
+    pb.CAM_METHOD_FUSED: CamMethod.FUSED,
+}
+METHOD_TO_PB: dict[CamMethod, int] = {m: v for v, m in METHOD_FROM_PB.items() if v != pb.CAM_METHOD_UNSPECIFIED}
+RULE_KIND_TO_PB = {"fixed": pb.THRESHOLD_KIND_FIXED, "percentile": pb.THRESHOLD_KIND_PERCENTILE,
+                   "otsu": pb.THRESHOLD_KIND_OTSU}
+ENCODING_FROM_PB = {pb.MASK_ENCODING_PACKED_BITS: Encoding.MASK_BITS, pb.MASK_ENCODING_PNG: Encoding.MASK_PNG,
+                    pb.MASK_ENCODING_RLE: Encoding.MASK_RLE}
+ENCODING_TO_PB = {e: v for v, e in ENCODING_FROM_PB.items()}
+
+
+def method_from_pb(value: int) -> CamMethod:
+    try:
+        return METHOD_FROM_PB[value]
+    except KeyError:
+        raise InvalidInputError(f"unknown CAM method {value}") from None
+
+
+def method_to_pb(method: str | CamMethod) -> int:
+    return METHOD_TO_PB[parse_method(method)]
+
+
+def rule_from_pb(r: pb.ThresholdRule) -> ThresholdRule:
+    """UNSPECIFIED means Otsu; values outside a kind's range are INVALID_ARGUMENT."""
+    if r.kind in (pb.THRESHOLD_KIND_UNSPECIFIED, pb.THRESHOLD_KIND_OTSU):
+        return ThresholdRule("otsu")
+    if r.kind == pb.THRESHOLD_KIND_FIXED:
+        if not 0.0 <= r.value <= 1.0:
+            raise InvalidInputError(f"fixed threshold {r.value} is outside [0, 1]")
+        return ThresholdRule("fixed", r.value)
+    if r.kind == pb.THRESHOLD_KIND_PERCENTILE:
+        if not 0.0 <= r.value <= 100.0:
+            raise InvalidInputError(f"percentile {r.value} is outside [0, 100]")
+        return ThresholdRule("percentile", r.value)
+    raise InvalidInputError(f"unknown threshold kind {r.kind}")
+
+
+def rule_to_pb(rule: ThresholdRule) -> pb.ThresholdRule:
+    return pb.ThresholdRule(kind=RULE_KIND_TO_PB[rule.kind], value=rule.value)
+
+
+def encodings_from_pb(values: Sequence[int]) -> frozenset[Encoding]:
+    """Requested mask encodings; none means packed bits only."""
+    out = set()
+    for v in values or [pb.MASK_ENCODING_PACKED_BITS]:
+        if v not in ENCODING_FROM_PB:
+            raise InvalidInputError(f"unknown mask encoding {v}")
+        out.add(ENCODING_FROM_PB[v])
+    return frozenset(out)
+
+
+# ------------------------------------------------------------------ requests
+def _check_header_size(data: bytes, max_pixels: int, name: str) -> None:
+    """Refuse an oversized image from its header, before decoding the pixels."""
+    try:
+        with PILImage.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except Exception:
+        return
+    if w * h > max_pixels:
+        raise InvalidInputError(f"{name}: {w}x{h} pixels exceed the limit of {max_pixels}")
+
+
+def decode_images(images: Sequence[pb.Image], *, max_images: int, max_pixels: int,
+                  what: str = "image") -> list[FloatArray]:
+    """Decoded ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], each checked once."""
+    if not images:
+        raise InvalidInputError("the request holds no images")
+    if len(images) > max_images:
+        raise InvalidInputError(f"{len(images)} images exceed the limit of {max_images} per request")
+    out = []
+    for i, img in enumerate(images):
+        name = f"{what} {i}" + (f" ({img.id})" if img.id else "")
+        kind = img.WhichOneof("data")
+        if kind == "encoded":
+            _check_header_size(img.encoded, max_pixels, name)
+            arr = decode_image(img.encoded, name=name)
+        elif kind == "raw":
+            try:
+                arr = codecs.raw_to_image(img.raw.dtype, img.raw.shape, img.raw.data, max_pixels=max_pixels)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{name}: {exc.message}") from None
+        else:
+            raise InvalidInputError(f"{name}: carries neither encoded bytes nor a raw array")
+        if arr.shape[0] * arr.shape[1] > max_pixels:
+            raise InvalidInputError(f"{name}: {arr.shape[1]}x{arr.shape[0]} pixels exceed the limit")
+        out.append(arr)
+    return out
+
+
+def decode_truths(masks: Sequence[pb.Image], n: int, *, max_images: int, max_pixels: int) -> list[BoolArray] | None:
+    """Truth masks (non-zero in any channel = tumor), one per image, or None when none was sent."""
+    if not masks:
+        return None
+    if len(masks) != n:
+        raise InvalidInputError(f"{len(masks)} truth masks for {n} images")
+    arrays = decode_images(masks, max_images=max_images, max_pixels=max_pixels, what="truth mask")
+    return [(m.max(axis=-1) if m.ndim == 3 else m) > 0 for m in arrays]
+
+
+def explain_options(options: pb.ExplainOptions, *, overlay: bool, chunk: int) -> Options:
+    return Options(method=method_from_pb(options.method), layer=options.layer or None,
+                   target=options.target_class if options.HasField("target_class") else None,
+                   threshold=None, encodings=frozenset({Encoding.OVERLAY_PNG} if overlay else ()), chunk=chunk)
+
+
+def segment_options(request: pb.SegmentRequest, *, chunk: int) -> Options:
+    enc = encodings_from_pb(request.mask_encodings) | ({Encoding.OVERLAY_PNG} if request.overlay_png else set())
+    o = request.options
+    return Options(method=method_from_pb(o.method), layer=o.layer or None,
+                   target=o.target_class if o.HasField("target_class") else None,
+                   threshold=rule_from_pb(request.threshold), gate=request.gate if request.HasField("gate") else True,
+                   largest=request.largest_component, encodings=frozenset(enc), chunk=chunk)
+
+
+# ------------------------------------------------------------------ responses
+def classification(model: LoadedModel, probs: npt.NDArray[np.float32], image_id: str) -> pb.Classification:
+    idx = int(np.argmax(probs))
+    return pb.Classification(probabilities=[float(p) for p in probs], label=model.classes[idx], label_index=idx,
+                             id=image_id)
+
+
+def heatmap(model: LoadedModel, r: ImageResult, image_id: str, layer: str, *, uint8: bool) -> pb.Heatmap:
+    h = r.heatmap.numpy()
+    data = np.round(h * 255).astype(np.uint8).tobytes() if uint8 else h.astype(np.float16).tobytes()
+    return pb.Heatmap(data=data, shape=list(h.shape),
+                      encoding=pb.HEATMAP_ENCODING_UINT8 if uint8 else pb.HEATMAP_ENCODING_FLOAT16,
+                      overlay_png=r.overlay_png or b"", classification=classification(model, r.probabilities, image_id),
+                      target_class=r.target, layer=layer)
+
+
+def mask(model: LoadedModel, r: ImageResult, image_id: str, rule: ThresholdRule) -> pb.Mask:
+    assert r.mask is not None
+    return pb.Mask(
+        png=r.mask_png or b"", packed_bits=r.mask_bits or b"", rle=r.mask_rle or [], shape=list(r.mask.shape),
+        area=r.area, threshold=rule_to_pb(rule),
+        threshold_value=r.threshold_value if r.threshold_value is not None else 1.0,
+        gated=r.gated, dice=r.dice, classification=classification(model, r.probabilities, image_id),
+        overlay_png=r.overlay_png or b"")
