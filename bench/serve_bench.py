@@ -166,7 +166,7 @@ def main() -> int:
                                                 ("Explain", pb.CAM_METHOD_LAYERCAM, "onnx one-pass"),
                                                 ("Explain", pb.CAM_METHOD_FUSED, "torch"),
                                                 ("Segment", pb.CAM_METHOD_GRADCAM, "onnx one-pass")):
-                        def make(i: int, rpc: str = rpc, method: int = method) -> Any:
+                        def make(i: int, rpc: str = rpc, method: Any = method) -> Any:
                             img = [pb.Image(encoded=pngs[i % len(pngs)])]
                             opts = pb.ExplainOptions(method=method)
                             if rpc == "Explain":

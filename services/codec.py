@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -27,10 +28,11 @@ METHOD_FROM_PB: dict[int, CamMethod] = {
     pb.CAM_METHOD_LAYERCAM: CamMethod.LAYERCAM,
     pb.CAM_METHOD_FUSED: CamMethod.FUSED,
 }
-METHOD_TO_PB: dict[CamMethod, int] = {m: v for v, m in METHOD_FROM_PB.items() if v != pb.CAM_METHOD_UNSPECIFIED}
+METHOD_TO_PB: dict[CamMethod, pb.CamMethod] = {
+    m: cast(pb.CamMethod, v) for v, m in METHOD_FROM_PB.items() if v != pb.CAM_METHOD_UNSPECIFIED}
 RULE_KIND_TO_PB = {"fixed": pb.THRESHOLD_KIND_FIXED, "percentile": pb.THRESHOLD_KIND_PERCENTILE,
                    "otsu": pb.THRESHOLD_KIND_OTSU}
-ENCODING_FROM_PB = {pb.MASK_ENCODING_PACKED_BITS: Encoding.MASK_BITS, pb.MASK_ENCODING_PNG: Encoding.MASK_PNG,
+ENCODING_FROM_PB: dict[int, Encoding] = {pb.MASK_ENCODING_PACKED_BITS: Encoding.MASK_BITS, pb.MASK_ENCODING_PNG: Encoding.MASK_PNG,
                     pb.MASK_ENCODING_RLE: Encoding.MASK_RLE}
 ENCODING_TO_PB = {e: v for v, e in ENCODING_FROM_PB.items()}
 
@@ -42,7 +44,7 @@ def method_from_pb(value: int) -> CamMethod:
         raise InvalidInputError(f"unknown CAM method {value}") from None
 
 
-def method_to_pb(method: str | CamMethod) -> int:
+def method_to_pb(method: str | CamMethod) -> pb.CamMethod:
     return METHOD_TO_PB[parse_method(method)]
 
 

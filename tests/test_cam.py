@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -192,7 +193,7 @@ def test_autograd_matches_hook_reference(
         layer=layer,
         analytic=False,
         normalise=False,
-        size=tuple(raw.shape[-2:]),
+        size=(int(raw.shape[-2]), int(raw.shape[-1])),
     )
     torch.testing.assert_close(
         res.heatmaps.double(), raw, rtol=1e-4, atol=1e-6 * float(raw.abs().max())
@@ -359,11 +360,12 @@ def test_mixed_mode_submodules_are_restored(make_model: ModelFactory) -> None:
     model = make_model("resnet", size=32, seed=2)
     model.train()
     frozen = model.stages["stem"]
-    model.stages["stage1"][0].bn1.eval()
+    stage1: Any = model.stages["stage1"]
+    stage1[0].bn1.eval()
     frozen.eval()
     compute_cam(model, torch.rand(2, 1, 32, 32))
     assert model.training and model.stages["stage2"].training
-    assert not model.stages["stage1"][0].bn1.training, (
+    assert not stage1[0].bn1.training, (
         "a frozen submodule was switched to train mode"
     )
     assert not frozen.training
@@ -453,7 +455,7 @@ def test_concurrent_calls_on_a_training_model(make_model: ModelFactory) -> None:
 
 # ------------------------------------------------------------------ errors before compute
 @pytest.fixture
-def forward_counter(model64: Classifier):  # type: ignore[no-untyped-def]
+def forward_counter(model64: Classifier) -> Any:
     calls: list[int] = []
     handles = [
         s.register_forward_pre_hook(lambda *_: calls.append(1)) for s in model64.stages.values()

@@ -42,6 +42,7 @@ def test_run_until_then_run_from_equals_forward(arch: str) -> None:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
         model.fc.weight.normal_(0, 1)

@@ -370,9 +370,9 @@ def test_convert_volumes_splits_by_volume_and_round_trips(tmp_path: Path, rng) -
     assert sum(s.label for s in ds.samples) == 5 * 2
     assert ds.classes == ("normal", "tumor")
     # slices of one volume never straddle splits; 5 volumes -> 3 train, 1 val, 1 test
-    split_of = {}
+    split_of: dict[str, set[str]] = {}
     for s in ds.samples:
-        split_of.setdefault(s.id.split("-s")[0], set()).add(s.split)
+        split_of.setdefault(s.id.split("-s")[0], set()).add(str(s.split))
     assert set(split_of) == {f"case{c}" for c in range(5)}
     assert all(len(v) == 1 for v in split_of.values())
     assert sorted(next(iter(v)) for v in split_of.values()) == [

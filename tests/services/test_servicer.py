@@ -1,0 +1,67 @@
+"""The servicer in process: a grpc.aio server started in the test's own event loop, and
+its answers compared with the core pipeline's on the same images (the servicer adds
+transport, never numbers)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from camseg.data.folder import decode_image
+from camseg.masks import parse_rule
+from camseg.pipeline import LoadedModel, Options, run
+from services.gen.camseg.v1 import camseg_pb2 as pb
+from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
+from services.server import start
+from services.settings import ServeSettings
+
+
+def test_in_process_answers_equal_the_core_pipeline(repo: Path, tumor_roi: tuple[bytes, bytes]) -> None:
+    image, mask = tumor_roi
+    model = LoadedModel.load(repo / "tiny" / "1")
+    decoded, truth = decode_image(image), decode_image(mask) > 0
+    direct = run(model, [decoded], Options(threshold=parse_rule("p80"), gate=False), truths=[truth]).items[0]
+    heat_direct = run(model, [decoded], Options(threshold=None)).items[0]
+
+    async def main() -> tuple[pb.SegmentResponse, pb.ExplainResponse, pb.ClassifyResponse, grpc.StatusCode]:
+        settings = ServeSettings(model_repo=repo, port=0, metrics_port=None, plaintext=True, poll_seconds=60)
+        running = await start(settings)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+                stub = pb_grpc.SegmentationStub(ch)
+                seg = await stub.Segment(pb.SegmentRequest(
+                    images=[pb.Image(encoded=image)], truth_masks=[pb.Image(encoded=mask)], gate=False,
+                    threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_PERCENTILE, value=80),
+                    mask_encodings=[pb.MASK_ENCODING_PNG]), timeout=30)
+                exp = await stub.Explain(pb.ExplainRequest(images=[pb.Image(encoded=image)]), timeout=30)
+                cls = await stub.Classify(pb.ClassifyRequest(images=[pb.Image(encoded=image, id="a")]), timeout=30)
+                try:
+                    await stub.Segment(pb.SegmentRequest(images=[pb.Image(encoded=image)],
+                                                         options=pb.ExplainOptions(layer="nope")), timeout=30)
+                    code = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as err:
+                    code = err.code()
+        finally:
+            await running.drain_and_stop(0)
+        return seg, exp, cls, code
+
+    seg, exp, cls, code = asyncio.run(main())
+    m = seg.masks[0]
+    assert direct.mask is not None
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(m.png))) > 0, direct.mask)
+    assert m.area == direct.area and m.dice == pytest.approx(direct.dice)
+    assert m.threshold_value == pytest.approx(direct.threshold_value)
+    assert not m.packed_bits and not m.rle  # only the PNG was asked for
+    h = exp.heatmaps[0]
+    heat = np.frombuffer(h.data, np.float16).reshape(tuple(h.shape)).astype(np.float32)
+    np.testing.assert_allclose(heat, heat_direct.heatmap.numpy(), atol=1e-3)
+    assert exp.engine == "onnx" and h.layer == model.network.cam_layer
+    np.testing.assert_allclose(cls.results[0].probabilities, direct.probabilities, atol=1e-5)
+    assert cls.results[0].id == "a" and cls.results[0].label == model.classes[int(np.argmax(direct.probabilities))]
+    assert code == grpc.StatusCode.NOT_FOUND
