@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -72,7 +73,7 @@ def load_model(model_dir: Path, *, map_location: str | torch.device = "cpu") -> 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         model = build(ModelSpec(**ckpt["spec"]))
         model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError, TypeError, EOFError) as exc:
+    except (RuntimeError, KeyError, TypeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise InvalidInputError(f"{path}: unreadable checkpoint ({exc})") from exc
     model.eval()
     return model, meta

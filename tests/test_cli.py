@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from camseg.cli import main
-from camseg.settings import Settings
 
 
 def camseg(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -83,25 +82,3 @@ def test_bad_label_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "labels.csv:4" in err and "'cyst'" in err
     assert not (tmp_path / "m").exists()
-
-
-def test_demo_tiny(tmp_path: Path) -> None:
-    from camseg.demo import DemoConfig, run_demo
-    from services.cli import demo_steps
-
-    lines: list[str] = []
-    report = run_demo(DemoConfig(out=tmp_path / "demo", n=120, size=32, epochs=1, archs=("densenet",)),
-                      say=lines.append, steps=demo_steps(Settings()))
-    text = report.read_text()
-    assert "## Mean Dice" in text and "## Filtered retraining" in text and "keep-cold" in text
-    figs = {p.name for p in (tmp_path / "demo" / "figures").iterdir()}
-    assert {"training.png", "filtered_retraining.png", "dice_vs_threshold_densenet.png",
-            "overlays_densenet_paper.png", "overlays_densenet_best.png"} <= figs
-    res = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert set(res["dice"]["densenet"]["by_method"]) == {"gradcam", "gradcam++", "hirescam", "layercam", "fused"}
-    assert lines[0].startswith("[1/7]") and lines[-1].startswith("done")
-    # the same masks through the real gRPC service
-    assert "## Through the gRPC service" in text
-    svc = res["steps"]["Through the gRPC service"]["densenet"]
-    assert svc["images"] == res["dice"]["densenet"]["n_report"]
-    assert svc["mean_dice"] == pytest.approx(svc["in_process_mean_dice"], abs=0.02)

@@ -1,0 +1,29 @@
+"""camseg.runtime: ONNX Runtime providers chosen quietly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import pytest
+
+from camseg.runtime import CPU, CUDA, cuda_available, make_session, select_providers
+
+
+def test_auto_picks_cuda_only_where_it_loads() -> None:
+    chosen = select_providers("auto")
+    assert chosen[-1] == CPU
+    assert (CUDA in chosen) == cuda_available()
+
+
+def test_explicit_and_unknown_providers() -> None:
+    assert select_providers("CPUExecutionProvider") == [CPU]
+    with pytest.raises(ValueError, match="unknown ONNX Runtime providers"):
+        select_providers("NoSuchExecutionProvider")
+
+
+def test_session_runs_on_the_chosen_provider(exported: tuple[Path, dict[str, Any]]) -> None:
+    session = make_session(exported[0] / "model.onnx", "CPUExecutionProvider", threads=1)
+    assert session.get_providers() == [CPU]
+    assert isinstance(session, ort.InferenceSession)
