@@ -70,10 +70,10 @@ def reusable(out: Path, marker: str, key: str, *, overwrite: bool) -> dict[str, 
     done = out / marker
     if done.is_file():
         try:
-            record: dict[str, Any] = json.loads(done.read_text())
+            record = json.loads(done.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            record = {}
-        if record.get("key") == key:
+            record = None
+        if isinstance(record, dict) and record.get("key") == key:
             return record
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InvalidInputError(f"{out}: already holds other results (pass --overwrite to replace them)")
