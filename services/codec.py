@@ -32,8 +32,9 @@ METHOD_TO_PB: dict[CamMethod, pb.CamMethod] = {
     m: cast(pb.CamMethod, v) for v, m in METHOD_FROM_PB.items() if v != pb.CAM_METHOD_UNSPECIFIED}
 RULE_KIND_TO_PB = {"fixed": pb.THRESHOLD_KIND_FIXED, "percentile": pb.THRESHOLD_KIND_PERCENTILE,
                    "otsu": pb.THRESHOLD_KIND_OTSU}
-ENCODING_FROM_PB: dict[int, Encoding] = {pb.MASK_ENCODING_PACKED_BITS: Encoding.MASK_BITS, pb.MASK_ENCODING_PNG: Encoding.MASK_PNG,
-                    pb.MASK_ENCODING_RLE: Encoding.MASK_RLE}
+ENCODING_FROM_PB: dict[int, Encoding] = {pb.MASK_ENCODING_PACKED_BITS: Encoding.MASK_BITS,
+                                         pb.MASK_ENCODING_PNG: Encoding.MASK_PNG,
+                                         pb.MASK_ENCODING_RLE: Encoding.MASK_RLE}
 ENCODING_TO_PB = {e: v for v, e in ENCODING_FROM_PB.items()}
 
 
