@@ -81,6 +81,11 @@ def from_run_lengths(runs: Sequence[int], shape: tuple[int, int]) -> BoolArray:
 
 def raw_to_image(dtype: str, shape: Sequence[int], data: bytes, *, max_pixels: int) -> FloatArray:
     """A raw ``(H, W)`` or ``(H, W, C)`` array (C in 1, 3) to float in [0, 1]."""
+    return array_to_float(raw_array(dtype, shape, data, max_pixels=max_pixels), "raw image")
+
+
+def raw_array(dtype: str, shape: Sequence[int], data: bytes, *, max_pixels: int) -> npt.NDArray[Any]:
+    """A raw ``(H, W)`` or ``(H, W, C)`` array (C in 1, 3), checked, values as sent."""
     if dtype not in RAW_DTYPES:
         raise InvalidInputError(f"raw image dtype {dtype!r} is not one of {', '.join(RAW_DTYPES)}")
     dims = tuple(int(s) for s in shape)
@@ -92,4 +97,4 @@ def raw_to_image(dtype: str, shape: Sequence[int], data: bytes, *, max_pixels: i
     if len(data) != expected:
         raise InvalidInputError(
             f"raw image data has {len(data)} bytes; dtype {dtype} and shape {dims} need {expected}")
-    return array_to_float(np.frombuffer(data, dtype=dtype).reshape(dims), "raw image")
+    return np.frombuffer(data, dtype=dtype).reshape(dims)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 Runner = Callable[[np.ndarray], np.ndarray]
+
+# the batcher a call announced itself to and has not yet submitted to (one per call's task)
+_ON_ITS_WAY: contextvars.ContextVar[DynamicBatcher | None] = contextvars.ContextVar("camseg_on_its_way", default=None)
 
 
 @dataclass
@@ -46,16 +50,20 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._on_batch = on_batch
         self._on_queue_time = on_queue_time
-        self._expected = 0  # calls admitted and not yet handed their rows
+        self._on_way = 0  # calls announced by expect() that have not submitted yet
 
     @contextlib.contextmanager
     def expect(self) -> Iterator[None]:
-        """Mark a call on its way to :meth:`submit` (decoding), so the batch waits for it."""
-        self._expected += 1
+        """Mark a call on its way to :meth:`submit` (decoding), so a batch waits for it;
+        the mark ends when the call submits or leaves the block."""
+        self._on_way += 1
+        token = _ON_ITS_WAY.set(self)
         try:
             yield
         finally:
-            self._expected -= 1
+            if _ON_ITS_WAY.get() is self:  # left without submitting (a decoding error)
+                self._on_way -= 1
+            _ON_ITS_WAY.reset(token)
 
     def start(self) -> None:
         if self._task is None:
@@ -71,6 +79,9 @@ class DynamicBatcher:
     async def submit(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for the images ``x`` ``(n, C, S, S)``, batched with others."""
         self.start()
+        if _ON_ITS_WAY.get() is self:
+            self._on_way -= 1
+            _ON_ITS_WAY.set(None)
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Item(x, fut, time.perf_counter()))
         return await fut
@@ -82,13 +93,18 @@ class DynamicBatcher:
             items = [first]
             count = len(first.x)
             deadline = loop.time() + self.max_delay
-            while count < self.max_batch and self._expected > len(items):
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    nxt = await asyncio.wait_for(self._queue.get(), timeout)
-                except TimeoutError:
+            while count < self.max_batch:
+                if not self._queue.empty():  # already queued: no reason to wait
+                    nxt = self._queue.get_nowait()
+                elif self._on_way > 0:  # a caller is still decoding: wait for it, up to max_delay
+                    timeout = deadline - loop.time()
+                    if timeout <= 0:
+                        break
+                    try:
+                        nxt = await asyncio.wait_for(self._queue.get(), timeout)
+                    except TimeoutError:
+                        break
+                else:
                     break
                 items.append(nxt)
                 count += len(nxt.x)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 
 from camseg import codecs
 from camseg.cam import CamMethod, parse_method
-from camseg.data.folder import BoolArray, FloatArray, decode_image
+from camseg.data.folder import BoolArray, FloatArray, array_to_float, decode_image, decode_mask, mask_from_array
 from camseg.errors import InvalidInputError
 from camseg.masks import ThresholdRule
 from camseg.pipeline import Encoding, ImageResult, LoadedModel, Options
@@ -90,41 +90,50 @@ def _check_header_size(data: bytes, max_pixels: int, name: str) -> None:
         raise InvalidInputError(f"{name}: {w}x{h} pixels exceed the limit of {max_pixels}")
 
 
-def decode_images(images: Sequence[pb.Image], *, max_images: int, max_pixels: int,
-                  what: str = "image") -> list[FloatArray]:
-    """Decoded ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], each checked once."""
+def _decode_one(img: pb.Image, name: str, max_pixels: int, *, mask: bool) -> npt.NDArray[Any]:
+    kind = img.WhichOneof("data")
+    if kind == "encoded":
+        _check_header_size(img.encoded, max_pixels, name)
+        arr: npt.NDArray[Any] = (decode_mask(img.encoded, name=name) if mask
+                                 else decode_image(img.encoded, name=name))
+    elif kind == "raw":
+        try:
+            raw = codecs.raw_array(img.raw.dtype, img.raw.shape, img.raw.data, max_pixels=max_pixels)
+            arr = mask_from_array(raw, name) if mask else array_to_float(raw, name)
+        except InvalidInputError as exc:
+            message = exc.message.removeprefix(f"{name}: ")
+            raise InvalidInputError(f"{name}: {message}") from None
+    else:
+        raise InvalidInputError(f"{name}: carries neither encoded bytes nor a raw array")
+    if arr.shape[0] * arr.shape[1] > max_pixels:
+        raise InvalidInputError(f"{name}: {arr.shape[1]}x{arr.shape[0]} pixels exceed the limit")
+    return arr
+
+
+def _decode_all(images: Sequence[pb.Image], *, max_images: int, max_pixels: int, what: str,
+                mask: bool) -> list[npt.NDArray[Any]]:
     if not images:
         raise InvalidInputError("the request holds no images")
     if len(images) > max_images:
         raise InvalidInputError(f"{len(images)} images exceed the limit of {max_images} per request")
-    out = []
-    for i, img in enumerate(images):
-        name = f"{what} {i}" + (f" ({img.id})" if img.id else "")
-        kind = img.WhichOneof("data")
-        if kind == "encoded":
-            _check_header_size(img.encoded, max_pixels, name)
-            arr = decode_image(img.encoded, name=name)
-        elif kind == "raw":
-            try:
-                arr = codecs.raw_to_image(img.raw.dtype, img.raw.shape, img.raw.data, max_pixels=max_pixels)
-            except InvalidInputError as exc:
-                raise InvalidInputError(f"{name}: {exc.message}") from None
-        else:
-            raise InvalidInputError(f"{name}: carries neither encoded bytes nor a raw array")
-        if arr.shape[0] * arr.shape[1] > max_pixels:
-            raise InvalidInputError(f"{name}: {arr.shape[1]}x{arr.shape[0]} pixels exceed the limit")
-        out.append(arr)
-    return out
+    return [_decode_one(img, f"{what} {i}" + (f" ({img.id})" if img.id else ""), max_pixels, mask=mask)
+            for i, img in enumerate(images)]
+
+
+def decode_images(images: Sequence[pb.Image], *, max_images: int, max_pixels: int,
+                  what: str = "image") -> list[FloatArray]:
+    """Decoded ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], each checked once."""
+    return _decode_all(images, max_images=max_images, max_pixels=max_pixels, what=what, mask=False)
 
 
 def decode_truths(masks: Sequence[pb.Image], n: int, *, max_images: int, max_pixels: int) -> list[BoolArray] | None:
-    """Truth masks (non-zero in any channel = tumor), one per image, or None when none was sent."""
+    """Truth masks, one per image, or None when none was sent. A pixel is tumor where its
+    stored value is non-zero in any channel (float masks are not rescaled first)."""
     if not masks:
         return None
     if len(masks) != n:
         raise InvalidInputError(f"{len(masks)} truth masks for {n} images")
-    arrays = decode_images(masks, max_images=max_images, max_pixels=max_pixels, what="truth mask")
-    return [(m.max(axis=-1) if m.ndim == 3 else m) > 0 for m in arrays]
+    return _decode_all(masks, max_images=max_images, max_pixels=max_pixels, what="truth mask", mask=True)
 
 
 def explain_options(options: pb.ExplainOptions, *, overlay: bool, chunk: int) -> Options:

@@ -58,11 +58,9 @@ class Sample:
     mask_path: Path | None
 
 
-def decode_image(data: bytes | Path, *, name: str = "image") -> FloatArray:
-    """Decode PNG/JPEG/TIFF (8/16-bit, gray or RGB) to float32 in [0, 1].
-
-    Returns ``(H, W)`` for grayscale and ``(H, W, 3)`` for colour (alpha dropped).
-    """
+def decode_pixels(data: bytes | Path, *, name: str = "image") -> npt.NDArray[Any]:
+    """Decode PNG/JPEG/TIFF to its stored pixel values, unscaled: ``(H, W)``, ``(H, W, C)``
+    or what a TIFF holds."""
     try:
         if isinstance(data, Path):
             if data.suffix.lower() in (".tif", ".tiff"):
@@ -77,32 +75,58 @@ def decode_image(data: bytes | Path, *, name: str = "image") -> FloatArray:
         img.load()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InvalidInputError(f"{name}: not a readable image ({exc})") from exc
-    return _to_float(img, name)
+    return _pil_array(img)
 
 
-def _tiff(src: Any, name: str) -> FloatArray:
+def decode_image(data: bytes | Path, *, name: str = "image") -> FloatArray:
+    """Decode PNG/JPEG/TIFF (8/16-bit, gray or RGB) to float32 in [0, 1].
+
+    Returns ``(H, W)`` for grayscale and ``(H, W, 3)`` for colour (alpha dropped).
+    """
+    return array_to_float(decode_pixels(data, name=name), name)
+
+
+def decode_mask(data: bytes | Path, *, name: str = "mask") -> BoolArray:
+    """A mask image: non-zero stored values (in any channel) are tumor, whatever the
+    pixel type (a float mask is not rescaled first)."""
+    return mask_from_array(decode_pixels(data, name=name), name)
+
+
+def mask_from_array(arr: npt.NDArray[Any], name: str = "mask") -> BoolArray:
+    """``(H, W)`` or ``(H, W, C)`` values to a boolean mask: non-zero in any channel."""
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 3:
+        if arr.shape[-1] == 4:  # alpha is opacity, not tumor
+            arr = arr[..., :3]
+        arr = (arr != 0).any(axis=-1)
+    if arr.ndim != 2 or min(arr.shape) < 1:
+        raise InvalidInputError(f"{name}: expected a 2-D mask, got shape {tuple(arr.shape)}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise InvalidInputError(f"{name}: contains NaN or infinite values")
+    return np.asarray(arr != 0, dtype=bool)
+
+
+def _tiff(src: Any, name: str) -> npt.NDArray[Any]:
     import tifffile
 
     try:
-        arr = np.asarray(tifffile.imread(src))
+        return np.asarray(tifffile.imread(src))
     except Exception as exc:  # tifffile raises many exception types on corrupt files
         raise InvalidInputError(f"{name}: not a readable TIFF ({exc})") from exc
-    return array_to_float(arr, name)
 
 
-def _to_float(img: Image.Image, name: str) -> FloatArray:
+def _pil_array(img: Image.Image) -> npt.NDArray[Any]:
     if img.mode in ("I;16", "I;16B", "I;16L"):
-        arr = np.asarray(img, dtype=np.uint16)
-    elif img.mode == "I":
+        return np.asarray(img, dtype=np.uint16)
+    if img.mode == "I":
         arr = np.asarray(img, dtype=np.int32)
-        arr = arr.astype(np.uint16) if arr.max(initial=0) > 255 else arr.astype(np.uint8)
-    elif img.mode in ("L", "RGB"):
-        arr = np.asarray(img)
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
-    else:
-        arr = np.asarray(img.convert("RGB" if "A" in img.mode or img.mode == "P" else "L"))
-    return array_to_float(arr, name)
+        return arr.astype(np.uint16) if arr.max(initial=0) > 255 else arr.astype(np.uint8)
+    if img.mode in ("L", "RGB"):
+        return np.asarray(img)
+    if img.mode == "F":
+        return np.asarray(img, dtype=np.float32)
+    return np.asarray(img.convert("RGB" if "A" in img.mode or img.mode == "P" else "L"))
 
 
 def array_to_float(arr: npt.NDArray[Any], name: str = "image") -> FloatArray:
@@ -132,8 +156,7 @@ def array_to_float(arr: npt.NDArray[Any], name: str = "image") -> FloatArray:
 
 def read_mask(path: Path) -> BoolArray:
     """A mask image: non-zero pixels (any channel) are tumor."""
-    arr = decode_image(path, name=str(path))
-    return (arr.max(axis=-1) if arr.ndim == 3 else arr) > 0
+    return decode_mask(path, name=str(path))
 
 
 def _find_image(images_dir: Path, sample_id: str) -> Path | None:

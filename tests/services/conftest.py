@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import Launcher, Server, roi, start_server, stop
 
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
+from tests.services.servers import Launcher, Server, roi, start_server, stop
 
 
 @pytest.fixture

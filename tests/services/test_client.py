@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from servers import Server, roi, start_server, stop
 
 from camseg.errors import InvalidInputError, NotFoundError, UnavailableError
 from services.client import SegmentationClient
+from tests.services.servers import Server, roi, start_server, stop
 
 
 def openssl(*args: str, cwd: Path) -> None:
