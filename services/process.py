@@ -31,7 +31,8 @@ class ServeProcess:
         return f"{self.host}:{self.port}"
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM (a drain), then a kill if it does not end within ``timeout``."""
+        """SIGTERM (a drain), then a kill if it does not end within ``timeout``. The log is
+        removed after a clean exit and kept (for reading) after any other."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -41,6 +42,8 @@ class ServeProcess:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        if self.proc.returncode == 0:
+            self.log.unlink(missing_ok=True)
         return self.proc.returncode
 
 
@@ -59,6 +62,8 @@ def spawn(repo: Path, *extra: str, plaintext: bool = True, env: dict[str, str] |
         proc.kill()
         proc.wait()
         proc.stdout.close()
-        raise RuntimeError(f"camseg serve did not start: {line!r} {Path(log_name).read_text()}")
+        text = Path(log_name).read_text()
+        Path(log_name).unlink(missing_ok=True)
+        raise RuntimeError(f"camseg serve did not start: {line!r} {text}")
     metrics_port = None if m.group(3) == "None" else int(m.group(3))
     return ServeProcess(proc, m.group(1), int(m.group(2)), metrics_port, Path(log_name))

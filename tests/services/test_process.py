@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -34,17 +35,18 @@ def test_spawn_serves_and_stops_cleanly(repo: Path) -> None:
     assert code == 0  # SIGTERM drains and exits cleanly
     assert serve.proc.returncode == 0
     assert serve.stop() == 0  # stopping again is harmless
-    assert serve.log.is_file()
-    serve.log.unlink()
+    assert not serve.log.exists()  # a clean exit leaves no log behind
     with socket.socket() as s:  # nothing listens on the port any more
         assert s.connect_ex(("127.0.0.1", serve.port)) != 0
 
 
 def test_spawn_over_a_missing_repository_raises_with_the_servers_message(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-repo"
+    logs_before = set(Path(tempfile.gettempdir()).glob("camseg-serve-*.log"))
     with pytest.raises(RuntimeError, match="camseg serve did not start") as exc:
         spawn(missing, env=ENV)
     assert f"{missing}: no such model repository" in str(exc.value)
+    assert set(Path(tempfile.gettempdir()).glob("camseg-serve-*.log")) <= logs_before  # its log is not left behind
 
 
 def test_ready_line() -> None:
