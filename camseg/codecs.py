@@ -28,8 +28,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from camseg.data.folder import FloatArray, array_to_float
 from camseg.errors import InvalidInputError
+from camseg.inputs import Budget, FloatArray, array_to_float, shown
 
 BoolArray = npt.NDArray[np.bool_]
 RAW_DTYPES = ("uint8", "uint16", "float16", "float32", "float64")
@@ -79,20 +79,27 @@ def from_run_lengths(runs: Sequence[int], shape: tuple[int, int]) -> BoolArray:
     return np.repeat(values, runs).reshape(shape)
 
 
-def raw_to_image(dtype: str, shape: Sequence[int], data: bytes, *, max_pixels: int) -> FloatArray:
+def raw_to_image(dtype: str, shape: Sequence[int], data: bytes, *, max_pixels: int,
+                 budget: Budget | None = None) -> FloatArray:
     """A raw ``(H, W)`` or ``(H, W, C)`` array (C in 1, 3) to float in [0, 1]."""
-    return array_to_float(raw_array(dtype, shape, data, max_pixels=max_pixels), "raw image")
+    return array_to_float(raw_array(dtype, shape, data, max_pixels=max_pixels, budget=budget), "raw image")
 
 
-def raw_array(dtype: str, shape: Sequence[int], data: bytes, *, max_pixels: int) -> npt.NDArray[Any]:
-    """A raw ``(H, W)`` or ``(H, W, C)`` array (C in 1, 3), checked, values as sent."""
+def raw_array(dtype: str, shape: Sequence[int], data: bytes, *, max_pixels: int,
+              budget: Budget | None = None, name: str = "raw image") -> npt.NDArray[Any]:
+    """A raw ``(H, W)`` or ``(H, W, C)`` array (C in 1, 3), checked, values as sent; the
+    values are charged to ``budget``."""
     if dtype not in RAW_DTYPES:
-        raise InvalidInputError(f"raw image dtype {dtype!r} is not one of {', '.join(RAW_DTYPES)}")
+        raise InvalidInputError(f"raw image dtype {shown(dtype)} is not one of {', '.join(RAW_DTYPES)}")
+    if len(shape) not in (2, 3):
+        raise InvalidInputError(f"raw image shape has {len(shape)} dimensions, not (H, W) or (H, W, 1|3)")
     dims = tuple(int(s) for s in shape)
-    if len(dims) not in (2, 3) or min(dims) < 1 or (len(dims) == 3 and dims[2] not in (1, 3)):
+    if min(dims) < 1 or (len(dims) == 3 and dims[2] not in (1, 3)):
         raise InvalidInputError(f"raw image shape {dims} is not (H, W) or (H, W, 1|3)")
     if dims[0] * dims[1] > max_pixels:
         raise InvalidInputError(f"image of {dims[0]}x{dims[1]} pixels exceeds the limit of {max_pixels}")
+    if budget is not None:
+        budget.take(int(np.prod(dims)), name)
     expected = int(np.prod(dims)) * np.dtype(dtype).itemsize
     if len(data) != expected:
         raise InvalidInputError(

@@ -60,3 +60,9 @@ class CancelledError(CamsegError):
     """The caller asked a long-running call to stop (``should_stop``)."""
 
     code = StatusCode.CANCELLED
+
+
+class ResourceExhaustedError(CamsegError):
+    """A budget (pixels per request, calls in flight, queue length, reply size) is spent."""
+
+    code = StatusCode.RESOURCE_EXHAUSTED

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from camseg.errors import InvalidInputError, NotFoundError
+from camseg.inputs import shown
 from camseg.modeldir import METADATA_FILE, MODEL_FILE, ONNX_FILE
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,12 @@ class ModelStore:
         self.root = Path(root)
         if not self.root.is_dir():
             raise NotFoundError(f"{self.root}: no such model repository")
+        self._reported: set[str] = set()  # entries already logged as skipped (a poller scans often)
+
+    def _once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            logger.warning(message, *args)
 
     def scan(self) -> dict[str, list[str]]:
         """Complete versions of every model, each list in version order."""
@@ -82,7 +89,7 @@ class ModelStore:
         model_dir = self.root / name
         versions = sorted((v.name for v in self._entries(model_dir) if self._complete(v)), key=version_key)
         if not versions:
-            raise NotFoundError(f"unknown model {name!r} in {self.root}")
+            raise NotFoundError(f"unknown model {shown(name)} in {self.root}")
         return versions
 
     def resolve(self, name: str, version: str = LATEST) -> VersionRef:
@@ -93,40 +100,39 @@ class ModelStore:
         else:
             self._check_name(version, "version")
         if version not in versions:
-            raise NotFoundError(f"model {name!r} has no version {version!r}; it has {', '.join(versions)}")
+            raise NotFoundError(f"model {shown(name)} has no version {shown(version)}; it has {', '.join(versions)}")
         return VersionRef(name, version, self.root / name / version)
 
     @staticmethod
     def _check_name(name: str, what: str) -> None:
         if not valid_name(name):
-            raise InvalidInputError(f"bad {what} name {name[:64]!r}: use letters, digits and ._-")
+            raise InvalidInputError(f"bad {what} name {shown(name)}: use letters, digits and ._-")
 
-    @staticmethod
-    def _entries(path: Path) -> list[Path]:
+    def _entries(self, path: Path) -> list[Path]:
         try:
             with os.scandir(path) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
-            logger.warning("cannot list %s: %s", path, exc)
+            self._once(str(path), "cannot list %s: %s", path, exc)
             return []
         out = []
         for e in entries:
             if not valid_name(e.name):
                 if not e.name.startswith("."):
-                    logger.warning("skipped %s: not a valid model or version name", Path(path) / e.name)
+                    self._once(e.path, "skipped %r: not a valid model or version name", e.path)
                 continue
             try:
                 if e.is_dir():
                     out.append(Path(e.path))
             except OSError as exc:
-                logger.warning("skipped %s: %s", e.path, exc)
+                self._once(e.path, "skipped %s: %s", e.path, exc)
         return out
 
-    @staticmethod
-    def _complete(version_dir: Path) -> bool:
+    def _complete(self, version_dir: Path) -> bool:
         missing = [f for f in REQUIRED_FILES if not (version_dir / f).is_file()]
         if missing:
-            logger.debug("%s is not a complete version (no %s)", version_dir, ", ".join(missing))
+            self._once(f"{version_dir}:{','.join(missing)}", "%s is not a complete version yet (no %s); skipped",
+                       version_dir, ", ".join(missing))
         return not missing

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from camseg.errors import ResourceExhaustedError
+
 logger = logging.getLogger(__name__)
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -38,11 +40,14 @@ class _Item:
 
 class DynamicBatcher:
     def __init__(self, run: Runner, *, max_batch: int, max_delay: float, executor: Executor,
+                 max_queue: int | None = None,
                  on_batch: Callable[[int], None] | None = None,
                  on_queue_time: Callable[[float], None] | None = None):
         if max_batch < 1 or max_delay < 0:
             raise ValueError("max_batch must be >= 1 and max_delay >= 0")
         self._run = run
+        self.max_queue = max_queue
+        self._queued = 0  # images waiting in the queue
         self.max_batch = max_batch
         self.max_delay = max_delay
         self._executor = executor
@@ -82,14 +87,19 @@ class DynamicBatcher:
         if _ON_ITS_WAY.get() is self:
             self._on_way -= 1
             _ON_ITS_WAY.set(None)
+        if self.max_queue is not None and self._queued + len(x) > self.max_queue:
+            raise ResourceExhaustedError(f"{self._queued} images are waiting for a batch; the queue holds "
+                                         f"{self.max_queue}: try again later")
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(x, fut, time.perf_counter()))
+        self._queued += len(x)
+        self._queue.put_nowait(_Item(x, fut, time.perf_counter()))
         return await fut
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
+            self._queued -= len(first.x)
             items = [first]
             count = len(first.x)
             deadline = loop.time() + self.max_delay
@@ -106,6 +116,7 @@ class DynamicBatcher:
                         break
                 else:
                     break
+                self._queued -= len(nxt.x)
                 items.append(nxt)
                 count += len(nxt.x)
             live = [it for it in items if not it.future.done()]

@@ -21,7 +21,15 @@ import numpy as np
 import numpy.typing as npt
 
 from camseg import codecs
-from camseg.errors import InvalidInputError, NotFoundError, UnavailableError, UnsupportedError
+from camseg.errors import (
+    CamsegError,
+    CancelledError,
+    InvalidInputError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+    UnsupportedError,
+)
 from camseg.masks import parse_rule
 from services.codec import method_to_pb, rule_to_pb
 from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
@@ -51,15 +59,17 @@ class MaskResult:
     mask: npt.NDArray[np.bool_]
     png: bytes
     area: int
-    threshold_value: float
+    threshold_value: float | None  # None where the rule found no threshold
     gated: bool
     dice: float | None
     classification: Classification
     overlay_png: bytes
 
 
-_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError, grpc.StatusCode.NOT_FOUND: NotFoundError,
-           grpc.StatusCode.FAILED_PRECONDITION: UnsupportedError, grpc.StatusCode.UNAVAILABLE: UnavailableError}
+_ERRORS: dict[grpc.StatusCode, type[CamsegError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError, grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.FAILED_PRECONDITION: UnsupportedError, grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError, grpc.StatusCode.CANCELLED: CancelledError}
 
 
 class SegmentationClient:
@@ -102,10 +112,13 @@ class SegmentationClient:
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as exc:
-            err = _ERRORS.get(exc.code())
+            # every failure becomes a camseg error (one line on the command line), never a traceback
+            code = exc.code()
+            details = exc.details() or code.name
+            err = _ERRORS.get(code)
             if err is not None:
-                raise err(exc.details() or exc.code().name) from None
-            raise
+                raise err(details) from None
+            raise CamsegError(f"{code.name}: {details}") from None
 
     @staticmethod
     def _cls(c: Any) -> Classification:
@@ -146,7 +159,8 @@ class SegmentationClient:
             overlay_png=overlay, mask_encodings=encodings)
         out = []
         for m in self._call(self.stub.Segment, req).masks:
-            out.append(MaskResult(codecs.unpack_bits(m.packed_bits, m.shape), m.png, m.area, m.threshold_value,
+            out.append(MaskResult(codecs.unpack_bits(m.packed_bits, m.shape), m.png, m.area,
+                                  m.threshold_value if m.HasField("threshold_value") else None,
                                   m.gated, m.dice if m.HasField("dice") else None, self._cls(m.classification),
                                   m.overlay_png))
         return out

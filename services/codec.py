@@ -4,18 +4,25 @@ servicer and :mod:`services.client` both use it."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image as PILImage
 
 from camseg import codecs
 from camseg.cam import CamMethod, parse_method
-from camseg.data.folder import BoolArray, FloatArray, array_to_float, decode_image, decode_mask, mask_from_array
 from camseg.errors import InvalidInputError
+from camseg.inputs import (
+    BoolArray,
+    Budget,
+    FloatArray,
+    array_to_float,
+    decode_image,
+    decode_mask,
+    mask_from_array,
+    shown,
+)
 from camseg.masks import ThresholdRule
 from camseg.pipeline import Encoding, ImageResult, LoadedModel, Options
 from services.gen.camseg.v1 import camseg_pb2 as pb
@@ -79,61 +86,53 @@ def encodings_from_pb(values: Sequence[int]) -> frozenset[Encoding]:
 
 
 # ------------------------------------------------------------------ requests
-def _check_header_size(data: bytes, max_pixels: int, name: str) -> None:
-    """Refuse an oversized image from its header, before decoding the pixels."""
-    try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            w, h = img.size
-    except Exception:
-        return
-    if w * h > max_pixels:
-        raise InvalidInputError(f"{name}: {w}x{h} pixels exceed the limit of {max_pixels}")
+def image_name(what: str, i: int, img: pb.Image) -> str:
+    return f"{what} {i}" + (f" ({shown(img.id, quoted=False)})" if img.id else "")
 
 
-def _decode_one(img: pb.Image, name: str, max_pixels: int, *, mask: bool) -> npt.NDArray[Any]:
+def _decode_one(img: pb.Image, name: str, max_pixels: int, budget: Budget | None, *,
+                mask: bool) -> npt.NDArray[Any]:
     kind = img.WhichOneof("data")
     if kind == "encoded":
-        _check_header_size(img.encoded, max_pixels, name)
-        arr: npt.NDArray[Any] = (decode_mask(img.encoded, name=name) if mask
-                                 else decode_image(img.encoded, name=name))
-    elif kind == "raw":
+        decode = decode_mask if mask else decode_image
+        arr: npt.NDArray[Any] = decode(img.encoded, name=name, max_pixels=max_pixels, budget=budget)
+        return arr
+    if kind == "raw":
         try:
-            raw = codecs.raw_array(img.raw.dtype, img.raw.shape, img.raw.data, max_pixels=max_pixels)
-            arr = mask_from_array(raw, name) if mask else array_to_float(raw, name)
+            raw = codecs.raw_array(img.raw.dtype, img.raw.shape, img.raw.data, max_pixels=max_pixels,
+                                   budget=budget, name=name)
+            return mask_from_array(raw, name) if mask else array_to_float(raw, name)
         except InvalidInputError as exc:
-            message = exc.message.removeprefix(f"{name}: ")
-            raise InvalidInputError(f"{name}: {message}") from None
-    else:
-        raise InvalidInputError(f"{name}: carries neither encoded bytes nor a raw array")
-    if arr.shape[0] * arr.shape[1] > max_pixels:
-        raise InvalidInputError(f"{name}: {arr.shape[1]}x{arr.shape[0]} pixels exceed the limit")
-    return arr
+            raise type(exc)(f"{name}: {exc.message.removeprefix(name + ': ')}") from None
+    raise InvalidInputError(f"{name}: carries neither encoded bytes nor a raw array")
 
 
-def _decode_all(images: Sequence[pb.Image], *, max_images: int, max_pixels: int, what: str,
+def _decode_all(images: Sequence[pb.Image], *, max_images: int, max_pixels: int, budget: Budget | None, what: str,
                 mask: bool) -> list[npt.NDArray[Any]]:
     if not images:
         raise InvalidInputError("the request holds no images")
     if len(images) > max_images:
         raise InvalidInputError(f"{len(images)} images exceed the limit of {max_images} per request")
-    return [_decode_one(img, f"{what} {i}" + (f" ({img.id})" if img.id else ""), max_pixels, mask=mask)
-            for i, img in enumerate(images)]
+    return [_decode_one(img, image_name(what, i, img), max_pixels, budget, mask=mask) for i, img in enumerate(images)]
 
 
-def decode_images(images: Sequence[pb.Image], *, max_images: int, max_pixels: int,
+def decode_images(images: Sequence[pb.Image], *, max_images: int, max_pixels: int, budget: Budget | None = None,
                   what: str = "image") -> list[FloatArray]:
-    """Decoded ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], each checked once."""
-    return _decode_all(images, max_images=max_images, max_pixels=max_pixels, what=what, mask=False)
+    """Decoded ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], each checked once (header
+    first, then the budget, then the pixels)."""
+    return _decode_all(images, max_images=max_images, max_pixels=max_pixels, budget=budget, what=what, mask=False)
 
 
-def decode_truths(masks: Sequence[pb.Image], n: int, *, max_images: int, max_pixels: int) -> list[BoolArray] | None:
+def decode_truths(masks: Sequence[pb.Image], n: int, *, max_images: int, max_pixels: int,
+                  budget: Budget | None = None) -> list[BoolArray] | None:
     """Truth masks, one per image, or None when none was sent. A pixel is tumor where its
     stored value is non-zero in any channel (float masks are not rescaled first)."""
     if not masks:
         return None
     if len(masks) != n:
         raise InvalidInputError(f"{len(masks)} truth masks for {n} images")
-    return _decode_all(masks, max_images=max_images, max_pixels=max_pixels, what="truth mask", mask=True)
+    return _decode_all(masks, max_images=max_images, max_pixels=max_pixels, budget=budget, what="truth mask",
+                       mask=True)
 
 
 def explain_options(options: pb.ExplainOptions, *, overlay: bool, chunk: int) -> Options:
@@ -172,6 +171,6 @@ def mask(model: LoadedModel, r: ImageResult, image_id: str, rule: ThresholdRule)
     return pb.Mask(
         png=r.mask_png or b"", packed_bits=r.mask_bits or b"", rle=r.mask_rle or [], shape=list(r.mask.shape),
         area=r.area, threshold=rule_to_pb(rule),
-        threshold_value=r.threshold_value if r.threshold_value is not None else 1.0,
+        threshold_value=r.threshold_value,
         gated=r.gated, dice=r.dice, classification=classification(model, r.probabilities, image_id),
         overlay_png=r.overlay_png or b"")

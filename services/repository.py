@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from camseg.errors import CamsegError, InvalidInputError, NotFoundError, UnavailableError
+from camseg.inputs import shown
 from camseg.pipeline import LoadedModel
 from camseg.repository import ModelStore, Signature, signature, version_key
 
@@ -31,6 +32,7 @@ class ServedModel:
     name: str
     version: str
     model: LoadedModel
+    signature: Signature = ()
 
     @property
     def path(self) -> Path:
@@ -49,7 +51,8 @@ class ModelRepository:
 
     def __init__(self, root: Path | str, *, providers: str = "auto", ort_threads: int = 0,
                  on_load: Callable[[ServedModel], None] | None = None,
-                 on_failure: Callable[[str, str, str], None] | None = None):
+                 on_failure: Callable[[str, str, str], None] | None = None,
+                 on_unload: Callable[[ServedModel], None] | None = None):
         self.store = ModelStore(root)
         self.root = self.store.root
         self.providers = providers
@@ -59,6 +62,7 @@ class ModelRepository:
         self._refresh_lock = threading.Lock()
         self._on_load = on_load
         self._on_failure = on_failure
+        self._on_unload = on_unload
 
     @property
     def snapshot(self) -> Snapshot:
@@ -69,47 +73,73 @@ class ModelRepository:
         return self.store.scan()
 
     def refresh(self) -> list[ServedModel]:
-        """Load versions new on disk; swap the snapshot once. Returns what was loaded."""
+        """Bring the snapshot in line with the disk, entry by entry, and swap it once.
+
+        New versions are loaded and warmed up; a version whose files changed is loaded
+        again and replaces the old one only once it loads (else the old one keeps
+        serving); a version gone from disk is unloaded. A version that fails to load is
+        refused and retried only once its files change. Returns what was loaded.
+        """
         with self._refresh_lock:
             current = self._snapshot
+            on_disk = self.on_disk()
             loaded: list[ServedModel] = []
-            for name, versions in self.on_disk().items():
+            for name, versions in on_disk.items():
                 for version in versions:
-                    if version in current.get(name, {}):
-                        continue
-                    path = self.root / name / version
-                    try:
-                        sig = signature(path)
-                    except OSError:
-                        continue  # removed while scanning
-                    if self._failed.get((name, version)) == sig:
-                        continue
-                    try:
-                        served = self._load(name, version, path)
-                    except Exception as exc:
-                        self._failed[(name, version)] = sig
-                        reason = exc.message if isinstance(exc, CamsegError) else f"{type(exc).__name__}: {exc}"
-                        logger.error("refused model %s version %s: %s", name, version, reason)
-                        if self._on_failure:
-                            self._on_failure(name, version, reason)
-                        continue
-                    self._failed.pop((name, version), None)
-                    loaded.append(served)
-            if loaded:
+                    served = self._refresh_one(name, version, current.get(name, {}).get(version))
+                    if served is not None:
+                        loaded.append(served)
+            gone = [s for vs in current.values() for s in vs.values()
+                    if s.version not in on_disk.get(s.name, [])]
+            if loaded or gone:
                 merged = {n: dict(vs) for n, vs in current.items()}
+                for s in gone:
+                    del merged[s.name][s.version]
                 for s in loaded:
                     merged.setdefault(s.name, {})[s.version] = s
-                self._snapshot = merged  # one assignment: calls see old or new, never half
+                self._snapshot = {n: vs for n, vs in merged.items() if vs}  # one assignment: old or new, never half
+                for s in gone:
+                    logger.warning("model %s version %s left %s; unloaded", s.name, s.version, self.root)
+                    if self._on_unload:
+                        self._on_unload(s)
                 for s in loaded:
                     logger.info("serving model %s version %s from %s", s.name, s.version, s.path)
                     if self._on_load:
                         self._on_load(s)
             return loaded
 
-    def _load(self, name: str, version: str, path: Path) -> ServedModel:
+    def _refresh_one(self, name: str, version: str, serving: ServedModel | None) -> ServedModel | None:
+        """The newly loaded model of one version on disk, or None when nothing changes."""
+        path = self.root / name / version
+        try:
+            sig = signature(path)
+        except OSError:
+            return None  # removed while scanning
+        if serving is not None and serving.signature == sig:
+            return None
+        if self._failed.get((name, version)) == sig:
+            return None
+        try:
+            served = self._load(name, version, path, sig)
+        except Exception as exc:
+            self._failed[(name, version)] = sig
+            reason = exc.message if isinstance(exc, CamsegError) else f"{type(exc).__name__}: {exc}"
+            keep = "; the loaded one keeps serving" if serving is not None else ""
+            logger.error("refused model %s version %s: %s%s", name, version, reason, keep)
+            if self._on_failure:
+                self._on_failure(name, version, reason)
+            return None
+        self._failed.pop((name, version), None)
+        if serving is not None:
+            logger.info("model %s version %s changed on disk; reloaded", name, version)
+        return served
+
+    def _load(self, name: str, version: str, path: Path, sig: Signature) -> ServedModel:
         model = LoadedModel.load(path, onnx=True, providers=self.providers, threads=self.ort_threads)
         model.warm_up()
-        return ServedModel(name, version, model)
+        if signature(path) != sig:
+            raise InvalidInputError(f"{path}: files changed while loading; trying again at the next scan")
+        return ServedModel(name, version, model, sig)
 
     def get(self, name: str = "", version: str = "") -> ServedModel:
         """A served model; the only model when ``name`` is empty; the latest version
@@ -123,11 +153,11 @@ class ModelRepository:
             name = next(iter(snap))
         versions = snap.get(name)
         if not versions:
-            raise NotFoundError(f"unknown model {name!r}; serving {', '.join(sorted(snap))}")
+            raise NotFoundError(f"unknown model {shown(name)}; serving {', '.join(sorted(snap))}")
         if not version:
             version = max(versions, key=version_key)
         served = versions.get(version)
         if served is None:
             have = ", ".join(sorted(versions, key=version_key))
-            raise NotFoundError(f"model {name!r} has no version {version!r}; it has {have}")
+            raise NotFoundError(f"model {shown(name)} has no version {shown(version)}; it has {have}")
         return served

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -60,11 +61,15 @@ class RunningServer:
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
 
-    async def drain_and_stop(self, grace: float) -> None:
-        """NOT_SERVING at once, then a graceful stop that lets in-flight calls finish."""
+    async def drain_and_stop(self, grace: float, delay: float = 0.0) -> None:
+        """NOT_SERVING at once; ``delay`` seconds for load balancers to see it while calls
+        are still taken; then a graceful stop that lets in-flight calls finish within
+        ``grace``."""
         await self.set_serving(False)
         for t in self.tasks:
             t.cancel()
+        if delay > 0:
+            await asyncio.sleep(delay)
         await self.server.stop(grace)
         await self.servicer.close()
         if self._metrics_server is not None:
@@ -74,18 +79,29 @@ class RunningServer:
 async def start(settings: ServeSettings) -> RunningServer:
     """Start serving (health NOT_SERVING), load the repository, then report SERVING."""
     metrics = ServiceMetrics()
+    loop = asyncio.get_running_loop()
+    servicers: list[SegmentationServicer] = []
 
     def loaded(s: ServedModel) -> None:
         metrics.model_info.labels(s.name, s.version).set(1)
 
+    def unloaded(s: ServedModel) -> None:  # called from the scanning thread
+        with contextlib.suppress(KeyError):
+            metrics.model_info.remove(s.name, s.version)
+        for sv in servicers:
+            asyncio.run_coroutine_threadsafe(sv.unload(s), loop)
+
     repo = ModelRepository(settings.model_repo, providers=settings.ort_providers,
-                           ort_threads=settings.torch_threads,
-                           on_load=loaded, on_failure=lambda n, v, r: metrics.load_failures.labels(n).inc())
+                           ort_threads=settings.torch_threads, on_load=loaded, on_unload=unloaded,
+                           on_failure=lambda n, v, r: metrics.load_failures.labels(n).inc())
     options = [("grpc.max_receive_message_length", settings.max_receive_bytes),
                ("grpc.max_send_message_length", settings.max_send_bytes),
                ("grpc.so_reuseport", 0)]
-    server = grpc.aio.server(interceptors=[ErrorsAndMetrics(metrics)], options=options)
+    # calls past the cap are answered RESOURCE_EXHAUSTED at once: load is shed, not queued
+    server = grpc.aio.server(interceptors=[ErrorsAndMetrics(metrics)], options=options,
+                             maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     servicer = SegmentationServicer(repo, settings, metrics)
+    servicers.append(servicer)
     camseg_pb2_grpc.add_SegmentationServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -93,6 +109,9 @@ async def start(settings: ServeSettings) -> RunningServer:
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.port}"
     creds = server_credentials(settings)
+    if creds is None and not _loopback(settings.host):
+        logger.warning("serving plaintext on %s, which is not a loopback address: anyone on the network can read "
+                       "the images; use TLS (--tls-cert, --tls-key) outside development", settings.host)
     port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
@@ -107,12 +126,20 @@ async def start(settings: ServeSettings) -> RunningServer:
     await server.start()
     logger.info("listening on %s:%d (%s); metrics on %s", settings.host, port, "TLS" if creds else "plaintext",
                 metrics_port)
-    loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, repo.refresh)
     if repo.snapshot:
         await running.set_serving(True)
     running.tasks.append(loop.create_task(_poll(running, settings.poll_seconds)))
     return running
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 async def _poll(running: RunningServer, every: float) -> None:
@@ -123,8 +150,7 @@ async def _poll(running: RunningServer, every: float) -> None:
             await loop.run_in_executor(None, running.repo.refresh)
         except Exception:
             logger.exception("repository scan failed")
-        if running.repo.snapshot:
-            await running.set_serving(True)
+        await running.set_serving(bool(running.repo.snapshot))
 
 
 async def serve(settings: ServeSettings, *, ready: asyncio.Event | None = None) -> None:
@@ -139,5 +165,6 @@ async def serve(settings: ServeSettings, *, ready: asyncio.Event | None = None) 
     if ready is not None:
         ready.set()
     await stop.wait()
-    logger.info("draining for up to %.1f s", settings.grace_seconds)
-    await running.drain_and_stop(settings.grace_seconds)
+    logger.info("NOT_SERVING for %.1f s, then draining for up to %.1f s", settings.drain_delay_seconds,
+                settings.grace_seconds)
+    await running.drain_and_stop(settings.grace_seconds, settings.drain_delay_seconds)

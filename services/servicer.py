@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 
-from camseg.data.folder import BoolArray, FloatArray
-from camseg.errors import CancelledError
-from camseg.pipeline import Options, Result, run
+from camseg.errors import CancelledError, ResourceExhaustedError
+from camseg.inputs import Budget, FloatArray
+from camseg.pipeline import Encoding, run
 from camseg.repository import version_key
 from services import codec
 from services.batching import DynamicBatcher
@@ -32,6 +33,18 @@ from services.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+
+def reply_size(shapes: list[tuple[int, int]], *, heat_bytes: int = 0, mask_bits: bool = False, png: bool = False,
+               rle: bool = False, overlay: bool = False) -> int:
+    """An upper estimate of a reply's bytes from the image sizes alone, before any work:
+    heatmaps at ``heat_bytes`` a pixel, packed bits, worst-case PNG and run lengths (a
+    checkerboard), RGB overlays."""
+    per_pixel = heat_bytes + (0.125 if mask_bits else 0) + (1.01 if png else 0) + (1.0 if rle else 0) + (
+        3.01 if overlay else 0)
+    return int(sum(h * w * per_pixel + 512 for h, w in shapes))
+
 
 class SegmentationServicer(pb_grpc.SegmentationServicer):
     def __init__(self, repo: ModelRepository, settings: ServeSettings, metrics: ServiceMetrics):
@@ -39,19 +52,32 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.settings = settings
         self.metrics = metrics
         self.ort_pool = ThreadPoolExecutor(max_workers=settings.ort_workers, thread_name_prefix="ort")
+        self.decode_pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
         # a pool of its own for Grad-CAM, so a flood of Explain calls cannot starve Classify
         self.cam_pool = ThreadPoolExecutor(max_workers=settings.cam_workers, thread_name_prefix="cam")
+        # decoded values of all calls in flight: bounds the memory requests can take together
+        self.inflight = Budget(settings.max_inflight_values, "server's budget of decoded values in flight")
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
 
     async def close(self) -> None:
         for b in self._batchers.values():
             await b.close()
         self.ort_pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
         self.cam_pool.shutdown(wait=False, cancel_futures=True)
 
-    def _decode(self, images: Any, what: str = "image") -> list[FloatArray]:
+    async def unload(self, served: ServedModel) -> None:
+        """Free what a version that left the repository held (its batcher)."""
+        b = self._batchers.pop((served.name, served.version), None)
+        if b is not None:
+            await b.close()
+
+    def _budget(self) -> Budget:
+        return Budget(self.settings.max_request_values, "request's budget of decoded values", parent=self.inflight)
+
+    def _decode(self, images: Any, budget: Budget, what: str = "image") -> list[FloatArray]:
         return codec.decode_images(images, max_images=self.settings.max_images, max_pixels=self.settings.max_pixels,
-                                   what=what)
+                                   budget=budget, what=what)
 
     def _batcher(self, served: ServedModel) -> DynamicBatcher:
         key = (served.name, served.version)
@@ -60,24 +86,25 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             s = self.settings
             b = DynamicBatcher(served.model.classify_prepared, max_batch=s.max_batch if s.batching else 1,
                                max_delay=s.max_delay_ms / 1000.0 if s.batching else 0.0,
-                               executor=self.ort_pool, on_batch=self.metrics.batch_size.observe,
-                               on_queue_time=self.metrics.queue_time.observe)
+                               executor=self.ort_pool, max_queue=s.max_queue_images,
+                               on_batch=self.metrics.batch_size.observe, on_queue_time=self.metrics.queue_time.observe)
             self._batchers[key] = b
         return b
 
-    async def _run(self, served: ServedModel, images: list[FloatArray], options: Options,
-                   context: grpc.aio.ServicerContext, truths: list[BoolArray] | None = None) -> Result:
-        """The core pipeline in the Grad-CAM pool. It works in chunks and stops at the next
-        chunk once the call is gone (cancelled, deadline passed), so an abandoned request
-        does not hold the pool."""
+    def _check_reply(self, size: int) -> None:
+        if size > self.settings.max_send_bytes:
+            raise ResourceExhaustedError(f"the reply would take up to {size} bytes, over the send limit of "
+                                         f"{self.settings.max_send_bytes}; send fewer or smaller images, or ask for "
+                                         "fewer encodings")
+
+    async def _off_loop(self, pool: ThreadPoolExecutor, context: grpc.aio.ServicerContext,
+                        work: Callable[[Callable[[], bool]], T]) -> T:
+        """``work(should_stop)`` in ``pool``; it stops at its next step once the call is gone
+        (cancelled, deadline passed), so an abandoned request does not hold the pool."""
         gone = threading.Event()
         context.add_done_callback(lambda _ctx: gone.set())
-
-        def work() -> Result:
-            return run(served.model, images, options, truths=truths, should_stop=gone.is_set)
-
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.cam_pool, work)
+            return await asyncio.get_running_loop().run_in_executor(pool, work, gone.is_set)
         except CancelledError:
             raise asyncio.CancelledError from None
 
@@ -85,11 +112,16 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         served = self.repo.get(request.model.name, request.model.version)
         batcher = self._batcher(served)
+
+        def prepare(should_stop: Callable[[], bool]) -> npt.NDArray[np.float32]:
+            with self._budget() as budget:
+                x: npt.NDArray[np.float32] = served.model.prepare(self._decode(request.images, budget)).numpy()
+                return x
+
         with batcher.expect():
-            images = self._decode(request.images)
-            x = served.model.prepare(images).numpy()
+            x = await self._off_loop(self.decode_pool, context, prepare)
             probs = await batcher.submit(x)
-        self.metrics.images.labels("Classify").inc(len(images))
+        self.metrics.images.labels("Classify").inc(len(x))
         return pb.ClassifyResponse(
             results=[codec.classification(served.model, p, img.id) for p, img in zip(probs, request.images,
                                                                                       strict=True)],
@@ -104,29 +136,48 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         served = self.repo.get(request.model.name, request.model.version)
         options = codec.explain_options(request.options, overlay=request.overlay_png, chunk=self.settings.cam_chunk)
         served.model.engine_for(options)
-        images = self._decode(request.images)
-        res = await self._run(served, images, options, context)
         uint8 = request.encoding == pb.HEATMAP_ENCODING_UINT8
-        self.metrics.images.labels("Explain").inc(len(images))
-        return pb.ExplainResponse(
-            heatmaps=[codec.heatmap(served.model, r, img.id, res.layers[-1], uint8=uint8)
-                      for r, img in zip(res.items, request.images, strict=True)],
-            model_name=served.name, model_version=served.version, engine=res.engine.value)
+
+        def work(should_stop: Callable[[], bool]) -> pb.ExplainResponse:
+            with self._budget() as budget:
+                images = self._decode(request.images, budget)
+                self._check_reply(reply_size([im.shape[:2] for im in images], heat_bytes=1 if uint8 else 2,
+                                             overlay=request.overlay_png))
+                res = run(served.model, images, options, should_stop=should_stop)
+                return pb.ExplainResponse(
+                    heatmaps=[codec.heatmap(served.model, r, img.id, res.layers[-1], uint8=uint8)
+                              for r, img in zip(res.items, request.images, strict=True)],
+                    model_name=served.name, model_version=served.version, engine=res.engine.value)
+
+        reply = await self._off_loop(self.cam_pool, context, work)
+        self.metrics.images.labels("Explain").inc(len(reply.heatmaps))
+        return reply
 
     async def Segment(self, request: pb.SegmentRequest, context: grpc.aio.ServicerContext) -> pb.SegmentResponse:
         served = self.repo.get(request.model.name, request.model.version)
         options = codec.segment_options(request, chunk=self.settings.cam_chunk)
         served.model.engine_for(options)
-        images = self._decode(request.images)
-        truths = codec.decode_truths(request.truth_masks, len(images), max_images=self.settings.max_images,
-                                     max_pixels=self.settings.max_pixels)
-        res = await self._run(served, images, options, context, truths)
-        assert options.threshold is not None
-        self.metrics.images.labels("Segment").inc(len(images))
-        return pb.SegmentResponse(
-            masks=[codec.mask(served.model, r, img.id, options.threshold)
-                   for r, img in zip(res.items, request.images, strict=True)],
-            model_name=served.name, model_version=served.version, mean_dice=res.mean_dice)
+        rule = options.threshold
+        assert rule is not None
+        enc = options.encodings
+
+        def work(should_stop: Callable[[], bool]) -> pb.SegmentResponse:
+            with self._budget() as budget:
+                images = self._decode(request.images, budget)
+                self._check_reply(reply_size([im.shape[:2] for im in images], mask_bits=Encoding.MASK_BITS in enc,
+                                             png=Encoding.MASK_PNG in enc, rle=Encoding.MASK_RLE in enc,
+                                             overlay=Encoding.OVERLAY_PNG in enc))
+                truths = codec.decode_truths(request.truth_masks, len(images), max_images=self.settings.max_images,
+                                             max_pixels=self.settings.max_pixels, budget=budget)
+                res = run(served.model, images, options, truths=truths, should_stop=should_stop)
+                return pb.SegmentResponse(
+                    masks=[codec.mask(served.model, r, img.id, rule) for r, img in zip(res.items, request.images,
+                                                                                       strict=True)],
+                    model_name=served.name, model_version=served.version, mean_dice=res.mean_dice)
+
+        reply = await self._off_loop(self.cam_pool, context, work)
+        self.metrics.images.labels("Segment").inc(len(reply.masks))
+        return reply
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:

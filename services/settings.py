@@ -20,6 +20,14 @@ class ServeSettings(Settings):
     max_send_bytes: int = Field(64 * MiB, ge=1024)
     max_pixels: int = Field(4096 * 4096, ge=1, description="largest image accepted (height x width)")
     max_images: int = Field(256, ge=1, description="images per request")
+    max_request_values: int = Field(
+        3 * 4096 * 4096, ge=1,
+        description="decoded values (height x width x channels) of all images and masks of one request")
+    max_inflight_values: int = Field(
+        6 * 4096 * 4096, ge=1, description="decoded values of all calls in flight together (bounds memory)")
+    max_concurrent_rpcs: int = Field(64, ge=1, description="calls in progress at once; more are RESOURCE_EXHAUSTED")
+    max_queue_images: int = Field(1024, ge=1, description="images waiting for a Classify batch, per model version")
+    decode_workers: int = Field(2, ge=1, description="threads decoding Classify requests off the event loop")
     batching: bool = True
     max_batch: int = Field(32, ge=1)
     max_delay_ms: float = Field(2.0, ge=0)
@@ -27,6 +35,8 @@ class ServeSettings(Settings):
     cam_workers: int = Field(1, ge=1, description="threads for the Grad-CAM path (its own pool)")
     cam_chunk: int = Field(16, ge=1, description="images per Grad-CAM step; a gone call stops at the next step")
     poll_seconds: float = Field(2.0, gt=0, description="how often the repository is scanned for new versions")
+    drain_delay_seconds: float = Field(
+        5.0, ge=0, description="time NOT_SERVING is announced before the server stops taking calls (load balancers)")
     grace_seconds: float = Field(20.0, ge=0, description="drain time for in-flight calls on SIGTERM")
     tls_cert: Path | None = None
     tls_key: Path | None = None

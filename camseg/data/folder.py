@@ -22,18 +22,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
 
 from camseg.errors import InvalidInputError, NotFoundError
+from camseg.inputs import (
+    BoolArray,
+    FloatArray,
+    array_to_float,
+    check_id,
+    decode_image,
+    decode_mask,
+    decode_pixels,
+    mask_from_array,
+    path_under,
+)
+
+__all__ = ["CLASSES", "SPLITS", "BoolArray", "FloatArray", "FolderDataset", "Record", "Sample", "array_to_float",
+           "atomic_directory", "decode_image", "decode_mask", "decode_pixels", "mask_from_array", "read_mask",
+           "write_dataset"]
 
 CLASSES: tuple[str, ...] = ("normal", "tumor")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 SPLITS = ("train", "val", "test")
 
-FloatArray = npt.NDArray[np.float32]
-BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -56,102 +67,6 @@ class Sample:
     split: str | None
     image_path: Path
     mask_path: Path | None
-
-
-def decode_pixels(data: bytes | Path, *, name: str = "image") -> npt.NDArray[Any]:
-    """Decode PNG/JPEG/TIFF to its stored pixel values, unscaled: ``(H, W)``, ``(H, W, C)``
-    or what a TIFF holds."""
-    try:
-        if isinstance(data, Path):
-            if data.suffix.lower() in (".tif", ".tiff"):
-                return _tiff(data, name)
-            img = Image.open(data)
-        else:
-            import io
-
-            if data[:4] in (b"II*\x00", b"MM\x00*"):
-                return _tiff(io.BytesIO(data), name)
-            img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InvalidInputError(f"{name}: not a readable image ({exc})") from exc
-    return _pil_array(img)
-
-
-def decode_image(data: bytes | Path, *, name: str = "image") -> FloatArray:
-    """Decode PNG/JPEG/TIFF (8/16-bit, gray or RGB) to float32 in [0, 1].
-
-    Returns ``(H, W)`` for grayscale and ``(H, W, 3)`` for colour (alpha dropped).
-    """
-    return array_to_float(decode_pixels(data, name=name), name)
-
-
-def decode_mask(data: bytes | Path, *, name: str = "mask") -> BoolArray:
-    """A mask image: non-zero stored values (in any channel) are tumor, whatever the
-    pixel type (a float mask is not rescaled first)."""
-    return mask_from_array(decode_pixels(data, name=name), name)
-
-
-def mask_from_array(arr: npt.NDArray[Any], name: str = "mask") -> BoolArray:
-    """``(H, W)`` or ``(H, W, C)`` values to a boolean mask: non-zero in any channel."""
-    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)
-    if arr.ndim == 3:
-        if arr.shape[-1] == 4:  # alpha is opacity, not tumor
-            arr = arr[..., :3]
-        arr = (arr != 0).any(axis=-1)
-    if arr.ndim != 2 or min(arr.shape) < 1:
-        raise InvalidInputError(f"{name}: expected a 2-D mask, got shape {tuple(arr.shape)}")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise InvalidInputError(f"{name}: contains NaN or infinite values")
-    return np.asarray(arr != 0, dtype=bool)
-
-
-def _tiff(src: Any, name: str) -> npt.NDArray[Any]:
-    import tifffile
-
-    try:
-        return np.asarray(tifffile.imread(src))
-    except Exception as exc:  # tifffile raises many exception types on corrupt files
-        raise InvalidInputError(f"{name}: not a readable TIFF ({exc})") from exc
-
-
-def _pil_array(img: Image.Image) -> npt.NDArray[Any]:
-    if img.mode in ("I;16", "I;16B", "I;16L"):
-        return np.asarray(img, dtype=np.uint16)
-    if img.mode == "I":
-        arr = np.asarray(img, dtype=np.int32)
-        return arr.astype(np.uint16) if arr.max(initial=0) > 255 else arr.astype(np.uint8)
-    if img.mode in ("L", "RGB"):
-        return np.asarray(img)
-    if img.mode == "F":
-        return np.asarray(img, dtype=np.float32)
-    return np.asarray(img.convert("RGB" if "A" in img.mode or img.mode == "P" else "L"))
-
-
-def array_to_float(arr: npt.NDArray[Any], name: str = "image") -> FloatArray:
-    """Scale an integer or float array to float32 in [0, 1]; keep gray or 3-channel."""
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        arr = arr[..., :3]
-    elif arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
-        arr = np.moveaxis(arr[:3], 0, -1)
-    elif arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1:
-        raise InvalidInputError(f"{name}: expected a 2-D image, got shape {tuple(arr.shape)}")
-    if arr.dtype == np.uint8:
-        return (arr.astype(np.float32) / 255.0).astype(np.float32)
-    if arr.dtype == np.uint16:
-        return (arr.astype(np.float32) / 65535.0).astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating):
-        out = arr.astype(np.float32)
-        if not np.isfinite(out).all():
-            raise InvalidInputError(f"{name}: contains NaN or infinite values")
-        lo, hi = float(out.min()), float(out.max())
-        if np.issubdtype(arr.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
-            return out
-        return ((out - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(out)
-    raise InvalidInputError(f"{name}: unsupported pixel type {arr.dtype}")
 
 
 def read_mask(path: Path) -> BoolArray:
@@ -218,6 +133,7 @@ class FolderDataset:
         where = f"{labels_path}:{line}"
         if not sid:
             raise InvalidInputError(f"{where}: empty id")
+        check_id(sid, where)
         if sid in seen:
             raise InvalidInputError(f"{where}: duplicate id {sid!r}")
         seen.add(sid)
@@ -234,8 +150,12 @@ class FolderDataset:
         image_path = _find_image(root / "images", sid)
         if image_path is None:
             raise InvalidInputError(f"{root / 'images'}: no image for id {sid!r} ({'|'.join(IMAGE_SUFFIXES)})")
+        path_under(root, image_path, where)  # a symlink out of the data set is refused
         mask_path = root / "masks" / f"{sid}.png"
-        return Sample(sid, label, split, image_path, mask_path if mask_path.is_file() else None)
+        if mask_path.is_file():
+            path_under(root, mask_path, where)
+            return Sample(sid, label, split, image_path, mask_path)
+        return Sample(sid, label, split, image_path, None)
 
     def load(self, index: int) -> tuple[FloatArray, BoolArray | None]:
         """Pixel data of one sample; checks that its mask has the image's shape."""

@@ -95,6 +95,10 @@ def _download(work: Path) -> Path:
         what="installing numpy, setuptools and wheel for the download venv",
     )
     dest = work / "dist"
+    # pip checks the pinned hash as soon as the archive is downloaded, before it runs the
+    # sdist's setup.py for metadata: no code of an unexpected archive is ever run
+    requirements = work / "requirements.txt"
+    requirements.write_text(f"{PACKAGE}=={VERSION} --hash=sha256:{ARCHIVE_SHA256}\n")
     _run(
         [
             pip,
@@ -103,9 +107,11 @@ def _download(work: Path) -> Path:
             "--no-build-isolation",
             "--no-binary",
             ":all:",
+            "--require-hashes",
             "-d",
             str(dest),
-            f"{PACKAGE}=={VERSION}",
+            "-r",
+            str(requirements),
         ],
         timeout=DOWNLOAD_TIMEOUT_S,
         what=f"pip download {PACKAGE}=={VERSION}",
@@ -137,8 +143,9 @@ def fetch_pyradiomics(cache_dir: Path) -> Path:
     """The extracted ``data`` folder of the ``pyradiomics==3.0.1`` source archive.
 
     Follows the recipe in ``DATA.md``: a throwaway venv with numpy, setuptools and
-    wheel; ``pip download --no-deps --no-build-isolation --no-binary :all:``; the
-    archive's sha256 checked against a pinned value; only ``pyradiomics-3.0.1/data``
+    wheel; ``pip download --no-deps --no-build-isolation --no-binary :all:
+    --require-hashes`` with the archive's pinned sha256, so pip checks it before running
+    any of the archive's code (and it is checked again after); only ``pyradiomics-3.0.1/data``
     extracted. The result lives at ``cache_dir/pyradiomics-3.0.1/data`` and is
     returned at once when already there with all ten case files. It is built in a
     temporary folder inside ``cache_dir`` and renamed into place, so an interrupted

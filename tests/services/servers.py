@@ -43,7 +43,8 @@ class Server:
 def start_server(repo: Path, *extra: str, env: dict[str, str] | None = None, plaintext: bool = True) -> Server:
     """A ``camseg serve`` process on free ports; ``extra`` arguments are appended."""
     serve = spawn(repo, *extra, plaintext=plaintext,
-                  env={"CAMSEG_TORCH_THREADS": "1", "CAMSEG_POLL_SECONDS": "0.3", **(env or {})})
+                  env={"CAMSEG_TORCH_THREADS": "1", "CAMSEG_POLL_SECONDS": "0.3", "CAMSEG_DRAIN_DELAY_SECONDS": "0.3",
+                       **(env or {})})
     return Server(serve, repo)
 
 

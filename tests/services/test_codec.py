@@ -213,7 +213,7 @@ def test_header_pixel_limit_refuses_before_decoding() -> None:
     cut = full[:200]
     with Image.open(io.BytesIO(cut)) as im:
         assert im.size == (5000, 5000)  # the header alone is readable
-    with pytest.raises(InvalidInputError, match="not a readable image"):
+    with pytest.raises(InvalidInputError, match="not a readable PNG image"):
         decode(pb.Image(encoded=cut), max_pixels=5000 * 5000)  # within the limit the decoder runs, and fails
     with pytest.raises(InvalidInputError, match=r"^image 0 \(big\): 5000x5000 pixels exceed the limit of 1048576"):
         decode(pb.Image(encoded=cut, id="big"), max_pixels=BIG)

@@ -1,0 +1,326 @@
+"""The one input-validation layer: every image, mask, id and path that reaches camseg
+from outside (a request, a data set, a command line) passes here.
+
+Nothing from outside is trusted; the model repository is (see ``SECURITY.md``).
+
+* **Images** are decoded only from the documented formats (PNG, JPEG, TIFF). The header
+  is read first: format, size, page count and samples per pixel are checked before a
+  single pixel is decoded, so a small file that claims a huge image (a decompression
+  bomb) or a multi-page TIFF is refused for what it claims, not after it filled memory.
+* **Budgets**: besides the per-image pixel limit, a :class:`Budget` caps the decoded
+  values (height x width x channels) of a whole request, and a server may share one
+  across its calls; a budget that would be exceeded raises
+  :class:`~camseg.errors.ResourceExhaustedError` before decoding.
+* **Ids** match :data:`ID_PATTERN` (no path separators, no leading dot), and every path
+  built from one must resolve (symlinks followed) under its root: :func:`path_under`.
+
+Every rejection is an :class:`~camseg.errors.InvalidInputError` (or
+``ResourceExhaustedError`` for budgets) whose message names the input, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+from camseg.errors import InvalidInputError, ResourceExhaustedError
+
+FloatArray = npt.NDArray[np.float32]
+BoolArray = npt.NDArray[np.bool_]
+
+FORMATS = ("PNG", "JPEG", "TIFF")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+DEFAULT_MAX_PIXELS = 4096 * 4096
+MAX_SAMPLES = 4  # gray, gray+alpha, RGB, RGBA
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+SHOWN = 64  # characters of a caller's string echoed in a message
+
+
+def shown(text: object, limit: int = SHOWN, *, quoted: bool = True) -> str:
+    """A caller's string for a message: control characters escaped (``repr``), cut to
+    ``limit`` characters, so messages and logs never echo unbounded or forged input."""
+    s = str(text)
+    cut = s if len(s) <= limit else s[:limit]
+    out = repr(cut) if quoted else repr(cut)[1:-1]
+    return out if len(s) <= limit else out + f"... ({len(s)} characters)"
+
+
+# ---------------------------------------------------------------------- ids and paths
+def check_id(sample_id: str, where: str) -> str:
+    """``sample_id`` when it matches :data:`ID_PATTERN`; InvalidInputError otherwise."""
+    if not ID_PATTERN.fullmatch(sample_id):
+        raise InvalidInputError(f"{where}: id {shown(sample_id)} is not allowed (letters, digits and ._-, "
+                                "not starting with a dot, at most 200 characters)")
+    return sample_id
+
+
+def path_under(root: Path, path: Path, where: str) -> Path:
+    """``path`` when it resolves (symlinks followed) inside ``root``; InvalidInputError
+    when it escapes."""
+    real_root = Path(root).resolve()
+    real = Path(path).resolve()
+    if not real.is_relative_to(real_root):
+        raise InvalidInputError(f"{where}: {path} resolves outside {root}")
+    return path
+
+
+# ---------------------------------------------------------------------- budgets
+class Budget:
+    """Decoded values (height x width x channels) that may still be taken; thread-safe.
+
+    A request's budget may draw on a ``parent`` shared by all calls of a server: a take
+    must fit both, and leaving the ``with`` block gives the request's share back to the
+    parent.
+
+    >>> server = Budget(150, "server budget")
+    >>> with Budget(100, "request budget", parent=server) as request:
+    ...     request.take(60, "image 0")
+    ...     server.used
+    60
+    >>> server.used
+    0
+    >>> Budget(100).take(160, "image 1")
+    Traceback (most recent call last):
+    ...
+    camseg.errors.ResourceExhaustedError: image 1: 160 decoded values exceed the 100 left of a budget of 100
+    """
+
+    def __init__(self, limit: int, what: str = "budget", parent: Budget | None = None):
+        self.limit = int(limit)
+        self.what = what
+        self.parent = parent
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int, name: str) -> None:
+        with self._lock:
+            if self.used + n > self.limit:
+                raise ResourceExhaustedError(f"{name}: {n} decoded values exceed the {self.limit - self.used} left "
+                                             f"of a {self.what} of {self.limit}")
+            if self.parent is not None:
+                self.parent.take(n, name)
+            self.used += n
+
+    def give_back(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - n)
+
+    def __enter__(self) -> Budget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            used, self.used = self.used, 0
+        if self.parent is not None:
+            self.parent.give_back(used)
+
+
+# ---------------------------------------------------------------------- headers
+@dataclass(frozen=True)
+class Header:
+    """What an encoded image claims before any pixel is decoded."""
+
+    format: str
+    height: int
+    width: int
+    samples: int
+    pages: int
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+    @property
+    def values(self) -> int:
+        """Decoded values: what the image costs of a :class:`Budget`."""
+        return self.pixels * self.samples
+
+
+_PIL_SAMPLES = {"1": 1, "L": 1, "P": 3, "I": 1, "F": 1, "I;16": 1, "I;16B": 1, "I;16L": 1, "LA": 2, "La": 2,
+                "PA": 4, "RGB": 3, "RGBA": 4, "RGBa": 4, "RGBX": 3, "CMYK": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+
+
+def _source(data: bytes | Path) -> Any:
+    return data if isinstance(data, Path) else io.BytesIO(data)
+
+
+def _is_tiff(data: bytes | Path) -> bool:
+    if isinstance(data, Path):
+        with data.open("rb") as fh:
+            head = fh.read(4)
+    else:
+        head = data[:4]
+    return head in TIFF_MAGIC
+
+
+def read_header(data: bytes | Path, name: str) -> Header:
+    """Format, size, samples per pixel and pages, from the header alone."""
+    try:
+        if _is_tiff(data):
+            return _tiff_header(data, name)
+        with Image.open(_source(data), formats=[f for f in FORMATS if f != "TIFF"]) as img:
+            w, h = img.size
+            return Header(str(img.format), int(h), int(w), _PIL_SAMPLES.get(img.mode, 4),
+                          int(getattr(img, "n_frames", 1)))
+    except InvalidInputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InvalidInputError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise InvalidInputError(f"{name}: not a readable image (PNG, JPEG or TIFF)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidInputError(f"{name}: not a readable image ({_short(exc)})") from None
+
+
+def _tiff_header(data: bytes | Path, name: str) -> Header:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(_source(data)) as tf:
+            pages = len(tf.pages)
+            page = tf.pages.first
+            shape = tuple(int(s) for s in page.shape)
+            samples = int(getattr(page, "samplesperpixel", 1))
+    except Exception as exc:  # tifffile raises many exception types on corrupt files
+        raise InvalidInputError(f"{name}: not a readable TIFF ({_short(exc)})") from None
+    if len(shape) == 3 and samples > 1:
+        h, w = (shape[1], shape[2]) if shape[0] == samples else (shape[0], shape[1])
+    elif len(shape) == 2:
+        h, w = shape
+    else:
+        raise InvalidInputError(f"{name}: TIFF page of shape {shape} is not a 2-D image")
+    return Header("TIFF", h, w, samples, pages)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def check_header(header: Header, name: str, max_pixels: int) -> None:
+    """One 2-D image of 1-4 samples per pixel, within the pixel limit."""
+    if header.pages != 1:
+        raise InvalidInputError(f"{name}: {header.format} with {header.pages} pages; send one 2-D image per image")
+    if not 1 <= header.samples <= MAX_SAMPLES:
+        raise InvalidInputError(f"{name}: {header.samples} samples per pixel; gray, RGB or RGBA only")
+    if header.height < 1 or header.width < 1:
+        raise InvalidInputError(f"{name}: empty image ({header.width}x{header.height})")
+    if header.pixels > max_pixels:
+        raise InvalidInputError(f"{name}: {header.width}x{header.height} pixels exceed the limit of {max_pixels}")
+
+
+# ---------------------------------------------------------------------- decoding
+def decode_pixels(data: bytes | Path, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
+                  budget: Budget | None = None) -> npt.NDArray[Any]:
+    """Decode a PNG/JPEG/TIFF to its stored values, unscaled, after checking its header
+    (and charging ``budget``): ``(H, W)`` or ``(H, W, C)``."""
+    header = read_header(data, name)
+    check_header(header, name, max_pixels)
+    if budget is not None:
+        budget.take(header.values, name)
+    try:
+        if header.format == "TIFF":
+            import tifffile
+
+            arr = np.asarray(tifffile.imread(_source(data), key=0))
+        else:
+            with Image.open(_source(data), formats=[header.format]) as img:
+                img.load()
+                arr = _pil_array(img)
+    except Image.DecompressionBombError as exc:
+        raise InvalidInputError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except Exception as exc:  # decoders raise many types on corrupt or truncated data
+        raise InvalidInputError(f"{name}: not a readable {header.format} image ({_short(exc)})") from None
+    if arr.ndim == 3 and arr.shape[0] == header.samples and arr.shape[-1] != header.samples:
+        arr = np.moveaxis(arr, 0, -1)  # planar TIFF
+    if arr.shape[:2] != (header.height, header.width):
+        raise InvalidInputError(f"{name}: decoded {arr.shape[:2]} differs from its header "
+                                f"{(header.height, header.width)}")
+    return arr
+
+
+def decode_image(data: bytes | Path, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 budget: Budget | None = None) -> FloatArray:
+    """Decode PNG/JPEG/TIFF (8/16-bit, gray or RGB) to float32 in [0, 1].
+
+    Returns ``(H, W)`` for grayscale and ``(H, W, 3)`` for colour (alpha dropped).
+    """
+    return array_to_float(decode_pixels(data, name=name, max_pixels=max_pixels, budget=budget), name)
+
+
+def decode_mask(data: bytes | Path, *, name: str = "mask", max_pixels: int = DEFAULT_MAX_PIXELS,
+                budget: Budget | None = None) -> BoolArray:
+    """A mask image: non-zero stored values (in any channel) are tumor, whatever the
+    pixel type (a float mask is not rescaled first)."""
+    return mask_from_array(decode_pixels(data, name=name, max_pixels=max_pixels, budget=budget), name)
+
+
+def _pil_array(img: Image.Image) -> npt.NDArray[Any]:
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        return np.asarray(img, dtype=np.uint16)
+    if img.mode == "I":
+        arr = np.asarray(img, dtype=np.int32)
+        return arr.astype(np.uint16) if arr.max(initial=0) > 255 else arr.astype(np.uint8)
+    if img.mode in ("L", "RGB"):
+        return np.asarray(img)
+    if img.mode == "F":
+        return np.asarray(img, dtype=np.float32)
+    return np.asarray(img.convert("RGB" if "A" in img.mode or img.mode == "P" else "L"))
+
+
+def mask_from_array(arr: npt.NDArray[Any], name: str = "mask") -> BoolArray:
+    """``(H, W)`` or ``(H, W, C)`` values to a boolean mask: non-zero in any channel
+    (alpha ignored)."""
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 3:
+        if arr.shape[-1] in (2, 4):  # alpha is opacity, not tumor
+            arr = arr[..., :-1]
+        arr = (arr != 0).any(axis=-1)
+    if arr.ndim != 2 or min(arr.shape) < 1:
+        raise InvalidInputError(f"{name}: expected a 2-D mask, got shape {tuple(arr.shape)}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise InvalidInputError(f"{name}: contains NaN or infinite values")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise InvalidInputError(f"{name}: unsupported pixel type {arr.dtype}")
+    return np.asarray(arr != 0, dtype=bool)
+
+
+def array_to_float(arr: npt.NDArray[Any], name: str = "image") -> FloatArray:
+    """Scale an integer or float array to float32 in [0, 1]; keep gray or 3-channel
+    (alpha dropped)."""
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., :3]
+    elif arr.ndim == 3 and arr.shape[-1] == 2:
+        arr = arr[..., 0]  # gray + alpha
+    elif arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr[:3], 0, -1)
+    elif arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1:
+        raise InvalidInputError(f"{name}: expected a 2-D image, got shape {tuple(arr.shape)}")
+    if arr.dtype == np.uint8:
+        return (arr.astype(np.float32) / 255.0).astype(np.float32)
+    if arr.dtype == np.uint16:
+        return (arr.astype(np.float32) / 65535.0).astype(np.float32)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise InvalidInputError(f"{name}: contains NaN or infinite values (as float32)")
+        lo, hi = float(out.min()), float(out.max())
+        if np.issubdtype(arr.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+            return out
+        if not np.isfinite(hi - lo):
+            raise InvalidInputError(f"{name}: value range too large for float32")
+        return ((out - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(out)
+    raise InvalidInputError(f"{name}: unsupported pixel type {arr.dtype}")
