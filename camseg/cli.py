@@ -26,6 +26,9 @@ def _configure(settings: Settings, verbose: int) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("onnx_ir").setLevel(max(level, logging.WARNING))  # pass-manager chatter
+    # tifffile logs what it finds wrong in a file: the service sees hostile files daily, and
+    # each one is already answered with INVALID_ARGUMENT
+    logging.getLogger("tifffile").setLevel(max(level, logging.ERROR))
     import torch
 
     if settings.torch_threads:

@@ -314,13 +314,16 @@ def array_to_float(arr: npt.NDArray[Any], name: str = "image") -> FloatArray:
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating):
-        out = arr.astype(np.float32)
+        # min-max scaling in float64 of halved values: no range of finite inputs overflows
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = arr.astype(np.float64)
         if not np.isfinite(out).all():
-            raise InvalidInputError(f"{name}: contains NaN or infinite values (as float32)")
+            raise InvalidInputError(f"{name}: contains NaN or infinite values")
         lo, hi = float(out.min()), float(out.max())
         if np.issubdtype(arr.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
-            return out
-        if not np.isfinite(hi - lo):
-            raise InvalidInputError(f"{name}: value range too large for float32")
-        return ((out - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(out)
+            return out.astype(np.float32)
+        if not hi > lo:
+            return np.zeros(out.shape, dtype=np.float32)
+        scaled = (out / 2 - lo / 2) / (hi / 2 - lo / 2)
+        return np.clip(scaled, 0.0, 1.0).astype(np.float32)
     raise InvalidInputError(f"{name}: unsupported pixel type {arr.dtype}")

@@ -91,6 +91,7 @@ class ModelRepository:
                         loaded.append(served)
             gone = [s for vs in current.values() for s in vs.values()
                     if s.version not in on_disk.get(s.name, [])]
+            replaced = [current[s.name][s.version] for s in loaded if s.version in current.get(s.name, {})]
             if loaded or gone:
                 merged = {n: dict(vs) for n, vs in current.items()}
                 for s in gone:
@@ -100,6 +101,7 @@ class ModelRepository:
                 self._snapshot = {n: vs for n, vs in merged.items() if vs}  # one assignment: old or new, never half
                 for s in gone:
                     logger.warning("model %s version %s left %s; unloaded", s.name, s.version, self.root)
+                for s in gone + replaced:
                     if self._on_unload:
                         self._on_unload(s)
                 for s in loaded:

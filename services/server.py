@@ -86,8 +86,9 @@ async def start(settings: ServeSettings) -> RunningServer:
         metrics.model_info.labels(s.name, s.version).set(1)
 
     def unloaded(s: ServedModel) -> None:  # called from the scanning thread
-        with contextlib.suppress(KeyError):
-            metrics.model_info.remove(s.name, s.version)
+        if s.version not in repo.snapshot.get(s.name, {}):  # gone, not replaced
+            with contextlib.suppress(KeyError):
+                metrics.model_info.remove(s.name, s.version)
         for sv in servicers:
             asyncio.run_coroutine_threadsafe(sv.unload(s), loop)
 

@@ -57,7 +57,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.cam_pool = ThreadPoolExecutor(max_workers=settings.cam_workers, thread_name_prefix="cam")
         # decoded values of all calls in flight: bounds the memory requests can take together
         self.inflight = Budget(settings.max_inflight_values, "server's budget of decoded values in flight")
-        self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
+        # one batcher per loaded model: a version reloaded in place gets a new one
+        self._batchers: dict[tuple[str, str, tuple[Any, ...]], DynamicBatcher] = {}
 
     async def close(self) -> None:
         for b in self._batchers.values():
@@ -67,8 +68,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.cam_pool.shutdown(wait=False, cancel_futures=True)
 
     async def unload(self, served: ServedModel) -> None:
-        """Free what a version that left the repository held (its batcher)."""
-        b = self._batchers.pop((served.name, served.version), None)
+        """Free what a version that left the repository, or was replaced, held (its batcher)."""
+        b = self._batchers.pop((served.name, served.version, served.signature), None)
         if b is not None:
             await b.close()
 
@@ -80,7 +81,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                                    budget=budget, what=what)
 
     def _batcher(self, served: ServedModel) -> DynamicBatcher:
-        key = (served.name, served.version)
+        key = (served.name, served.version, served.signature)
         b = self._batchers.get(key)
         if b is None:
             s = self.settings

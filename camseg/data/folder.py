@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import shutil
@@ -112,15 +113,28 @@ class FolderDataset:
             raise InvalidInputError(f"{labels_path}: missing (columns id,label[,split])")
         samples: list[Sample] = []
         seen: set[str] = set()
+        line = 1
         try:
             with labels_path.open(newline="") as fh:
-                reader = csv.DictReader(fh)
-                if reader.fieldnames is None or not {"id", "label"} <= set(reader.fieldnames):
-                    raise InvalidInputError(f"{labels_path}: header must have the columns id,label[,split]")
-                for line, row in enumerate(reader, start=2):
-                    samples.append(cls._sample(root, labels_path, line, row, class_names, seen))
+                text = fh.read()
+            physical = text.splitlines()
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            if reader.fieldnames is None or not {"id", "label"} <= set(reader.fieldnames):
+                raise InvalidInputError(f"{labels_path}: header must have the columns id,label[,split]")
+            while True:
+                end = reader.line_num
+                line = end + 1  # where the next record starts: after blank lines, the first line of a quoted field
+                while line <= len(physical) and not physical[line - 1].strip():
+                    line += 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                samples.append(cls._sample(root, labels_path, line, row, class_names, seen))
         except UnicodeDecodeError as exc:
             raise InvalidInputError(f"{labels_path}: not a text CSV file") from exc
+        except csv.Error as exc:
+            raise InvalidInputError(f"{labels_path}:{line}: not a valid CSV row ({exc})") from None
         if not samples:
             raise InvalidInputError(f"{labels_path}: the data set is empty")
         return cls(root, samples, class_names, meta)

@@ -33,7 +33,10 @@ class Server:
         return self.serve.address
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address)
+        """A channel that takes replies up to the server's default send limit (64 MiB)."""
+        limit = 64 * 1024 * 1024
+        return grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", limit),
+                                                             ("grpc.max_send_message_length", limit)])
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.serve.metrics_port}/metrics", timeout=10) as r:
