@@ -6,7 +6,8 @@ One model (an exported camseg classifier: ``--arch``, ``--size``; random weights
 enough for speed) is served by a real ``camseg serve`` process on loopback. An
 asyncio gRPC client keeps ``c`` Classify calls of one image each in flight
 (c = 1, 8, 32) for ``--seconds`` and records images per second and the p50/p99
-latency, with dynamic batching on and off. In the same run, bare ONNX Runtime
+latency, with dynamic batching on and off, for PNG images and for raw uint8 arrays (no
+decode: how a high-rate caller would send). In the same run, bare ONNX Runtime
 ``session.run`` on the same model and images gives the baseline: batch 1 and batch
 ``--max-batch``. Explain (one-pass ONNX and torch Grad-CAM) and Segment images per
 second come last, at concurrency 8.
@@ -140,6 +141,7 @@ def main() -> int:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_bench.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     console = Console()
@@ -150,8 +152,15 @@ def main() -> int:
         pngs = images(Path(tmp), 32)
         x = np.stack([np.asarray(Image.open(io.BytesIO(b)), dtype=np.float32)[None] / 255.0 for b in pngs])
 
+        raws = [np.asarray(Image.open(io.BytesIO(b))) for b in pngs]
+
         def classify(i: int) -> Any:
             return pb.ClassifyRequest(images=[pb.Image(encoded=pngs[i % len(pngs)])])
+
+        def classify_raw(i: int) -> Any:
+            a = raws[i % len(raws)]
+            return pb.ClassifyRequest(images=[pb.Image(raw=pb.RawArray(dtype=a.dtype.name, shape=list(a.shape),
+                                                                         data=a.tobytes()))])
 
         for batching in (True, False):
             server = spawn(repo, *([] if batching else ["--no-batching"]),
@@ -160,7 +169,11 @@ def main() -> int:
             try:
                 for c in levels:
                     lat, err = asyncio.run(load(port, "Classify", classify, c, args.seconds))
-                    rows.append(row("Classify", "server", batching, c, lat, err, args.seconds))
+                    rows.append(row("Classify", "server, PNG", batching, c, lat, err, args.seconds))
+                if batching:
+                    for c in levels:
+                        lat, err = asyncio.run(load(port, "Classify", classify_raw, c, args.seconds))
+                        rows.append(row("Classify", "server, raw uint8", batching, c, lat, err, args.seconds))
                 if batching:
                     for rpc, method, engine in (("Explain", pb.CAM_METHOD_GRADCAM, "onnx one-pass"),
                                                 ("Explain", pb.CAM_METHOD_LAYERCAM, "onnx one-pass"),
@@ -182,7 +195,8 @@ def main() -> int:
         rows.append(bare_ort(model_dir, x, args.max_batch, args.seconds, args.threads))
     bare_batched = rows[-1].images_per_s
     top = max(c for c in levels)
-    served = next(r for r in rows if r.rpc == "Classify" and r.batching and r.concurrency == top)
+    served = next(r for r in rows if r.rpc == "Classify" and r.engine == "server, PNG" and r.batching
+                  and r.concurrency == top)
     ratio = served.images_per_s / bare_batched
     t = Table(title=f"camseg serve ({args.arch}, {args.size}px, {args.threads} threads) vs bare ONNX Runtime")
     for col in ("rpc", "engine", "batching", "concurrency", "images/s", "p50 ms", "p99 ms", "calls", "errors"):
@@ -195,12 +209,12 @@ def main() -> int:
     console.print(f"server at concurrency {top} with batching: {served.images_per_s:.1f} images/s = "
                   f"{100 * ratio:.0f}% of bare ONNX Runtime at batch {args.max_batch} ({bare_batched:.1f}); "
                   f"goal {100 * GOAL:.0f}%: {'met' if ratio >= GOAL else 'not met'}")
-    out = ROOT / "bench" / "results" / "serve_bench.json"
+    out = args.out
     out.write_text(json.dumps({
         "benchmark": "camseg serve Classify/Explain/Segment vs bare onnxruntime session.run",
         "environment": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
                         "cpus": os.cpu_count(), "platform": platform.platform()},
-        "config": vars(args),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rows": [asdict(r) for r in rows],
         "goal": {"ratio_required": GOAL, "ratio": ratio, "met": ratio >= GOAL},
     }, indent=2) + "\n")

@@ -21,6 +21,7 @@ from camseg.inputs import (
     decode_image,
     decode_mask,
     mask_from_array,
+    read_header,
     shown,
 )
 from camseg.masks import ThresholdRule
@@ -121,6 +122,27 @@ def decode_images(images: Sequence[pb.Image], *, max_images: int, max_pixels: in
     """Decoded ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], each checked once (header
     first, then the budget, then the pixels)."""
     return _decode_all(images, max_images=max_images, max_pixels=max_pixels, budget=budget, what=what, mask=False)
+
+
+def claimed_shapes(images: Sequence[pb.Image]) -> list[tuple[int, int]]:
+    """(height, width) each image claims, from headers and raw shapes alone (nothing
+    decoded): what a reply's size is estimated from before any work. An image whose
+    header cannot be read counts as empty; decoding it will refuse it."""
+    out = []
+    for i, img in enumerate(images):
+        kind = img.WhichOneof("data")
+        try:
+            if kind == "encoded":
+                h = read_header(img.encoded, image_name("image", i, img))
+                out.append((h.height, h.width))
+                continue
+            if kind == "raw" and len(img.raw.shape) >= 2:
+                out.append((max(int(img.raw.shape[0]), 0), max(int(img.raw.shape[1]), 0)))
+                continue
+        except InvalidInputError:
+            pass
+        out.append((0, 0))
+    return out
 
 
 def decode_truths(masks: Sequence[pb.Image], n: int, *, max_images: int, max_pixels: int,

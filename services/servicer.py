@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from camseg.errors import CancelledError, ResourceExhaustedError
-from camseg.inputs import Budget, FloatArray
+from camseg.inputs import BoolArray, Budget, FloatArray
 from camseg.pipeline import Encoding, run
 from camseg.repository import version_key
 from services import codec
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def reply_size(shapes: list[tuple[int, int]], *, heat_bytes: int = 0, mask_bits: bool = False, png: bool = False,
+def reply_size(shapes: Sequence[tuple[int, int]], *, heat_bytes: int = 0, mask_bits: bool = False, png: bool = False,
                rle: bool = False, overlay: bool = False) -> int:
     """An upper estimate of a reply's bytes from the image sizes alone, before any work:
     heatmaps at ``heat_bytes`` a pixel, packed bits, worst-case PNG and run lengths (a
@@ -139,18 +139,22 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         served.model.engine_for(options)
         uint8 = request.encoding == pb.HEATMAP_ENCODING_UINT8
 
-        def work(should_stop: Callable[[], bool]) -> pb.ExplainResponse:
-            with self._budget() as budget:
-                images = self._decode(request.images, budget)
-                self._check_reply(reply_size([im.shape[:2] for im in images], heat_bytes=1 if uint8 else 2,
-                                             overlay=request.overlay_png))
-                res = run(served.model, images, options, should_stop=should_stop)
-                return pb.ExplainResponse(
-                    heatmaps=[codec.heatmap(served.model, r, img.id, res.layers[-1], uint8=uint8)
-                              for r, img in zip(res.items, request.images, strict=True)],
-                    model_name=served.name, model_version=served.version, engine=res.engine.value)
+        def decode(should_stop: Callable[[], bool]) -> list[FloatArray]:
+            self._check_reply(reply_size(codec.claimed_shapes(request.images), heat_bytes=1 if uint8 else 2,
+                                         overlay=request.overlay_png))
+            return self._decode(request.images, budget)
 
-        reply = await self._off_loop(self.cam_pool, context, work)
+        def work(should_stop: Callable[[], bool]) -> pb.ExplainResponse:
+            res = run(served.model, images, options, should_stop=should_stop)
+            return pb.ExplainResponse(
+                heatmaps=[codec.heatmap(served.model, r, img.id, res.layers[-1], uint8=uint8)
+                          for r, img in zip(res.items, request.images, strict=True)],
+                model_name=served.name, model_version=served.version, engine=res.engine.value)
+
+        # decoding in its own pool, so the Grad-CAM pool only computes
+        with self._budget() as budget:
+            images = await self._off_loop(self.decode_pool, context, decode)
+            reply = await self._off_loop(self.cam_pool, context, work)
         self.metrics.images.labels("Explain").inc(len(reply.heatmaps))
         return reply
 
@@ -162,21 +166,25 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         assert rule is not None
         enc = options.encodings
 
-        def work(should_stop: Callable[[], bool]) -> pb.SegmentResponse:
-            with self._budget() as budget:
-                images = self._decode(request.images, budget)
-                self._check_reply(reply_size([im.shape[:2] for im in images], mask_bits=Encoding.MASK_BITS in enc,
-                                             png=Encoding.MASK_PNG in enc, rle=Encoding.MASK_RLE in enc,
-                                             overlay=Encoding.OVERLAY_PNG in enc))
-                truths = codec.decode_truths(request.truth_masks, len(images), max_images=self.settings.max_images,
-                                             max_pixels=self.settings.max_pixels, budget=budget)
-                res = run(served.model, images, options, truths=truths, should_stop=should_stop)
-                return pb.SegmentResponse(
-                    masks=[codec.mask(served.model, r, img.id, rule) for r, img in zip(res.items, request.images,
-                                                                                       strict=True)],
-                    model_name=served.name, model_version=served.version, mean_dice=res.mean_dice)
+        def decode(should_stop: Callable[[], bool]) -> tuple[list[FloatArray], list[BoolArray] | None]:
+            self._check_reply(reply_size(codec.claimed_shapes(request.images), mask_bits=Encoding.MASK_BITS in enc,
+                                         png=Encoding.MASK_PNG in enc, rle=Encoding.MASK_RLE in enc,
+                                         overlay=Encoding.OVERLAY_PNG in enc))
+            images = self._decode(request.images, budget)
+            truths = codec.decode_truths(request.truth_masks, len(images), max_images=self.settings.max_images,
+                                         max_pixels=self.settings.max_pixels, budget=budget)
+            return images, truths
 
-        reply = await self._off_loop(self.cam_pool, context, work)
+        def work(should_stop: Callable[[], bool]) -> pb.SegmentResponse:
+            res = run(served.model, images, options, truths=truths, should_stop=should_stop)
+            return pb.SegmentResponse(
+                masks=[codec.mask(served.model, r, img.id, rule) for r, img in zip(res.items, request.images,
+                                                                                   strict=True)],
+                model_name=served.name, model_version=served.version, mean_dice=res.mean_dice)
+
+        with self._budget() as budget:
+            images, truths = await self._off_loop(self.decode_pool, context, decode)
+            reply = await self._off_loop(self.cam_pool, context, work)
         self.metrics.images.labels("Segment").inc(len(reply.masks))
         return reply
 

@@ -261,3 +261,34 @@ def test_the_remainder_after_a_full_batch_runs_without_waiting(pool: ThreadPoolE
     elapsed = asyncio.run(main())
     assert runner.sizes == [4, 1]
     assert elapsed < 1.5, f"5 callers, all queued, took {elapsed:.2f} s with max_delay 3 s"
+
+
+def test_a_full_queue_sheds_load(pool: ThreadPoolExecutor) -> None:
+    """Past ``max_queue`` waiting images a submit is refused at once (RESOURCE_EXHAUSTED),
+    and the queue takes calls again once it drains."""
+    from camseg.errors import ResourceExhaustedError
+
+    gate = threading.Event()
+
+    def held(x: np.ndarray) -> np.ndarray:
+        gate.wait(10)
+        return x
+
+    async def main() -> tuple[list[BaseException | np.ndarray], np.ndarray]:
+        b = DynamicBatcher(held, max_batch=1, max_delay=0.0, executor=pool, max_queue=2)
+        try:
+            first = asyncio.ensure_future(b.submit(rows(0)))  # taken by the worker, held in the runner
+            await asyncio.sleep(0.05)
+            waiting = [asyncio.ensure_future(b.submit(rows(i))) for i in (1, 2)]
+            await asyncio.sleep(0)
+            with pytest.raises(ResourceExhaustedError, match="queue holds 2"):
+                await b.submit(rows(3))
+            gate.set()
+            done = await asyncio.gather(first, *waiting, return_exceptions=True)
+            return list(done), await b.submit(rows(4))
+        finally:
+            await b.close()
+
+    done, again = asyncio.run(main())
+    assert [float(np.asarray(d)[0, 0, 0, 0]) for d in done] == [0.0, 1.0, 2.0]
+    assert float(again[0, 0, 0, 0]) == 4.0

@@ -91,3 +91,19 @@ def test_tls_needs_a_certificate(repo: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "camseg", "serve", "--model-repo", str(repo), "--port", "0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "TLS needs" in out.stderr
+
+
+def test_cli_client_errors_are_one_line(server: Server, tmp_path: Path) -> None:
+    """A PNG whose header claims 30000x30000 pixels: the server refuses it, and the
+    command prints one line (no grpc traceback) and exits 2."""
+    from tests.hostile import png_bomb
+
+    (tmp_path / "huge.png").write_bytes(png_bomb(30000, 30000, rows=2))
+    env = {**os.environ, "CAMSEG_TORCH_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "camseg", "client", "classify", str(tmp_path / "huge.png"),
+                          "--server", server.address, "--plaintext"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("camseg: error:") and "Traceback" not in out.stderr
+    assert "30000x30000" in lines[0] or "decompression bomb" in lines[0]

@@ -310,3 +310,19 @@ def test_explain_options() -> None:
     assert (d.method, d.target, d.layer, d.threshold, d.encodings) == (CamMethod.GRADCAM, None, None, None,
                                                                          frozenset())
     assert codec.explain_options(pb.ExplainOptions(target_class=0), overlay=False, chunk=1).target == 0
+
+
+def test_mask_without_a_threshold_leaves_threshold_value_unset() -> None:
+    """Otsu on a flat map finds no threshold: the field is absent, not a made-up 1.0."""
+    import torch
+
+    from camseg.pipeline import ImageResult, LoadedModel
+
+    model = LoadedModel.__new__(LoadedModel)
+    object.__setattr__(model, "classes", ("normal", "tumor"))
+    flat = ImageResult(np.array([0.2, 0.8], np.float32), 1, 1, torch.zeros(4, 4), np.zeros((4, 4), bool), None)
+    m = codec.mask(model, flat, "a", ThresholdRule("otsu"))
+    assert not m.HasField("threshold_value") and m.area == 0
+    found = ImageResult(np.array([0.2, 0.8], np.float32), 1, 1, torch.zeros(4, 4), np.ones((4, 4), bool), 0.25)
+    m = codec.mask(model, found, "b", ThresholdRule("otsu"))
+    assert m.HasField("threshold_value") and m.threshold_value == 0.25 and m.area == 16

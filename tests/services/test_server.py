@@ -301,3 +301,35 @@ def test_health_not_serving_before_models_load(tmp_path: Path, exported: tuple[P
         assert next(iter(watch)).status == SERVING
     finally:
         stop(s)
+
+
+def test_drain_announces_not_serving_then_keeps_answering_for_the_delay(repo: Path, tiny_folder: Path) -> None:
+    s = start_server(repo, env={"CAMSEG_DRAIN_DELAY_SECONDS": "2"})
+    try:
+        ch = s.channel()
+        stub = pb_grpc.SegmentationStub(ch)
+        health = health_pb2_grpc.HealthStub(ch)
+        image, _ = roi(tiny_folder)
+        req = pb.ClassifyRequest(images=[pb.Image(encoded=image)])
+        stub.Classify(req, timeout=10)
+        t0 = time.perf_counter()
+        s.proc.send_signal(signal.SIGTERM)
+        while health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status != NOT_SERVING:
+            assert time.perf_counter() - t0 < 1.0
+            time.sleep(0.02)
+        # load balancers now move away; calls that still arrive are answered
+        assert stub.Classify(req, timeout=10).results
+        assert s.proc.poll() is None
+        assert s.proc.wait(timeout=30) == 0
+        assert time.perf_counter() - t0 >= 2.0
+    finally:
+        stop(s)
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True),
+                                                ("[::1]", True), ("localhost", True), ("0.0.0.0", False),
+                                                ("10.1.2.3", False), ("example.org", False)])
+def test_plaintext_warning_knows_loopback(host: str, loopback: bool) -> None:
+    from services.server import _loopback
+
+    assert _loopback(host) is loopback
