@@ -136,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-ADAPTER_MODULES = ("services.cli",)
+ADAPTER_MODULES = ("services.cli", "jobs.cli")
 
 
 def _adapters() -> list[Any]:

@@ -1,0 +1,354 @@
+"""Bulk work in resumable chunks whose truth lives on disk.
+
+A bulk job is a folder: ``job.json`` (the manifest: kind, inputs, model, chunking,
+created) written once, a completion marker per chunk written last for that chunk, and
+the job's results written when every chunk is done. Whoever runs the chunks (the
+Celery workers in ``jobs/``, or :func:`run_local` in one process) keeps no state of its
+own that matters: a broker that forgets everything loses nothing, because
+:func:`pending_chunks` reads what is left from the folder. Every write is a temporary
+name renamed into place, so running a chunk twice (a redelivered task, two workers)
+gives the same files, and the results hold every image exactly once.
+
+A bad image fails that image (its row records the reason), not the chunk nor the job.
+
+>>> job = create_segment_job(out_root, "repo/resnet/2", "data/archive")  # doctest: +SKIP
+>>> for i in pending_chunks(job): run_segment_chunk(job, i, model)      # doctest: +SKIP
+>>> finish_segment_job(job)["mean_dice"]                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from camseg.data.folder import FolderDataset, atomic_directory
+from camseg.errors import CamsegError, InvalidInputError, NotFoundError
+from camseg.inputs import ID_PATTERN, path_under
+from camseg.modeldir import atomic_write_bytes
+from camseg.pipeline import Encoding, LoadedModel, Options, run
+from camseg.progress import OnProgress, ShouldStop, Tracker
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "job.json"
+CANCELLED = "cancelled"
+SUMMARY = "summary.json"
+RESULTS = "results.csv"
+COLUMNS = ["id", "label", "predicted_label", "probability", "mask_area", "threshold", "gated", "dice", "error"]
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a job is: written once when it is created, never changed."""
+
+    job_id: str
+    kind: str
+    created: float
+    model: str
+    data: str
+    split: str | None
+    options: dict[str, Any]
+    chunks: list[list[int]]
+    heatmaps: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def images(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+
+def new_job_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+def valid_job_id(job_id: str) -> bool:
+    """A job id names a folder: the safe id pattern of :mod:`camseg.inputs`."""
+    return ID_PATTERN.fullmatch(job_id) is not None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def read_manifest(job_dir: Path) -> Manifest:
+    path = Path(job_dir) / MANIFEST
+    if not path.is_file():
+        raise NotFoundError(f"{job_dir}: no such job (no {MANIFEST})")
+    try:
+        return Manifest(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise InvalidInputError(f"{path}: not a job manifest ({exc})") from None
+
+
+def check_under(roots: Sequence[Path], path: Path, what: str) -> Path:
+    """``path`` when it resolves (symlinks followed) under one of ``roots``; refused
+    before anything is read otherwise."""
+    for root in roots:
+        try:
+            return path_under(root, path, what)
+        except InvalidInputError:
+            continue
+    raise InvalidInputError(f"{what}: {path} is outside the allowed roots ({', '.join(map(str, roots))})")
+
+
+def create_segment_job(out_root: Path, model_dir: Path, data_dir: Path, *, split: str | None = None,
+                       options: Options | None = None, chunk_size: int = 64, heatmaps: bool = False,
+                       job_id: str | None = None, labels: dict[str, str] | None = None) -> Path:
+    """Plan a bulk segmentation: check the model and data, split the images into chunks
+    and write the manifest. Returns the job's folder ``out_root/<job_id>``."""
+    if chunk_size < 1:
+        raise InvalidInputError("chunk size must be at least 1")
+    opts = options or Options()
+    if opts.threshold is None:
+        raise InvalidInputError("bulk segmentation needs a threshold rule")
+    model = LoadedModel.load(model_dir, onnx=False)
+    model.engine_for(opts)
+    ds = FolderDataset.open(data_dir)
+    if ds.classes != model.classes:
+        raise InvalidInputError(f"{data_dir}: classes {ds.classes} differ from the model's {model.classes}")
+    indices = ds.subset(split)
+    job_id = job_id or new_job_id()
+    if not valid_job_id(job_id):
+        raise InvalidInputError(f"bad job id {job_id[:64]!r}")
+    job_dir = Path(out_root) / job_id
+    if (job_dir / MANIFEST).exists():
+        raise InvalidInputError(f"job {job_id} exists already")
+    manifest = Manifest(job_id, "segment", time.time(), str(Path(model_dir).resolve()), str(Path(data_dir).resolve()),
+                        split, options_record(opts), [indices[i : i + chunk_size]
+                                                      for i in range(0, len(indices), chunk_size)],
+                        heatmaps, dict(labels or {}))
+    (job_dir / "chunks").mkdir(parents=True, exist_ok=True)
+    _write_json(job_dir / MANIFEST, asdict(manifest))
+    logger.info("job %s: %d images in %d chunks", job_id, manifest.images, len(manifest.chunks))
+    return job_dir
+
+
+def options_record(opts: Options) -> dict[str, Any]:
+    return {"method": opts.method.value, "layer": opts.layer, "target": opts.target,
+            "threshold": str(opts.threshold) if opts.threshold is not None else None, "gate": opts.gate,
+            "largest": opts.largest, "fill_holes": opts.fill_holes, "chunk": opts.chunk}
+
+
+def options_from_record(rec: dict[str, Any]) -> Options:
+    from camseg.cam import parse_method
+    from camseg.masks import parse_rule
+
+    return Options(method=parse_method(rec["method"]), layer=rec.get("layer"), target=rec.get("target"),
+                   threshold=parse_rule(rec["threshold"]), gate=bool(rec.get("gate", True)),
+                   largest=bool(rec.get("largest", False)), fill_holes=bool(rec.get("fill_holes", False)),
+                   chunk=int(rec.get("chunk", 16)))
+
+
+def _chunk_dir(job_dir: Path, index: int) -> Path:
+    return Path(job_dir) / "chunks" / f"{index:06d}"
+
+
+def chunk_done(job_dir: Path, index: int) -> bool:
+    return (_chunk_dir(job_dir, index) / "rows.json").is_file()
+
+
+def pending_chunks(job_dir: Path) -> list[int]:
+    """Chunks without a completion marker: what is left to run, read from disk alone."""
+    m = read_manifest(job_dir)
+    return [i for i in range(len(m.chunks)) if not chunk_done(job_dir, i)]
+
+
+def cancel(job_dir: Path) -> None:
+    """Mark the job cancelled: running chunks stop at their next step, nothing more runs."""
+    read_manifest(job_dir)
+    (Path(job_dir) / CANCELLED).touch()
+
+
+def is_cancelled(job_dir: Path) -> bool:
+    return (Path(job_dir) / CANCELLED).exists()
+
+
+def run_segment_chunk(job_dir: Path, index: int, model: LoadedModel, *, should_stop: ShouldStop | None = None,
+                      on_progress: OnProgress | None = None) -> bool:
+    """Segment chunk ``index`` of the job; True when it ran, False when it was already done.
+
+    Writes ``chunks/<index>/masks/<id>.png`` (and heatmaps on request) and, last,
+    ``chunks/<index>/rows.json``, the chunk's completion marker; the chunk folder is
+    built aside and renamed into place. An image that cannot be read gets a row with
+    its error and no mask.
+    """
+    job_dir = Path(job_dir)
+    if chunk_done(job_dir, index):
+        return False
+    m = read_manifest(job_dir)
+    if not 0 <= index < len(m.chunks):
+        raise NotFoundError(f"job {m.job_id} has no chunk {index}")
+    ds = FolderDataset.open(m.data)
+    opts = options_record_with_encodings(m)
+
+    def stop() -> bool:
+        return is_cancelled(job_dir) or (should_stop is not None and should_stop())
+
+    tracker = Tracker(f"{m.job_id} chunk {index}", len(m.chunks[index]), on_progress=on_progress, should_stop=stop)
+    rows: list[dict[str, Any]] = []
+    with atomic_directory(_chunk_dir(job_dir, index), overwrite=True) as tmp:
+        (tmp / "masks").mkdir()
+        if m.heatmaps:
+            (tmp / "heatmaps").mkdir()
+        good: list[tuple[int, Any, Any]] = []
+        for i in m.chunks[index]:
+            try:
+                image, truth = ds.load(i)
+                good.append((i, image, truth))
+            except CamsegError as exc:
+                rows.append(_error_row(ds, i, exc.message))
+        for start in range(0, len(good), opts.chunk):
+            part = good[start : start + opts.chunk]
+            result = run(model, [p[1] for p in part], opts, truths=[p[2] for p in part], should_stop=stop)
+            for (i, _, _), item in zip(part, result.items, strict=True):
+                sample = ds.samples[i]
+                assert item.mask_png is not None
+                (tmp / "masks" / f"{sample.id}.png").write_bytes(item.mask_png)
+                if m.heatmaps:
+                    np.save(tmp / "heatmaps" / f"{sample.id}.npy", item.heatmap.numpy().astype(np.float16))
+                rows.append({
+                    "id": sample.id, "label": ds.classes[sample.label], "predicted_label": ds.classes[item.label],
+                    "probability": round(float(item.probabilities[list(model.positives)].sum()), 6),
+                    "mask_area": item.area,
+                    "threshold": "" if item.threshold_value is None else round(item.threshold_value, 6),
+                    "gated": int(item.gated), "dice": "" if item.dice is None else round(item.dice, 6), "error": ""})
+            tracker.advance(len(part))
+        order = {ds.samples[i].id: k for k, i in enumerate(m.chunks[index])}
+        rows.sort(key=lambda r: order[r["id"]])
+        (tmp / "rows.json").write_text(json.dumps(rows) + "\n")
+    return True
+
+
+def _error_row(ds: FolderDataset, i: int, reason: str) -> dict[str, Any]:
+    s = ds.samples[i]
+    return {"id": s.id, "label": ds.classes[s.label], "predicted_label": "", "probability": "", "mask_area": "",
+            "threshold": "", "gated": "", "dice": "", "error": reason}
+
+
+def options_record_with_encodings(m: Manifest) -> Options:
+    o = options_from_record(m.options)
+    return Options(method=o.method, layer=o.layer, target=o.target, threshold=o.threshold, gate=o.gate,
+                   largest=o.largest, fill_holes=o.fill_holes, chunk=o.chunk, encodings=frozenset({Encoding.MASK_PNG}))
+
+
+def finish_segment_job(job_dir: Path) -> dict[str, Any]:
+    """Merge every chunk into ``results.csv`` and ``summary.json`` (written last) and
+    gather the masks under ``masks/``; idempotent. Raises when chunks are missing."""
+    job_dir = Path(job_dir)
+    done = job_dir / SUMMARY
+    if done.is_file():
+        summary: dict[str, Any] = json.loads(done.read_text())
+        return summary
+    m = read_manifest(job_dir)
+    missing = pending_chunks(job_dir)
+    if missing:
+        raise InvalidInputError(f"job {m.job_id}: {len(missing)} chunks are not done")
+    rows: list[dict[str, Any]] = []
+    masks = job_dir / "masks"
+    masks.mkdir(exist_ok=True)
+    for i in range(len(m.chunks)):
+        cdir = _chunk_dir(job_dir, i)
+        rows += json.loads((cdir / "rows.json").read_text())
+        for f in (cdir / "masks").iterdir():
+            target = masks / f.name
+            if not target.exists():
+                with contextlib.suppress(FileExistsError):  # another finisher linked it first
+                    os.link(f, target)  # the same file system: the job's own folder
+    tmp = job_dir / f".{RESULTS}.tmp"
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(job_dir / RESULTS)
+    dices = [float(r["dice"]) for r in rows if r["dice"] != ""]
+    failures = [{"id": r["id"], "error": r["error"]} for r in rows if r["error"]]
+    ok = [r for r in rows if not r["error"]]
+    summary = {
+        "job_id": m.job_id, "kind": m.kind, "model": m.model, "labels": m.labels, "data": m.data, "split": m.split,
+        "options": m.options, "images": len(rows), "segmented": len(ok), "failed": len(failures),
+        "failures": failures[:1000], "with_truth": len(dices),
+        "mean_dice": float(np.mean(dices)) if dices else math.nan,
+        "accuracy": float(np.mean([r["label"] == r["predicted_label"] for r in ok])) if ok else math.nan,
+        "created": m.created, "finished": time.time(), "seconds": round(time.time() - m.created, 3),
+    }
+    _write_json(done, summary)
+    return summary
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    kind: str
+    state: JobState
+    chunks_done: int
+    chunks: int
+    images_done: int
+    images: int
+    reason: str = ""
+
+
+def status(job_dir: Path, *, started: bool = False) -> JobStatus:
+    """A job's state from its folder alone."""
+    job_dir = Path(job_dir)
+    m = read_manifest(job_dir)
+    done = [i for i in range(len(m.chunks)) if chunk_done(job_dir, i)]
+    images_done = sum(len(m.chunks[i]) for i in done)
+    failed = job_dir / "failed.json"
+    if (job_dir / SUMMARY).is_file():
+        state = JobState.SUCCEEDED
+    elif failed.is_file():
+        state = JobState.FAILED
+    elif is_cancelled(job_dir):
+        state = JobState.CANCELLED
+    elif done or started:
+        state = JobState.RUNNING
+    else:
+        state = JobState.QUEUED
+    reason = json.loads(failed.read_text()).get("reason", "") if state is JobState.FAILED else ""
+    return JobStatus(m.job_id, m.kind, state, len(done), len(m.chunks), images_done, m.images, reason)
+
+
+def fail(job_dir: Path, reason: str) -> None:
+    _write_json(Path(job_dir) / "failed.json", {"reason": reason, "at": time.time()})
+
+
+def list_jobs(out_root: Path) -> list[JobStatus]:
+    out = []
+    root = Path(out_root)
+    if not root.is_dir():
+        return []
+    for d in sorted(root.iterdir()):
+        if (d / MANIFEST).is_file():
+            try:
+                out.append(status(d))
+            except CamsegError:
+                continue
+    return out
+
+
+def run_local(job_dir: Path, model: LoadedModel, *, should_stop: ShouldStop | None = None) -> dict[str, Any]:
+    """Every pending chunk in this process, then the results: the in-process reference."""
+    for i in pending_chunks(job_dir):
+        run_segment_chunk(job_dir, i, model, should_stop=should_stop)
+    return finish_segment_job(job_dir)

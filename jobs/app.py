@@ -1,0 +1,43 @@
+"""The Celery application: Redis as broker and result backend, tasks acknowledged late.
+
+The app is built by :func:`make_app` in each entry point (worker, beat, submitter) from
+one :class:`~jobs.settings.JobSettings`; nothing reads the environment at import time.
+A task is acknowledged only after it ends (``acks_late``) and is given back to the queue
+when its worker dies (``task_reject_on_worker_lost``); a worker takes one task at a time
+(``worker_prefetch_multiplier=1``); Redis redelivers a task whose worker vanished after
+``visibility_timeout``, set from the longest task's hard time limit. The job folders on
+disk, not Redis, are the truth (:mod:`camseg.batch`).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from jobs.settings import JobSettings
+
+QUEUE = "camseg"
+
+
+def make_app(settings: JobSettings) -> Celery:
+    app = Celery("camseg", broker=settings.redis_url, backend=settings.redis_url)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=QUEUE,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        broker_transport_options={"visibility_timeout": settings.redelivery_seconds},
+        result_backend_transport_options={"visibility_timeout": settings.redelivery_seconds},
+        broker_connection_retry_on_startup=True,
+        result_expires=7 * 24 * 3600,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    app.conf.camseg_settings = settings
+    from jobs.tasks import register
+
+    register(app, settings)
+    return app

@@ -1,0 +1,138 @@
+"""The workers' subcommands of ``camseg``: ``worker`` and ``jobs submit|status|watch|
+cancel|list|resume``. Nothing here imports Celery until a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from camseg.cam import METHODS
+from camseg.demo import DemoStep
+from camseg.settings import Settings
+
+
+def register(sub: Any) -> None:
+    w = sub.add_parser("worker", help="a Celery worker running bulk jobs (Redis at CAMSEG_REDIS_URL)")
+    w.add_argument("--concurrency", type=int, default=None, help="worker processes (default: the cores)")
+    w.add_argument("--name", default=None, help="worker node name (default: camseg-<pid>@<host>)")
+    w.set_defaults(handler=worker)
+
+    j = sub.add_parser("jobs", help="submit and follow bulk jobs")
+    cmds = j.add_subparsers(dest="jobs_cmd", required=True, metavar="ACTION")
+    s = cmds.add_parser("submit", help="submit a bulk segmentation of a data set")
+    s.add_argument("--model", required=True, help="model name in the repository")
+    s.add_argument("--version", default="", help="model version (default: the latest)")
+    s.add_argument("--data", type=Path, required=True, help="folder data set under a configured data root")
+    s.add_argument("--split", default=None, choices=("train", "val", "test"))
+    s.add_argument("--method", default="gradcam", choices=METHODS)
+    s.add_argument("--layer", default=None)
+    s.add_argument("--threshold", default="otsu")
+    s.add_argument("--largest", action="store_true")
+    s.add_argument("--no-gate", action="store_true")
+    s.add_argument("--heatmaps", action="store_true", help="keep each heatmap (float16 .npy)")
+    s.add_argument("--chunk-size", type=int, default=None)
+    s.add_argument("--watch", action="store_true", help="follow it with a progress bar until it ends")
+    for name in ("status", "watch", "cancel", "resume"):
+        c = cmds.add_parser(name, help=f"{name} a job")
+        c.add_argument("job_id")
+    cmds.add_parser("list", help="every job under the output root")
+    j.set_defaults(handler=jobs)
+
+
+def demo_steps(settings: Settings) -> list[tuple[str, DemoStep]]:
+    return []
+
+
+def _settings() -> Any:
+    from jobs.settings import JobSettings
+
+    return JobSettings()
+
+
+def worker(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+    import socket
+
+    from celery.signals import worker_process_init
+
+    from jobs.app import QUEUE, make_app
+
+    s = _settings()
+    if args.concurrency:
+        s = s.model_copy(update={"worker_concurrency": args.concurrency})
+    threads = s.threads_per_process()
+
+    @worker_process_init.connect(weak=False)
+    def split_cores(**_: Any) -> None:  # threads per process x processes <= cores
+        import torch
+
+        torch.set_num_threads(threads)
+
+    app = make_app(s)
+    name = args.name or f"camseg-{os.getpid()}@{socket.gethostname()}"
+    app.worker_main(argv=["worker", "--loglevel=INFO", f"--concurrency={s.processes()}", "--pool=prefork",
+                          "-Q", QUEUE, "-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat"])
+    return 0
+
+
+def jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from camseg.cam import parse_method
+    from camseg.masks import parse_rule
+    from camseg.pipeline import Options
+    from jobs import submit
+    from jobs.app import make_app
+
+    s = _settings()
+    app = make_app(s)
+    if args.jobs_cmd == "submit":
+        opts = Options(method=parse_method(args.method), layer=args.layer, threshold=parse_rule(args.threshold),
+                       largest=args.largest, gate=not args.no_gate)
+        sub = submit.submit_segment(app, s, model=args.model, version=args.version, data=args.data,
+                                    split=args.split, options=opts, heatmaps=args.heatmaps,
+                                    chunk_size=args.chunk_size)
+        print(f"{sub.job_id}\t{sub.images} images in {sub.chunks} chunks")
+        return _watch(s, sub.job_id) if args.watch else 0
+    if args.jobs_cmd == "list":
+        from camseg import batch
+
+        for st in batch.list_jobs(s.output_root):
+            print(f"{st.job_id}\t{st.kind}\t{st.state.value}\t{st.images_done}/{st.images}")
+        return 0
+    if args.jobs_cmd == "status":
+        st = submit.status(s, args.job_id)
+        print(f"{st.job_id}\t{st.state.value}\t{st.images_done}/{st.images} images\t{st.chunks_done}/{st.chunks} "
+              f"chunks" + (f"\t{st.reason}" if st.reason else ""))
+        return 0
+    if args.jobs_cmd == "watch":
+        return _watch(s, args.job_id)
+    if args.jobs_cmd == "cancel":
+        st = submit.cancel(s, args.job_id)
+        print(f"{st.job_id}\tcancelled at {st.images_done}/{st.images} images")
+        return 0
+    n = submit.resume(app, s, args.job_id)
+    print(f"{args.job_id}\t{n} chunks enqueued")
+    return 0
+
+
+def _watch(s: Any, job_id: str) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from camseg.batch import JobState
+    from jobs import submit
+
+    with Progress(TextColumn(f"[bold]{job_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[state]}"),
+                  TimeElapsedColumn(), disable=not sys.stderr.isatty()) as bar:
+        st = submit.status(s, job_id)
+        task = bar.add_task(job_id, total=st.images, state=st.state.value)
+        while True:
+            st = submit.status(s, job_id)
+            bar.update(task, completed=st.images_done, state=st.state.value)
+            if st.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+                break
+            time.sleep(0.5)
+    reason = f"\t{st.reason}" if st.reason else ""
+    print(f"{st.job_id}\t{st.state.value}\t{st.images_done}/{st.images} images{reason}")
+    return 0 if st.state is JobState.SUCCEEDED else 1

@@ -1,0 +1,57 @@
+"""Submitting and following jobs: what the ``camseg jobs`` commands (and other
+services) call. Inputs are checked before anything is read: the model comes from the
+model repository by name and version, the data must resolve under a configured data
+root, and every output goes under the output root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery import Celery
+
+from camseg import batch
+from camseg.pipeline import Options
+from camseg.repository import ModelStore
+from jobs.settings import JobSettings
+from jobs.tasks import enqueue_pending, job_dir
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    chunks: int
+    images: int
+
+
+def submit_segment(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
+                   split: str | None = None, options: Options | None = None, heatmaps: bool = False,
+                   chunk_size: int | None = None) -> Submitted:
+    """Plan a bulk segmentation job on disk, then enqueue its chunks."""
+    data_dir = batch.check_under(settings.data_roots, Path(data), "data")
+    ref = ModelStore(settings.model_repo).resolve(model, version)
+    settings.output_root.mkdir(parents=True, exist_ok=True)
+    job = batch.create_segment_job(settings.output_root, ref.path, data_dir, split=split, options=options,
+                                   chunk_size=chunk_size or settings.chunk_size, heatmaps=heatmaps,
+                                   labels={"model": ref.name, "version": ref.version})
+    m = batch.read_manifest(job)
+    enqueue_pending(app, settings, m.job_id)
+    return Submitted(m.job_id, len(m.chunks), m.images)
+
+
+def resume(app: Celery, settings: JobSettings, job_id: str) -> int:
+    """Re-enqueue the chunks of ``job_id`` that have no completion marker (after a broker
+    lost its queues, or a cancelled job is to go on); returns how many."""
+    job = job_dir(settings, job_id)
+    (job / batch.CANCELLED).unlink(missing_ok=True)
+    return enqueue_pending(app, settings, job_id)
+
+
+def cancel(settings: JobSettings, job_id: str) -> batch.JobStatus:
+    job = job_dir(settings, job_id)
+    batch.cancel(job)
+    return batch.status(job)
+
+
+def status(settings: JobSettings, job_id: str) -> batch.JobStatus:
+    return batch.status(job_dir(settings, job_id))

@@ -1,0 +1,101 @@
+"""The Celery tasks: thin adapters over :mod:`camseg.batch`.
+
+Every task has an explicit name, takes a job id (and a chunk index), never pixels, and
+is idempotent: a chunk that is already done returns at once, a chunk run twice writes
+the same files. Retries, with backoff and jitter, only on the named transient errors of
+the broker; a bad image fails that image inside the chunk; any other error fails the
+job with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import kombu.exceptions
+import redis.exceptions
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+
+from camseg import batch
+from camseg.errors import CamsegError, CancelledError, InvalidInputError
+from camseg.pipeline import LoadedModel
+from camseg.repository import signature
+from jobs.settings import JobSettings
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError)
+
+_models: dict[tuple[str, Any], LoadedModel] = {}
+_models_lock = threading.Lock()
+
+
+def cached_model(path: str) -> LoadedModel:
+    """One loaded model per version folder and worker process (reloaded if its files change)."""
+    key = (path, signature(Path(path)))
+    with _models_lock:
+        model = _models.get(key)
+        if model is None:
+            _models.clear()  # a worker keeps one version at a time: memory stays flat
+            model = _models[key] = LoadedModel.load(path)
+        return model
+
+
+def job_dir(settings: JobSettings, job_id: str) -> Path:
+    if not batch.valid_job_id(job_id):
+        raise InvalidInputError(f"bad job id {job_id[:64]!r}")
+    return settings.output_root / job_id
+
+
+def enqueue_pending(app: Celery, settings: JobSettings, job_id: str) -> int:
+    """Send every chunk of the job that has no completion marker; returns how many."""
+    pending = batch.pending_chunks(job_dir(settings, job_id))
+    for index in pending:
+        app.send_task("camseg.segment_chunk", args=[job_id, index])
+    if not pending:
+        app.send_task("camseg.finish_job", args=[job_id])
+    return len(pending)
+
+
+def register(app: Celery, settings: JobSettings) -> None:
+    limits = {"soft_time_limit": settings.task_soft_time_limit, "time_limit": settings.task_time_limit}
+
+    @app.task(name="camseg.segment_chunk", bind=True, acks_late=True, reject_on_worker_lost=True,
+              autoretry_for=TRANSIENT, retry_backoff=True, retry_jitter=True, max_retries=8, **limits)
+    def segment_chunk(self: Any, job_id: str, index: int) -> dict[str, Any]:
+        job = job_dir(settings, job_id)
+        if batch.is_cancelled(job):
+            return {"job": job_id, "chunk": index, "ran": False, "cancelled": True}
+        try:
+            m = batch.read_manifest(job)
+            ran = batch.run_segment_chunk(job, index, cached_model(m.model))
+        except CancelledError:
+            return {"job": job_id, "chunk": index, "ran": False, "cancelled": True}
+        except SoftTimeLimitExceeded:
+            batch.fail(job, f"chunk {index} exceeded the time limit of {settings.task_soft_time_limit:g} s")
+            raise
+        except CamsegError as exc:
+            batch.fail(job, f"chunk {index}: {exc.message}")
+            raise
+        if not batch.pending_chunks(job):
+            batch.finish_segment_job(job)
+        return {"job": job_id, "chunk": index, "ran": ran}
+
+    @app.task(name="camseg.finish_job", acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT,
+              retry_backoff=True, max_retries=8, **limits)
+    def finish_job(job_id: str) -> dict[str, Any]:
+        summary = batch.finish_segment_job(job_dir(settings, job_id))
+        return {"job": job_id, "images": summary["images"], "mean_dice": summary["mean_dice"]}
+
+    @app.task(name="camseg.reconcile", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, **limits)
+    def reconcile() -> dict[str, int]:
+        """Re-enqueue the missing chunks of every unfinished job: what Redis forgot, the
+        folders remember."""
+        sent = 0
+        for st in batch.list_jobs(settings.output_root):
+            if st.state in (batch.JobState.QUEUED, batch.JobState.RUNNING):
+                sent += enqueue_pending(app, settings, st.job_id)
+        return {"chunks": sent}
