@@ -1,0 +1,181 @@
+"""Bulk jobs through real Redis and real ``camseg worker`` processes: completion, the
+in-process equality, killed workers, a Redis that forgets everything, cancel, a bad
+image, a path outside the roots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from camseg import batch
+from camseg.cam import CamMethod
+from camseg.errors import InvalidInputError
+from camseg.masks import parse_rule
+from camseg.pipeline import LoadedModel, Options
+from camseg.segment import segment_folder
+from jobs.app import make_app
+from jobs.submit import resume, submit_segment
+from tests.jobs.conftest import JobEnv
+from tests.jobs.workers import RedisServer, Worker, free_port, start_worker
+
+OPTS = Options(threshold=parse_rule("p90"), gate=False)
+SLOW = Options(method=CamMethod.FUSED, threshold=parse_rule("p90"), gate=False)  # the torch path: chunks take a while
+
+
+def wait_for(job: Path, states: set[batch.JobState], timeout: float = 240) -> batch.JobStatus:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        st = batch.status(job)
+        if st.state in states:
+            return st
+        time.sleep(0.2)
+    raise AssertionError(f"job {job.name} still {batch.status(job)} after {timeout} s")
+
+
+def rows(job: Path) -> list[dict[str, str]]:
+    with (job / "results.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def assert_every_image_once(job: Path) -> None:
+    m = batch.read_manifest(job)
+    ids = [r["id"] for r in rows(job)]
+    assert len(ids) == m.images == len(set(ids)), (len(ids), m.images, len(set(ids)))
+    assert len(list((job / "masks").iterdir())) == m.images
+
+
+def test_bulk_job_equals_the_core_in_process(job_env: JobEnv, workers: list[Worker], tmp_path: Path) -> None:
+    workers.append(start_worker(job_env.env(), concurrency=2))
+    s = job_env.settings()
+    sub = submit_segment(make_app(s), s, model="tiny", version="", data=job_env.data_root / "rois", options=OPTS,
+                         chunk_size=16)
+    assert sub.images == 240 and sub.chunks == 15
+    job = s.output_root / sub.job_id
+    wait_for(job, {batch.JobState.SUCCEEDED})
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["images"] == summary["segmented"] == 240 and summary["failed"] == 0
+    assert summary["labels"] == {"model": "tiny", "version": "1"}
+    assert_every_image_once(job)
+    local = segment_folder(job_env.repo / "tiny" / "1", job_env.data_root / "rois", tmp_path / "local", OPTS)
+    assert summary["mean_dice"] == pytest.approx(local["mean_dice"], abs=1e-6)
+    assert summary["with_truth"] == local["with_truth"] and summary["accuracy"] == pytest.approx(local["accuracy"])
+
+
+@pytest.mark.parametrize("kill", ["child", "whole worker"])
+def test_a_killed_worker_loses_nothing(job_env: JobEnv, workers: list[Worker], kill: str) -> None:
+    env = job_env.env(CAMSEG_VISIBILITY_TIMEOUT="4")
+    first = start_worker(env, concurrency=1)
+    workers.append(first)
+    s = job_env.settings(visibility_timeout=4)
+    sub = submit_segment(make_app(s), s, model="tiny", version="", data=job_env.data_root / "rois", options=SLOW,
+                         chunk_size=4)
+    job = s.output_root / sub.job_id
+    end = time.monotonic() + 120
+    while batch.status(job).chunks_done < 3 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert batch.status(job).chunks_done < sub.chunks, "the job ended before the kill"
+    if kill == "child":
+        children = first.children()
+        assert children
+        for pid in children:
+            os.kill(pid, 9)
+    else:
+        first.kill()
+    workers.append(start_worker(env, concurrency=1))  # a second worker finishes it
+    wait_for(job, {batch.JobState.SUCCEEDED}, timeout=300)
+    assert_every_image_once(job)
+
+
+def test_redis_restarted_empty_then_resume(job_env: JobEnv, workers: list[Worker]) -> None:
+    server = RedisServer(free_port()).start()
+    try:
+        env = job_env.env(CAMSEG_REDIS_URL=server.url)
+        workers.append(start_worker(env, concurrency=1))
+        s = job_env.settings(redis_url=server.url)
+        app = make_app(s)
+        sub = submit_segment(app, s, model="tiny", version="", data=job_env.data_root / "rois", options=SLOW,
+                             chunk_size=4)
+        job = s.output_root / sub.job_id
+        end = time.monotonic() + 120
+        while batch.status(job).chunks_done < 3 and time.monotonic() < end:
+            time.sleep(0.05)
+        server.kill()  # every queued chunk is gone with it
+        server.start()
+        time.sleep(2)
+        done_then = batch.status(job).chunks_done
+        assert done_then < sub.chunks
+        # nothing left in the broker: without a resume the job would wait forever
+        assert resume(make_app(s), s, sub.job_id) > 0
+        wait_for(job, {batch.JobState.SUCCEEDED}, timeout=300)
+        assert_every_image_once(job)
+    finally:
+        server.kill()
+
+
+def test_cancel_a_bad_image_and_a_path_outside_the_roots(job_env: JobEnv, workers: list[Worker],
+                                                         tmp_path: Path) -> None:
+    import shutil
+
+    data = job_env.data_root / "with-bad"
+    if not data.exists():
+        shutil.copytree(job_env.data_root / "rois", data)
+        victim = sorted((data / "images").iterdir())[5]
+        victim.write_bytes(b"not an image")
+    s = job_env.settings()
+    app = make_app(s)
+    # refused before anything is read or queued
+    with pytest.raises(InvalidInputError, match="outside the allowed roots"):
+        submit_segment(app, s, model="tiny", version="", data=tmp_path, options=OPTS)
+    with pytest.raises(InvalidInputError, match="outside the allowed roots"):
+        submit_segment(app, s, model="tiny", version="", data=job_env.data_root / ".." / "..", options=OPTS)
+    cli = subprocess.run([sys.executable, "-m", "camseg", "jobs", "submit", "--model", "tiny", "--data", str(tmp_path)],
+                         capture_output=True, text=True, env={**os.environ, **job_env.env()}, timeout=120)
+    assert cli.returncode == 2 and cli.stderr.strip().startswith("camseg: error:") and "Traceback" not in cli.stderr
+    # a bad image fails alone
+    workers.append(start_worker(job_env.env(), concurrency=1))
+    sub = submit_segment(app, s, model="tiny", version="", data=data, options=OPTS, chunk_size=32)
+    job = s.output_root / sub.job_id
+    wait_for(job, {batch.JobState.SUCCEEDED})
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["failed"] == 1 and summary["segmented"] == 239
+    assert "not a readable image" in summary["failures"][0]["error"]
+    bad = [r for r in rows(job) if r["error"]]
+    assert len(bad) == 1 and bad[0]["mask_area"] == ""
+    # cancel stops the job: nothing more runs
+    sub = submit_segment(app, s, model="tiny", version="", data=job_env.data_root / "rois", options=SLOW,
+                         chunk_size=4)
+    job = s.output_root / sub.job_id
+    while batch.status(job).chunks_done < 1:
+        time.sleep(0.05)
+    batch.cancel(job)
+    time.sleep(3)
+    st = wait_for(job, {batch.JobState.CANCELLED})
+    frozen = st.chunks_done
+    time.sleep(2)
+    assert batch.status(job).chunks_done == frozen < sub.chunks
+    assert not (job / "summary.json").exists()
+
+
+def test_in_process_reference_run(job_env: JobEnv) -> None:
+    """The core's own runner over the same job layout (no broker): the reference the
+    workers are compared with, and idempotent chunks."""
+    model = LoadedModel.load(job_env.repo / "tiny" / "1")
+    job = batch.create_segment_job(job_env.out, job_env.repo / "tiny" / "1", job_env.data_root / "rois",
+                                   options=OPTS, chunk_size=50)
+    assert batch.pending_chunks(job) == [0, 1, 2, 3, 4]
+    assert batch.run_segment_chunk(job, 2, model) is True
+    assert batch.run_segment_chunk(job, 2, model) is False  # done: not run again
+    assert batch.pending_chunks(job) == [0, 1, 3, 4]
+    with pytest.raises(InvalidInputError, match="not done"):
+        batch.finish_segment_job(job)
+    summary = batch.run_local(job, model)
+    assert summary["images"] == 240
+    assert batch.finish_segment_job(job) == summary  # idempotent
+    assert_every_image_once(job)
