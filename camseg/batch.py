@@ -36,6 +36,7 @@ import numpy as np
 
 from camseg.data.folder import FolderDataset, atomic_directory
 from camseg.errors import CamsegError, InvalidInputError, NotFoundError
+from camseg.evaluation import REPORT_FILE
 from camseg.inputs import ID_PATTERN, path_under
 from camseg.modeldir import atomic_write_bytes
 from camseg.pipeline import Encoding, LoadedModel, Options, run
@@ -164,14 +165,25 @@ def _chunk_dir(job_dir: Path, index: int) -> Path:
     return Path(job_dir) / "chunks" / f"{index:06d}"
 
 
-def chunk_done(job_dir: Path, index: int) -> bool:
-    return (_chunk_dir(job_dir, index) / "rows.json").is_file()
+def _marker(job_dir: Path, m: Manifest, index: int) -> Path:
+    """The file whose presence says part ``index`` of the job is done."""
+    if m.kind == "retrain":
+        t, kind = m.options["runs"][index]
+        return Path(job_dir) / "retrain" / "runs" / f"{kind}-t{float(t):g}.json"
+    if m.kind == "evaluate":
+        return Path(job_dir) / "report" / REPORT_FILE
+    return _chunk_dir(job_dir, index) / "rows.json"
+
+
+def chunk_done(job_dir: Path, index: int, manifest: Manifest | None = None) -> bool:
+    return _marker(job_dir, manifest or read_manifest(job_dir), index).is_file()
 
 
 def pending_chunks(job_dir: Path) -> list[int]:
-    """Chunks without a completion marker: what is left to run, read from disk alone."""
+    """Parts (chunks, retraining runs) without a completion marker: what is left to run,
+    read from disk alone."""
     m = read_manifest(job_dir)
-    return [i for i in range(len(m.chunks)) if not chunk_done(job_dir, i)]
+    return [i for i in range(len(m.chunks)) if not chunk_done(job_dir, i, m)]
 
 
 def cancel(job_dir: Path) -> None:
@@ -194,9 +206,9 @@ def run_segment_chunk(job_dir: Path, index: int, model: LoadedModel, *, should_s
     its error and no mask.
     """
     job_dir = Path(job_dir)
-    if chunk_done(job_dir, index):
-        return False
     m = read_manifest(job_dir)
+    if chunk_done(job_dir, index, m):
+        return False
     if not 0 <= index < len(m.chunks):
         raise NotFoundError(f"job {m.job_id} has no chunk {index}")
     ds = FolderDataset.open(m.data)
@@ -312,7 +324,7 @@ def status(job_dir: Path, *, started: bool = False) -> JobStatus:
     """A job's state from its folder alone."""
     job_dir = Path(job_dir)
     m = read_manifest(job_dir)
-    done = [i for i in range(len(m.chunks)) if chunk_done(job_dir, i)]
+    done = [i for i in range(len(m.chunks)) if chunk_done(job_dir, i, m)]
     images_done = sum(len(m.chunks[i]) for i in done)
     failed = job_dir / "failed.json"
     if (job_dir / SUMMARY).is_file():
@@ -352,3 +364,129 @@ def run_local(job_dir: Path, model: LoadedModel, *, should_stop: ShouldStop | No
     for i in pending_chunks(job_dir):
         run_segment_chunk(job_dir, i, model, should_stop=should_stop)
     return finish_segment_job(job_dir)
+
+
+# ---------------------------------------------------------------------- other kinds
+def _new_job(out_root: Path, kind: str, model_dir: Path, data_dir: Path, options: dict[str, Any], parts: int,
+             job_id: str | None, labels: dict[str, str] | None) -> Path:
+    LoadedModel.load(model_dir, onnx=False)  # a model that cannot load fails the submission, not a worker
+    FolderDataset.open(data_dir)
+    job_id = job_id or new_job_id()
+    if not valid_job_id(job_id):
+        raise InvalidInputError(f"bad job id {job_id[:64]!r}")
+    job_dir = Path(out_root) / job_id
+    if (job_dir / MANIFEST).exists():
+        raise InvalidInputError(f"job {job_id} exists already")
+    m = Manifest(job_id, kind, time.time(), str(Path(model_dir).resolve()), str(Path(data_dir).resolve()), None,
+                 options, [[i] for i in range(parts)], False, dict(labels or {}))
+    job_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(job_dir / MANIFEST, asdict(m))
+    return job_dir
+
+
+def create_evaluate_job(out_root: Path, model_dir: Path, data_dir: Path, *, select: str = "val",
+                        report: str = "test", methods: Sequence[str] | None = None,
+                        rules: Sequence[str] | None = None, job_id: str | None = None,
+                        labels: dict[str, str] | None = None) -> Path:
+    """Plan the Dice evaluation protocol of a model on a data set (one part)."""
+    from camseg.cam import METHODS
+    from camseg.evaluation import DEFAULT_RULES
+
+    opts = {"select": select, "report": report, "methods": list(methods or METHODS),
+            "rules": list(rules or DEFAULT_RULES)}
+    return _new_job(out_root, "evaluate", model_dir, data_dir, opts, 1, job_id, labels)
+
+
+def create_retrain_job(out_root: Path, model_dir: Path, data_dir: Path, *, thresholds: Sequence[float] = (0.5,),
+                       filters: Sequence[str] | None = None, method: str = "gradcam", epochs: int | None = None,
+                       seed: int = 0, job_id: str | None = None, labels: dict[str, str] | None = None) -> Path:
+    """Plan the paper's filtered retraining: one part per (threshold, filter)."""
+    from camseg.retraining import FILTERS
+
+    kinds = list(filters or FILTERS)
+    bad = [k for k in kinds if k not in FILTERS]
+    if bad or not kinds:
+        raise InvalidInputError(f"unknown filters {bad}; choose from {', '.join(FILTERS)}")
+    if any(not 0.0 <= t <= 1.0 for t in thresholds):
+        raise InvalidInputError("filter thresholds must be in [0, 1]")
+    runs = [[float(t), k] for t in thresholds for k in kinds]
+    opts = {"runs": runs, "method": method, "epochs": epochs, "seed": seed}
+    return _new_job(out_root, "retrain", model_dir, data_dir, opts, len(runs), job_id, labels)
+
+
+def _retrain_args(m: Manifest) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from camseg.modeldir import read_metadata
+    from camseg.training import TrainConfig
+
+    cfg = TrainConfig(**read_metadata(Path(m.model)).get("training", {}))
+    if m.options.get("epochs"):
+        cfg = replace(cfg, epochs=int(m.options["epochs"]))
+    return {"method": m.options["method"], "cfg": cfg, "seed": int(m.options.get("seed", 0))}
+
+
+def run_part(job_dir: Path, index: int, *, model: LoadedModel | None = None, should_stop: ShouldStop | None = None,
+             on_progress: OnProgress | None = None) -> bool:
+    """Run part ``index`` of any kind of job; False when it was already done."""
+    job_dir = Path(job_dir)
+    m = read_manifest(job_dir)
+    if chunk_done(job_dir, index, m):
+        return False
+
+    def stop() -> bool:
+        return is_cancelled(job_dir) or (should_stop is not None and should_stop())
+
+    if m.kind == "segment":
+        return run_segment_chunk(job_dir, index, model or LoadedModel.load(m.model), should_stop=should_stop,
+                                 on_progress=on_progress)
+    if m.kind == "evaluate":
+        from camseg.evaluation import evaluate_dice
+
+        o = m.options
+        evaluate_dice(model or LoadedModel.load(m.model, onnx=False), Path(m.data), select=o["select"],
+                      report=o["report"], methods=o["methods"], rules=o["rules"], out=job_dir / "report",
+                      overwrite=True, on_progress=on_progress, should_stop=stop)
+        return True
+    if m.kind == "retrain":
+        from camseg.retraining import filtered_retrain
+
+        t, kind = m.options["runs"][index]
+        filtered_retrain(Path(m.model), Path(m.data), None, thresholds=[float(t)], filters=[kind],
+                         on_progress=on_progress, should_stop=stop, **_retrain_args(m),
+                         runs_dir=job_dir / "retrain" / "runs")
+        return True
+    raise InvalidInputError(f"job {m.job_id}: unknown kind {m.kind!r}")
+
+
+def finish(job_dir: Path) -> dict[str, Any]:
+    """The results of a job whose parts are all done (idempotent): ``summary.json`` last."""
+    job_dir = Path(job_dir)
+    m = read_manifest(job_dir)
+    if m.kind == "segment":
+        return finish_segment_job(job_dir)
+    done = job_dir / SUMMARY
+    if done.is_file():
+        summary: dict[str, Any] = json.loads(done.read_text())
+        return summary
+    missing = pending_chunks(job_dir)
+    if missing:
+        raise InvalidInputError(f"job {m.job_id}: {len(missing)} parts are not done")
+    base = {"job_id": m.job_id, "kind": m.kind, "model": m.model, "labels": m.labels, "data": m.data,
+            "options": m.options, "created": m.created, "finished": time.time(),
+            "seconds": round(time.time() - m.created, 3)}
+    if m.kind == "evaluate":
+        report = json.loads((job_dir / "report" / REPORT_FILE).read_text())
+        summary = {**base, "best": report["best"], "paper": report["paper"], "n_report": report["n_report"],
+                   "mean_dice": report["best"]["mean_dice"]}
+    else:
+        from camseg.retraining import filtered_retrain
+
+        runs = m.options["runs"]
+        thresholds = sorted({float(t) for t, _ in runs})
+        filters = list(dict.fromkeys(k for _, k in runs))
+        results = filtered_retrain(Path(m.model), Path(m.data), job_dir / "retrain", thresholds=thresholds,
+                                   filters=filters, **_retrain_args(m))
+        summary = {**base, "results": [asdict(r) for r in results]}
+    _write_json(done, summary)
+    return summary

@@ -99,12 +99,15 @@ def filtered_retrain(
     seed: int = 0,
     on_progress: OnProgress | None = None,
     should_stop: ShouldStop | None = None,
+    runs_dir: Path | None = None,
 ) -> list[FilterResult]:
     """Retrain a fresh classifier on each heatmap-filtered copy of the data.
 
     The first row is the unfiltered baseline: the trained model on the plain test set.
     With ``out``, finished runs are kept in ``out/runs/`` and reused by a rerun with the
     same inputs; ``out/results.json`` and ``out/filtered_retraining.png`` come last.
+    ``runs_dir`` keeps the runs elsewhere (default ``out/runs``): a worker running one
+    run at a time shares them with the one that writes the results.
     """
     m = parse_method(method)
     for f in filters:
@@ -132,7 +135,8 @@ def filtered_retrain(
     results = [FilterResult("none", None, base["accuracy"], base["auc"], 1.0, 0)]
     heat: dict[str, Tensor] | None = None
     for t, kind in runs:
-        run_file = Path(out) / "runs" / f"{kind}-t{t:g}.json" if out is not None else None
+        folder = runs_dir or (Path(out) / "runs" if out is not None else None)
+        run_file = folder / f"{kind}-t{t:g}.json" if folder is not None else None
         done = _finished(run_file, key)
         if done is not None:
             results.append(done)

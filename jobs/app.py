@@ -37,7 +37,24 @@ def make_app(settings: JobSettings) -> Celery:
         worker_send_task_events=False,
     )
     app.conf.camseg_settings = settings
+    app.conf.beat_schedule = beat_schedule(settings)
     from jobs.tasks import register
 
     register(app, settings)
     return app
+
+
+def beat_schedule(settings: JobSettings) -> dict[str, dict[str, object]]:
+    """The reconciler, and the filtered retraining when models are configured."""
+    from celery.schedules import crontab
+
+    schedule: dict[str, dict[str, object]] = {
+        "reconcile": {"task": "camseg.reconcile", "schedule": settings.reconcile_seconds}}
+    if settings.retrain_models:
+        if settings.retrain_every_seconds:
+            every: object = settings.retrain_every_seconds
+        else:
+            minute, hour, day, month, weekday = settings.retrain_cron.split()
+            every = crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday)
+        schedule["filtered-retraining"] = {"task": "camseg.schedule_retraining", "schedule": every}
+    return schedule

@@ -20,9 +20,13 @@ def register(sub: Any) -> None:
     w.add_argument("--name", default=None, help="worker node name (default: camseg-<pid>@<host>)")
     w.set_defaults(handler=worker)
 
+    b = sub.add_parser("beat", help="the one scheduler: the reconciler and the scheduled filtered retraining")
+    b.set_defaults(handler=beat)
+
     j = sub.add_parser("jobs", help="submit and follow bulk jobs")
     cmds = j.add_subparsers(dest="jobs_cmd", required=True, metavar="ACTION")
-    s = cmds.add_parser("submit", help="submit a bulk segmentation of a data set")
+    s = cmds.add_parser("submit", help="submit a bulk segmentation, a Dice evaluation or a filtered retraining")
+    s.add_argument("--kind", default="segment", choices=("segment", "evaluate", "retrain"))
     s.add_argument("--model", required=True, help="model name in the repository")
     s.add_argument("--version", default="", help="model version (default: the latest)")
     s.add_argument("--data", type=Path, required=True, help="folder data set under a configured data root")
@@ -34,6 +38,9 @@ def register(sub: Any) -> None:
     s.add_argument("--no-gate", action="store_true")
     s.add_argument("--heatmaps", action="store_true", help="keep each heatmap (float16 .npy)")
     s.add_argument("--chunk-size", type=int, default=None)
+    s.add_argument("--thresholds", nargs="+", type=float, default=[0.5], help="retrain: filter thresholds")
+    s.add_argument("--filters", nargs="+", default=None, help="retrain: filters (default: all four)")
+    s.add_argument("--epochs", type=int, default=None, help="retrain: epochs (default: the model's)")
     s.add_argument("--watch", action="store_true", help="follow it with a progress bar until it ends")
     for name in ("status", "watch", "cancel", "resume"):
         c = cmds.add_parser(name, help=f"{name} a job")
@@ -78,6 +85,18 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def beat(args: argparse.Namespace, settings: Settings) -> int:
+    """Run exactly one of these per deployment: two beats would schedule everything twice."""
+    from celery.apps.beat import Beat
+
+    from jobs.app import make_app
+
+    s = _settings()
+    s.output_root.mkdir(parents=True, exist_ok=True)
+    Beat(app=make_app(s), schedule=str(s.output_root / ".beat-schedule"), loglevel="INFO").run()
+    return 0
+
+
 def jobs(args: argparse.Namespace, settings: Settings) -> int:
     from camseg.cam import parse_method
     from camseg.masks import parse_rule
@@ -87,6 +106,14 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
 
     s = _settings()
     app = make_app(s)
+    if args.jobs_cmd == "submit" and args.kind != "segment":
+        if args.kind == "evaluate":
+            sub = submit.submit_evaluate(app, s, model=args.model, version=args.version, data=args.data)
+        else:
+            sub = submit.submit_retrain(app, s, model=args.model, version=args.version, data=args.data,
+                                        thresholds=args.thresholds, filters=args.filters, epochs=args.epochs)
+        print(f"{sub.job_id}\t{args.kind} in {sub.chunks} parts")
+        return _watch(s, sub.job_id) if args.watch else 0
     if args.jobs_cmd == "submit":
         opts = Options(method=parse_method(args.method), layer=args.layer, threshold=parse_rule(args.threshold),
                        largest=args.largest, gate=not args.no_gate)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from camseg.settings import Settings
 
@@ -23,7 +23,20 @@ class JobSettings(Settings):
     visibility_timeout: float = Field(
         0.0, ge=0, description="seconds before Redis redelivers an unacknowledged task; 0 = time limit + 60 s")
     reconcile_seconds: float = Field(300.0, gt=0, description="how often beat re-enqueues chunks of unfinished jobs")
+    retrain_models: list[str] = Field(default_factory=list, description="models whose latest version beat retrains")
+    retrain_data: Path = Field(Path("data/synth"), description="data set of the scheduled filtered retraining")
+    retrain_thresholds: list[float] = Field(default_factory=lambda: [0.5])
+    retrain_epochs: int | None = Field(None, ge=1, description="epochs per retraining (default: the model's)")
+    retrain_cron: str = Field("0 3 * * 0", description="crontab (minute hour day month weekday) of the retraining")
+    retrain_every_seconds: float | None = Field(None, gt=0, description="an interval instead of the crontab")
     worker_metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port of a worker")
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _five_fields(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError("retrain_cron needs five fields: minute hour day month weekday")
+        return v
 
     @property
     def redelivery_seconds(self) -> float:

@@ -5,6 +5,7 @@ root, and every output goes under the output root."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +29,40 @@ def submit_segment(app: Celery, settings: JobSettings, *, model: str, version: s
                    split: str | None = None, options: Options | None = None, heatmaps: bool = False,
                    chunk_size: int | None = None) -> Submitted:
     """Plan a bulk segmentation job on disk, then enqueue its chunks."""
+    path, data_dir, labels = _prepare(settings, model, version, data)
+    job = batch.create_segment_job(settings.output_root, path, data_dir, split=split, options=options,
+                                   chunk_size=chunk_size or settings.chunk_size, heatmaps=heatmaps, labels=labels)
+    return _enqueue(app, settings, job)
+
+
+def _prepare(settings: JobSettings, model: str, version: str, data: Path) -> tuple[Path, Path, dict[str, str]]:
     data_dir = batch.check_under(settings.data_roots, Path(data), "data")
     ref = ModelStore(settings.model_repo).resolve(model, version)
     settings.output_root.mkdir(parents=True, exist_ok=True)
-    job = batch.create_segment_job(settings.output_root, ref.path, data_dir, split=split, options=options,
-                                   chunk_size=chunk_size or settings.chunk_size, heatmaps=heatmaps,
-                                   labels={"model": ref.name, "version": ref.version})
+    return ref.path, data_dir, {"model": ref.name, "version": ref.version}
+
+
+def submit_evaluate(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
+                    select: str = "val", report: str = "test", methods: Sequence[str] | None = None,
+                    rules: Sequence[str] | None = None) -> Submitted:
+    """The Dice evaluation protocol of a model version on a labelled set, as a job."""
+    path, data_dir, labels = _prepare(settings, model, version, data)
+    job = batch.create_evaluate_job(settings.output_root, path, data_dir, select=select, report=report,
+                                    methods=methods, rules=rules, labels=labels)
+    return _enqueue(app, settings, job)
+
+
+def submit_retrain(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
+                   thresholds: Sequence[float] = (0.5,), filters: Sequence[str] | None = None,
+                   epochs: int | None = None) -> Submitted:
+    """The paper's filtered retraining as a job: one task per (threshold, filter)."""
+    path, data_dir, labels = _prepare(settings, model, version, data)
+    job = batch.create_retrain_job(settings.output_root, path, data_dir, thresholds=thresholds, filters=filters,
+                                   epochs=epochs, labels=labels)
+    return _enqueue(app, settings, job)
+
+
+def _enqueue(app: Celery, settings: JobSettings, job: Path) -> Submitted:
     m = batch.read_manifest(job)
     enqueue_pending(app, settings, m.job_id)
     return Submitted(m.job_id, len(m.chunks), m.images)

@@ -54,7 +54,7 @@ def enqueue_pending(app: Celery, settings: JobSettings, job_id: str) -> int:
     """Send every chunk of the job that has no completion marker; returns how many."""
     pending = batch.pending_chunks(job_dir(settings, job_id))
     for index in pending:
-        app.send_task("camseg.segment_chunk", args=[job_id, index])
+        app.send_task("camseg.run_part", args=[job_id, index])
     if not pending:
         app.send_task("camseg.finish_job", args=[job_id])
     return len(pending)
@@ -63,32 +63,48 @@ def enqueue_pending(app: Celery, settings: JobSettings, job_id: str) -> int:
 def register(app: Celery, settings: JobSettings) -> None:
     limits = {"soft_time_limit": settings.task_soft_time_limit, "time_limit": settings.task_time_limit}
 
-    @app.task(name="camseg.segment_chunk", bind=True, acks_late=True, reject_on_worker_lost=True,
+    @app.task(name="camseg.run_part", bind=True, acks_late=True, reject_on_worker_lost=True,
               autoretry_for=TRANSIENT, retry_backoff=True, retry_jitter=True, max_retries=8, **limits)
-    def segment_chunk(self: Any, job_id: str, index: int) -> dict[str, Any]:
+    def run_part(self: Any, job_id: str, index: int) -> dict[str, Any]:
+        """One chunk of a bulk segmentation, the evaluation, or one retraining run."""
         job = job_dir(settings, job_id)
         if batch.is_cancelled(job):
-            return {"job": job_id, "chunk": index, "ran": False, "cancelled": True}
+            return {"job": job_id, "part": index, "ran": False, "cancelled": True}
         try:
             m = batch.read_manifest(job)
-            ran = batch.run_segment_chunk(job, index, cached_model(m.model))
+            model = cached_model(m.model) if m.kind == "segment" else None
+            ran = batch.run_part(job, index, model=model)
         except CancelledError:
-            return {"job": job_id, "chunk": index, "ran": False, "cancelled": True}
+            return {"job": job_id, "part": index, "ran": False, "cancelled": True}
         except SoftTimeLimitExceeded:
-            batch.fail(job, f"chunk {index} exceeded the time limit of {settings.task_soft_time_limit:g} s")
+            batch.fail(job, f"part {index} exceeded the time limit of {settings.task_soft_time_limit:g} s")
             raise
         except CamsegError as exc:
-            batch.fail(job, f"chunk {index}: {exc.message}")
+            batch.fail(job, f"part {index}: {exc.message}")
             raise
         if not batch.pending_chunks(job):
-            batch.finish_segment_job(job)
-        return {"job": job_id, "chunk": index, "ran": ran}
+            batch.finish(job)
+        return {"job": job_id, "part": index, "ran": ran}
 
     @app.task(name="camseg.finish_job", acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT,
               retry_backoff=True, max_retries=8, **limits)
     def finish_job(job_id: str) -> dict[str, Any]:
-        summary = batch.finish_segment_job(job_dir(settings, job_id))
-        return {"job": job_id, "images": summary["images"], "mean_dice": summary["mean_dice"]}
+        summary = batch.finish(job_dir(settings, job_id))
+        return {"job": job_id, "kind": summary["kind"]}
+
+    @app.task(name="camseg.schedule_retraining", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True,
+              **limits)
+    def schedule_retraining() -> list[str]:
+        """The scheduled filtered retraining: one job for the latest version of each
+        configured model."""
+        from jobs.submit import submit_retrain
+
+        sent = []
+        for name in settings.retrain_models:
+            sub = submit_retrain(app, settings, model=name, version="", data=settings.retrain_data,
+                                 thresholds=settings.retrain_thresholds, epochs=settings.retrain_epochs)
+            sent.append(sub.job_id)
+        return sent
 
     @app.task(name="camseg.reconcile", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, **limits)
     def reconcile() -> dict[str, int]:
