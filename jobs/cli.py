@@ -62,15 +62,20 @@ def _settings() -> Any:
 def worker(args: argparse.Namespace, settings: Settings) -> int:
     import os
     import socket
-
-    from celery.signals import worker_process_init
-
-    from jobs.app import QUEUE, make_app
+    import tempfile
 
     s = _settings()
     if args.concurrency:
         s = s.model_copy(update={"worker_concurrency": args.concurrency})
     threads = s.threads_per_process()
+    # before prometheus-client is imported anywhere: each prefork child writes its own files
+    metrics_dir = tempfile.mkdtemp(prefix="camseg-worker-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+    from celery.signals import task_postrun, task_prerun, worker_process_init, worker_process_shutdown
+
+    from jobs import metrics
+    from jobs.app import QUEUE, make_app
 
     @worker_process_init.connect(weak=False)
     def split_cores(**_: Any) -> None:  # threads per process x processes <= cores
@@ -78,7 +83,26 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
         torch.set_num_threads(threads)
 
+    @worker_process_shutdown.connect(weak=False)
+    def gone(pid: int | None = None, **_: Any) -> None:
+        metrics.process_dead(pid or os.getpid())
+
+    @task_prerun.connect(weak=False)
+    def started(task_id: str = "", **_: Any) -> None:
+        metrics.task_started(task_id)
+
+    @task_postrun.connect(weak=False)
+    def ended(task_id: str = "", task: Any = None, state: str = "", retval: Any = None, **_: Any) -> None:
+        metrics.task_ended(task_id, getattr(task, "name", "?"), state or "UNKNOWN")
+        if isinstance(retval, dict) and retval.get("summary"):
+            metrics.job_finished(retval["summary"])
+        if isinstance(retval, dict) and retval.get("images"):
+            metrics.IMAGES.inc(int(retval["images"]))
+
     app = make_app(s)
+    if s.worker_metrics_port is not None:
+        port = metrics.serve(s.worker_metrics_port, s.redis_url, [QUEUE])
+        print(f"camseg worker metrics on 127.0.0.1:{port}", flush=True)
     name = args.name or f"camseg-{os.getpid()}@{socket.gethostname()}"
     app.worker_main(argv=["worker", "--loglevel=INFO", f"--concurrency={s.processes()}", "--pool=prefork",
                           "-Q", QUEUE, "-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat"])

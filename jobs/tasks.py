@@ -60,6 +60,11 @@ def enqueue_pending(app: Celery, settings: JobSettings, job_id: str) -> int:
     return len(pending)
 
 
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    """What metrics need of a summary (the task result stays small)."""
+    return {k: summary.get(k) for k in ("job_id", "kind", "seconds", "labels", "mean_dice")}
+
+
 def register(app: Celery, settings: JobSettings) -> None:
     limits = {"soft_time_limit": settings.task_soft_time_limit, "time_limit": settings.task_time_limit}
 
@@ -82,15 +87,18 @@ def register(app: Celery, settings: JobSettings) -> None:
         except CamsegError as exc:
             batch.fail(job, f"part {index}: {exc.message}")
             raise
+        out: dict[str, Any] = {"job": job_id, "part": index, "ran": ran}
+        if ran and m.kind == "segment":
+            out["images"] = len(m.chunks[index])
         if not batch.pending_chunks(job):
-            batch.finish(job)
-        return {"job": job_id, "part": index, "ran": ran}
+            out["summary"] = _brief(batch.finish(job))
+        return out
 
     @app.task(name="camseg.finish_job", acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT,
               retry_backoff=True, max_retries=8, **limits)
     def finish_job(job_id: str) -> dict[str, Any]:
         summary = batch.finish(job_dir(settings, job_id))
-        return {"job": job_id, "kind": summary["kind"]}
+        return {"job": job_id, "summary": _brief(summary)}
 
     @app.task(name="camseg.schedule_retraining", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True,
               **limits)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -52,7 +53,8 @@ def assert_every_image_once(job: Path) -> None:
 
 
 def test_bulk_job_equals_the_core_in_process(job_env: JobEnv, workers: list[Worker], tmp_path: Path) -> None:
-    workers.append(start_worker(job_env.env(), concurrency=2))
+    worker = start_worker(job_env.env(CAMSEG_WORKER_METRICS_PORT="0"), concurrency=2)
+    workers.append(worker)
     s = job_env.settings()
     sub = submit_segment(make_app(s), s, model="tiny", version="", data=job_env.data_root / "rois", options=OPTS,
                          chunk_size=16)
@@ -66,6 +68,14 @@ def test_bulk_job_equals_the_core_in_process(job_env: JobEnv, workers: list[Work
     local = segment_folder(job_env.repo / "tiny" / "1", job_env.data_root / "rois", tmp_path / "local", OPTS)
     assert summary["mean_dice"] == pytest.approx(local["mean_dice"], abs=1e-6)
     assert summary["with_truth"] == local["with_truth"] and summary["accuracy"] == pytest.approx(local["accuracy"])
+    # the worker's metrics, merged over its prefork children
+    text = worker.metrics()
+    done = re.search(r'camseg_job_tasks_total\{outcome="SUCCESS",task="camseg.run_part"\} (\d+)', text)
+    assert done and int(done.group(1)) >= 15, text
+    assert re.search(r"camseg_job_images_total 240\.0", text)
+    assert re.search(r'camseg_job_last_success_timestamp_seconds\{kind="segment"\} \d', text)
+    assert 'camseg_job_queue_length{queue="camseg"} 0.0' in text
+    assert "camseg_job_task_duration_seconds_bucket" in text
 
 
 @pytest.mark.parametrize("kill", ["child", "whole worker"])

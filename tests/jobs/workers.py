@@ -24,6 +24,16 @@ class Worker:
     proc: subprocess.Popen[bytes]
     log: Path
 
+    def metrics(self) -> str:
+        """The worker's Prometheus page (it must run with CAMSEG_WORKER_METRICS_PORT set)."""
+        import re
+        import urllib.request
+
+        m = re.search(r"camseg worker metrics on 127\.0\.0\.1:(\d+)", self.log.read_text(errors="replace"))
+        assert m, "the worker serves no metrics"
+        with urllib.request.urlopen(f"http://127.0.0.1:{m.group(1)}/metrics", timeout=10) as r:
+            return str(r.read().decode())
+
     def children(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
