@@ -74,6 +74,23 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 unary, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                start = time.perf_counter()
+                m.in_flight.labels(rpc).inc()
+                try:
+                    async for reply in inner_us(request, context):
+                        yield reply
+                except BaseException as exc:
+                    await finish(context, exc, start)
+                    raise
+                await finish(context, None, start)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
         if handler.stream_stream:
             inner_s = handler.stream_stream
 

@@ -31,6 +31,7 @@ from services.settings import ServeSettings
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = camseg_pb2.DESCRIPTOR.services_by_name["Segmentation"].full_name
+JOBS_SERVICE_NAME = camseg_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name
 
 
 def server_credentials(s: ServeSettings) -> grpc.ServerCredentials | None:
@@ -55,11 +56,14 @@ class RunningServer:
     metrics_port: int | None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _metrics_server: Any = None
+    jobs: Any = None
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
+        if self.jobs is not None:
+            await self.health.set(JOBS_SERVICE_NAME, status)
 
     async def drain_and_stop(self, grace: float, delay: float = 0.0) -> None:
         """NOT_SERVING at once; ``delay`` seconds for load balancers to see it while calls
@@ -72,6 +76,8 @@ class RunningServer:
             await asyncio.sleep(delay)
         await self.server.stop(grace)
         await self.servicer.close()
+        if self.jobs is not None:
+            await self.jobs.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
 
@@ -104,10 +110,15 @@ async def start(settings: ServeSettings) -> RunningServer:
     servicer = SegmentationServicer(repo, settings, metrics)
     servicers.append(servicer)
     camseg_pb2_grpc.add_SegmentationServicer_to_server(servicer, server)
+    services = [SERVICE_NAME]
+    jobs_servicer = _jobs_servicer(settings)
+    if jobs_servicer is not None:
+        camseg_pb2_grpc.add_JobsServicer_to_server(jobs_servicer, server)
+        services.append(JOBS_SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        (*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.port}"
     creds = server_credentials(settings)
     if creds is None and not _loopback(settings.host):
@@ -122,7 +133,7 @@ async def start(settings: ServeSettings) -> RunningServer:
                                                     registry=metrics.registry)
         metrics_port = metrics_server.server_port
     running = RunningServer(server, port, health_servicer, servicer, repo, metrics, metrics_port,
-                            _metrics_server=metrics_server)
+                            _metrics_server=metrics_server, jobs=jobs_servicer)
     await running.set_serving(False)
     await server.start()
     logger.info("listening on %s:%d (%s); metrics on %s", settings.host, port, "TLS" if creds else "plaintext",
@@ -132,6 +143,19 @@ async def start(settings: ServeSettings) -> RunningServer:
         await running.set_serving(True)
     running.tasks.append(loop.create_task(_poll(running, settings.poll_seconds)))
     return running
+
+
+def _jobs_servicer(settings: ServeSettings) -> Any:
+    """The Jobs service where it is on and the jobs extra is installed, else None."""
+    if not settings.jobs:
+        return None
+    try:
+        from jobs.settings import JobSettings
+        from services.jobs_servicer import JobsServicer
+    except ImportError as exc:
+        logger.info("camseg.v1.Jobs not served: %s", exc)
+        return None
+    return JobsServicer(JobSettings(model_repo=settings.model_repo))
 
 
 def _loopback(host: str) -> bool:

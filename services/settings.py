@@ -42,3 +42,4 @@ class ServeSettings(Settings):
     tls_key: Path | None = None
     tls_client_ca: Path | None = Field(None, description="require client certificates signed by this CA")
     plaintext: bool = Field(False, description="serve without TLS (loopback development only)")
+    jobs: bool = Field(True, description="also serve camseg.v1.Jobs (needs the jobs extra and the workers' settings)")

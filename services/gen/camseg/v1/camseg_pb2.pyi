@@ -35,6 +35,22 @@ class ThresholdKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     THRESHOLD_KIND_FIXED: _ClassVar[ThresholdKind]
     THRESHOLD_KIND_PERCENTILE: _ClassVar[ThresholdKind]
     THRESHOLD_KIND_OTSU: _ClassVar[ThresholdKind]
+
+class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_KIND_UNSPECIFIED: _ClassVar[JobKind]
+    JOB_KIND_SEGMENT: _ClassVar[JobKind]
+    JOB_KIND_EVALUATE: _ClassVar[JobKind]
+    JOB_KIND_RETRAIN: _ClassVar[JobKind]
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_SUCCEEDED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
 CAM_METHOD_UNSPECIFIED: CamMethod
 CAM_METHOD_GRADCAM: CamMethod
 CAM_METHOD_GRADCAM_PP: CamMethod
@@ -52,6 +68,16 @@ THRESHOLD_KIND_UNSPECIFIED: ThresholdKind
 THRESHOLD_KIND_FIXED: ThresholdKind
 THRESHOLD_KIND_PERCENTILE: ThresholdKind
 THRESHOLD_KIND_OTSU: ThresholdKind
+JOB_KIND_UNSPECIFIED: JobKind
+JOB_KIND_SEGMENT: JobKind
+JOB_KIND_EVALUATE: JobKind
+JOB_KIND_RETRAIN: JobKind
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_SUCCEEDED: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELLED: JobState
 
 class Image(_message.Message):
     __slots__ = ("encoded", "raw", "id")
@@ -291,3 +317,73 @@ class ModelInfo(_message.Message):
     providers: _containers.RepeatedScalarFieldContainer[str]
     one_pass_cam: bool
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ...) -> None: ...
+
+class SubmitJobRequest(_message.Message):
+    __slots__ = ("kind", "model", "data", "split", "options", "threshold", "gate", "largest_component", "heatmaps", "chunk_size", "thresholds", "filters", "epochs")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    HEATMAPS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    kind: JobKind
+    model: ModelRef
+    data: str
+    split: str
+    options: ExplainOptions
+    threshold: ThresholdRule
+    gate: bool
+    largest_component: bool
+    heatmaps: bool
+    chunk_size: int
+    thresholds: _containers.RepeatedScalarFieldContainer[float]
+    filters: _containers.RepeatedScalarFieldContainer[str]
+    epochs: int
+    def __init__(self, kind: _Optional[_Union[JobKind, str]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., data: _Optional[str] = ..., split: _Optional[str] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., heatmaps: _Optional[bool] = ..., chunk_size: _Optional[int] = ..., thresholds: _Optional[_Iterable[float]] = ..., filters: _Optional[_Iterable[str]] = ..., epochs: _Optional[int] = ...) -> None: ...
+
+class JobRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("job_id", "kind", "state", "parts_done", "parts", "images_done", "images", "reason", "output", "mean_dice")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PARTS_DONE_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_DONE_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MEAN_DICE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    kind: JobKind
+    state: JobState
+    parts_done: int
+    parts: int
+    images_done: int
+    images: int
+    reason: str
+    output: str
+    mean_dice: float
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., parts_done: _Optional[int] = ..., parts: _Optional[int] = ..., images_done: _Optional[int] = ..., images: _Optional[int] = ..., reason: _Optional[str] = ..., output: _Optional[str] = ..., mean_dice: _Optional[float] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...

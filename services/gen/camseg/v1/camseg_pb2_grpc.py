@@ -316,3 +316,253 @@ class Segmentation:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class JobsStub:
+    """Bulk jobs run by the Celery workers: submitted and followed here, beside Segmentation.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SubmitJob = channel.unary_unary(
+                '/camseg.v1.Jobs/SubmitJob',
+                request_serializer=camseg_dot_v1_dot_camseg__pb2.SubmitJobRequest.SerializeToString,
+                response_deserializer=camseg_dot_v1_dot_camseg__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/camseg.v1.Jobs/GetJob',
+                request_serializer=camseg_dot_v1_dot_camseg__pb2.JobRef.SerializeToString,
+                response_deserializer=camseg_dot_v1_dot_camseg__pb2.Job.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/camseg.v1.Jobs/WatchJob',
+                request_serializer=camseg_dot_v1_dot_camseg__pb2.JobRef.SerializeToString,
+                response_deserializer=camseg_dot_v1_dot_camseg__pb2.Job.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/camseg.v1.Jobs/CancelJob',
+                request_serializer=camseg_dot_v1_dot_camseg__pb2.JobRef.SerializeToString,
+                response_deserializer=camseg_dot_v1_dot_camseg__pb2.Job.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/camseg.v1.Jobs/ListJobs',
+                request_serializer=camseg_dot_v1_dot_camseg__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=camseg_dot_v1_dot_camseg__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+
+
+class JobsServicer:
+    """Bulk jobs run by the Celery workers: submitted and followed here, beside Segmentation.
+    """
+
+    def SubmitJob(self, request, context):
+        """Plan a job (inputs checked before anything is read) and queue its parts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """The job's progress, a message at each change, until it ends (or the call does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Running parts stop at their next step; nothing more is scheduled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JobsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SubmitJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJob,
+                    request_deserializer=camseg_dot_v1_dot_camseg__pb2.SubmitJobRequest.FromString,
+                    response_serializer=camseg_dot_v1_dot_camseg__pb2.Job.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=camseg_dot_v1_dot_camseg__pb2.JobRef.FromString,
+                    response_serializer=camseg_dot_v1_dot_camseg__pb2.Job.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=camseg_dot_v1_dot_camseg__pb2.JobRef.FromString,
+                    response_serializer=camseg_dot_v1_dot_camseg__pb2.Job.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=camseg_dot_v1_dot_camseg__pb2.JobRef.FromString,
+                    response_serializer=camseg_dot_v1_dot_camseg__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=camseg_dot_v1_dot_camseg__pb2.ListJobsRequest.FromString,
+                    response_serializer=camseg_dot_v1_dot_camseg__pb2.ListJobsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'camseg.v1.Jobs', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('camseg.v1.Jobs', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Jobs:
+    """Bulk jobs run by the Celery workers: submitted and followed here, beside Segmentation.
+    """
+
+    @staticmethod
+    def SubmitJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/camseg.v1.Jobs/SubmitJob',
+            camseg_dot_v1_dot_camseg__pb2.SubmitJobRequest.SerializeToString,
+            camseg_dot_v1_dot_camseg__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/camseg.v1.Jobs/GetJob',
+            camseg_dot_v1_dot_camseg__pb2.JobRef.SerializeToString,
+            camseg_dot_v1_dot_camseg__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/camseg.v1.Jobs/WatchJob',
+            camseg_dot_v1_dot_camseg__pb2.JobRef.SerializeToString,
+            camseg_dot_v1_dot_camseg__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/camseg.v1.Jobs/CancelJob',
+            camseg_dot_v1_dot_camseg__pb2.JobRef.SerializeToString,
+            camseg_dot_v1_dot_camseg__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/camseg.v1.Jobs/ListJobs',
+            camseg_dot_v1_dot_camseg__pb2.ListJobsRequest.SerializeToString,
+            camseg_dot_v1_dot_camseg__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,122 @@
+"""``camseg.v1.Jobs``: submitting and following the workers' bulk jobs over gRPC.
+
+A thin adapter over :mod:`jobs.submit` (which checks every input before anything is
+read and queues the parts) and :mod:`camseg.batch` (a job's state, read from its
+folder). Blocking work runs in a thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from camseg import batch
+from camseg.errors import InvalidInputError
+from camseg.pipeline import Options
+from jobs import submit
+from jobs.settings import JobSettings
+from services import codec
+from services.gen.camseg.v1 import camseg_pb2 as pb
+from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+KIND_FROM_PB = {pb.JOB_KIND_UNSPECIFIED: "segment", pb.JOB_KIND_SEGMENT: "segment",
+                pb.JOB_KIND_EVALUATE: "evaluate", pb.JOB_KIND_RETRAIN: "retrain"}
+KIND_TO_PB = {"segment": pb.JOB_KIND_SEGMENT, "evaluate": pb.JOB_KIND_EVALUATE, "retrain": pb.JOB_KIND_RETRAIN}
+STATE_TO_PB = {batch.JobState.QUEUED: pb.JOB_STATE_QUEUED, batch.JobState.RUNNING: pb.JOB_STATE_RUNNING,
+               batch.JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED, batch.JobState.FAILED: pb.JOB_STATE_FAILED,
+               batch.JobState.CANCELLED: pb.JOB_STATE_CANCELLED}
+ENDED = {batch.JobState.SUCCEEDED, batch.JobState.FAILED, batch.JobState.CANCELLED}
+
+
+def job_message(settings: JobSettings, st: batch.JobStatus) -> pb.Job:
+    job = pb.Job(job_id=st.job_id, kind=KIND_TO_PB.get(st.kind, pb.JOB_KIND_UNSPECIFIED), state=STATE_TO_PB[st.state],
+                 parts_done=st.chunks_done, parts=st.chunks, images_done=st.images_done, images=st.images,
+                 reason=st.reason, output=str(settings.output_root / st.job_id))
+    if st.state is batch.JobState.SUCCEEDED:
+        summary = json.loads((settings.output_root / st.job_id / batch.SUMMARY).read_text())
+        d = summary.get("mean_dice")
+        if isinstance(d, int | float) and math.isfinite(d):
+            job.mean_dice = float(d)
+    return job
+
+
+class JobsServicer(pb_grpc.JobsServicer):
+    def __init__(self, settings: JobSettings, *, poll_seconds: float = 0.5):
+        from jobs.app import make_app
+
+        self.settings = settings
+        self.app = make_app(settings)
+        self.poll_seconds = poll_seconds
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jobs")
+
+    async def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
+
+    def _status(self, job_id: str) -> pb.Job:
+        return job_message(self.settings, submit.status(self.settings, job_id))
+
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        kind = KIND_FROM_PB.get(request.kind)
+        if kind is None:
+            raise InvalidInputError(f"unknown job kind {request.kind}")
+        if not request.data:
+            raise InvalidInputError("name the data set (data)")
+        s, data = self.settings, Path(request.data)
+        name, version = request.model.name, request.model.version
+
+        def go() -> Any:
+            if kind == "evaluate":
+                return submit.submit_evaluate(self.app, s, model=name, version=version, data=data)
+            if kind == "retrain":
+                return submit.submit_retrain(self.app, s, model=name, version=version, data=data,
+                                             thresholds=list(request.thresholds) or [0.5],
+                                             filters=list(request.filters) or None, epochs=request.epochs or None)
+            as_segment = pb.SegmentRequest(options=request.options, threshold=request.threshold,
+                                           largest_component=request.largest_component)
+            if request.HasField("gate"):
+                as_segment.gate = request.gate
+            seg = codec.segment_options(as_segment, chunk=16)
+            opts = Options(method=seg.method, layer=seg.layer, target=seg.target, threshold=seg.threshold,
+                           gate=seg.gate, largest=seg.largest)
+            return submit.submit_segment(self.app, s, model=name, version=version, data=data,
+                                         split=request.split or None, options=opts, heatmaps=request.heatmaps,
+                                         chunk_size=request.chunk_size or None)
+
+        sub = await self._run(go)
+        return await self._run(lambda: self._status(sub.job_id))
+
+    async def GetJob(self, request: pb.JobRef, context: grpc.aio.ServicerContext) -> pb.Job:
+        return await self._run(lambda: self._status(request.job_id))
+
+    async def CancelJob(self, request: pb.JobRef, context: grpc.aio.ServicerContext) -> pb.Job:
+        st = await self._run(lambda: submit.cancel(self.settings, request.job_id))
+        return job_message(self.settings, st)
+
+    async def WatchJob(self, request: pb.JobRef, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Job]:
+        last = None
+        while True:
+            job = await self._run(lambda: self._status(request.job_id))
+            if job != last:
+                yield job
+                last = job
+            if job.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):
+                return
+            await asyncio.sleep(self.poll_seconds)
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
+        def go() -> list[pb.Job]:
+            return [job_message(self.settings, st) for st in batch.list_jobs(self.settings.output_root)]
+
+        return pb.ListJobsResponse(jobs=await self._run(go))
