@@ -57,6 +57,7 @@ class DemoContext:
     data: Path
     models: dict[str, Path]
     dice: dict[str, DiceReport]
+    segments: dict[str, dict[str, Any]]  # the in-process segmentation of the report split, per model
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def run_demo(cfg: DemoConfig, *, on_progress: OnProgress | None = None, say: Cal
     figures.training_curves(out / "figures" / "training.png", {a: m["history"] for a, m in models.items()})
     step("filtered")
 
-    ctx = DemoContext(cfg, out, data, dirs, reports)
+    ctx = DemoContext(cfg, out, data, dirs, reports, segments)
     extra: list[StepResult] = []
     for k, (description, extra_step) in enumerate(steps, start=6):
         say(f"[{k}/{total}] {description}")

@@ -50,7 +50,9 @@ def register(sub: Any) -> None:
 
 
 def demo_steps(settings: Settings) -> list[tuple[str, DemoStep]]:
-    return []
+    from jobs.demo import through_workers
+
+    return [("run the test-split segmentation as bulk jobs through a worker of its own", through_workers)]
 
 
 def _settings() -> Any:

@@ -73,6 +73,11 @@ def register(app: Celery, settings: JobSettings) -> None:
     def run_part(self: Any, job_id: str, index: int) -> dict[str, Any]:
         """One chunk of a bulk segmentation, the evaluation, or one retraining run."""
         job = job_dir(settings, job_id)
+        if not (job / batch.MANIFEST).is_file():
+            # a task of a job this worker's output root does not hold (another deployment's
+            # queue, a job folder removed): nothing to do, nothing to write
+            logger.warning("job %s: no manifest under %s; task dropped", job_id, settings.output_root)
+            return {"job": job_id, "part": index, "ran": False, "missing": True}
         if batch.is_cancelled(job):
             return {"job": job_id, "part": index, "ran": False, "cancelled": True}
         try:
@@ -97,7 +102,11 @@ def register(app: Celery, settings: JobSettings) -> None:
     @app.task(name="camseg.finish_job", acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT,
               retry_backoff=True, max_retries=8, **limits)
     def finish_job(job_id: str) -> dict[str, Any]:
-        summary = batch.finish(job_dir(settings, job_id))
+        job = job_dir(settings, job_id)
+        if not (job / batch.MANIFEST).is_file():
+            logger.warning("job %s: no manifest under %s; task dropped", job_id, settings.output_root)
+            return {"job": job_id, "missing": True}
+        summary = batch.finish(job)
         return {"job": job_id, "summary": _brief(summary)}
 
     @app.task(name="camseg.schedule_retraining", acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True,

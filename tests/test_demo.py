@@ -10,13 +10,22 @@ import pytest
 from camseg.settings import Settings
 
 
-def test_demo_tiny(tmp_path: Path) -> None:
+def test_demo_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
     from camseg.demo import DemoConfig, run_demo
+    from jobs.cli import demo_steps as job_steps
     from services.cli import demo_steps
 
+    url = "redis://127.0.0.1:6379/13"  # a DB of this test's own, cleaned
+    redis.Redis.from_url(url).flushdb()
+    monkeypatch.setenv("CAMSEG_REDIS_URL", url)
     lines: list[str] = []
-    report = run_demo(DemoConfig(out=tmp_path / "demo", n=120, size=32, epochs=1, archs=("densenet",)),
-                      say=lines.append, steps=demo_steps(Settings()))
+    try:
+        report = run_demo(DemoConfig(out=tmp_path / "demo", n=120, size=32, epochs=1, archs=("densenet",)),
+                          say=lines.append, steps=demo_steps(Settings()) + job_steps(Settings()))
+    finally:
+        redis.Redis.from_url(url).flushdb()
     text = report.read_text()
     assert "## Mean Dice" in text and "## Filtered retraining" in text and "keep-cold" in text
     figs = {p.name for p in (tmp_path / "demo" / "figures").iterdir()}
@@ -24,9 +33,14 @@ def test_demo_tiny(tmp_path: Path) -> None:
             "overlays_densenet_paper.png", "overlays_densenet_best.png"} <= figs
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(res["dice"]["densenet"]["by_method"]) == {"gradcam", "gradcam++", "hirescam", "layercam", "fused"}
-    assert lines[0].startswith("[1/7]") and lines[-1].startswith("done")
+    assert lines[0].startswith("[1/8]") and lines[-1].startswith("done")
     # the same masks through the real gRPC service
     assert "## Through the gRPC service" in text
     svc = res["steps"]["Through the gRPC service"]["densenet"]
     assert svc["images"] == res["dice"]["densenet"]["n_report"]
     assert svc["mean_dice"] == pytest.approx(svc["in_process_mean_dice"], abs=0.02)
+    # the same segmentation as a bulk job through a real worker
+    assert "## Through the Celery workers" in text
+    job = res["steps"]["Through the Celery workers"]["densenet"]
+    assert job["images"] == res["segment"]["densenet"]["images"] and job["failed"] == 0
+    assert job["mean_dice"] == pytest.approx(job["in_process_mean_dice"], abs=1e-6)
