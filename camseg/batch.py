@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -161,6 +162,29 @@ def options_from_record(rec: dict[str, Any]) -> Options:
                    chunk=int(rec.get("chunk", 16)))
 
 
+_datasets: dict[tuple[str, int, int], FolderDataset] = {}
+_datasets_lock = threading.Lock()
+
+
+def open_dataset(data: str | Path) -> FolderDataset:
+    """:meth:`FolderDataset.open`, kept per process while ``labels.csv`` is unchanged: a
+    worker running chunk after chunk of one large set checks the set once, not per chunk."""
+    labels = Path(data) / "labels.csv"
+    try:
+        st = labels.stat()
+    except OSError:
+        return FolderDataset.open(data)  # the one-line error of the reader
+    key = (str(Path(data).resolve()), st.st_mtime_ns, st.st_size)
+    with _datasets_lock:
+        ds = _datasets.get(key)
+    if ds is None:
+        ds = FolderDataset.open(data)
+        with _datasets_lock:
+            _datasets.clear()  # one set at a time: memory stays flat
+            _datasets[key] = ds
+    return ds
+
+
 def _chunk_dir(job_dir: Path, index: int) -> Path:
     return Path(job_dir) / "chunks" / f"{index:06d}"
 
@@ -211,7 +235,7 @@ def run_segment_chunk(job_dir: Path, index: int, model: LoadedModel, *, should_s
         return False
     if not 0 <= index < len(m.chunks):
         raise NotFoundError(f"job {m.job_id} has no chunk {index}")
-    ds = FolderDataset.open(m.data)
+    ds = open_dataset(m.data)
     opts = options_record_with_encodings(m)
 
     def stop() -> bool:
