@@ -68,8 +68,11 @@ def test_bulk_job_equals_the_core_in_process(job_env: JobEnv, workers: list[Work
     local = segment_folder(job_env.repo / "tiny" / "1", job_env.data_root / "rois", tmp_path / "local", OPTS)
     assert summary["mean_dice"] == pytest.approx(local["mean_dice"], abs=1e-6)
     assert summary["with_truth"] == local["with_truth"] and summary["accuracy"] == pytest.approx(local["accuracy"])
-    # the worker's metrics, merged over its prefork children
-    text = worker.metrics()
+    # the worker's metrics, merged over its prefork children (the last task's are counted
+    # just after it wrote the summary)
+    end = time.monotonic() + 30
+    while "camseg_job_images_total 240.0" not in (text := worker.metrics()) and time.monotonic() < end:
+        time.sleep(0.2)
     done = re.search(r'camseg_job_tasks_total\{outcome="SUCCESS",task="camseg.run_part"\} (\d+)', text)
     assert done and int(done.group(1)) >= 15, text
     assert re.search(r"camseg_job_images_total 240\.0", text)
