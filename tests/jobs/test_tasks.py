@@ -192,3 +192,18 @@ def test_in_process_reference_run(job_env: JobEnv) -> None:
     assert summary["images"] == 240
     assert batch.finish_segment_job(job) == summary  # idempotent
     assert_every_image_once(job)
+
+
+def test_the_reconciler_queues_what_the_broker_forgot(job_env: JobEnv, workers: list[Worker]) -> None:
+    """A job planned on disk whose chunks never reached the broker (or were lost with it):
+    the reconciler's run finds it from its folder and the job completes."""
+    s = job_env.settings()
+    job = batch.create_segment_job(s.output_root, job_env.repo / "tiny" / "1", job_env.data_root / "rois",
+                                   options=OPTS, chunk_size=40)
+    done_before = batch.status(job)
+    assert done_before.state is batch.JobState.QUEUED and done_before.chunks_done == 0
+    workers.append(start_worker(job_env.env(), concurrency=1))
+    result = make_app(s).send_task("camseg.reconcile").get(timeout=120)
+    assert result == {"chunks": 6}
+    wait_for(job, {batch.JobState.SUCCEEDED})
+    assert_every_image_once(job)
