@@ -29,7 +29,10 @@ def register(sub: Any) -> None:
     s.add_argument("--kind", default="segment", choices=("segment", "evaluate", "retrain"))
     s.add_argument("--model", required=True, help="model name in the repository")
     s.add_argument("--version", default="", help="model version (default: the latest)")
-    s.add_argument("--data", type=Path, required=True, help="folder data set under a configured data root")
+    s.add_argument("--data", type=Path, default=None, help="folder data set under a configured data root")
+    s.add_argument("--volumes", nargs=2, action="append", type=Path, metavar=("IMAGE", "LABEL"), default=[],
+                   help="segment: NRRD/NIfTI image + label volumes, sliced along --axis (repeatable)")
+    s.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
     s.add_argument("--split", default=None, choices=("train", "val", "test"))
     s.add_argument("--method", default="gradcam", choices=METHODS)
     s.add_argument("--layer", default=None)
@@ -132,6 +135,9 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
 
     s = _settings()
     app = make_app(s)
+    if args.jobs_cmd == "submit" and args.kind != "segment" and args.data is None:
+        print("camseg: error: --kind evaluate and retrain need --data", file=sys.stderr)
+        return 2
     if args.jobs_cmd == "submit" and args.kind != "segment":
         if args.kind == "evaluate":
             sub = submit.submit_evaluate(app, s, model=args.model, version=args.version, data=args.data)
@@ -144,8 +150,8 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
         opts = Options(method=parse_method(args.method), layer=args.layer, threshold=parse_rule(args.threshold),
                        largest=args.largest, gate=not args.no_gate)
         sub = submit.submit_segment(app, s, model=args.model, version=args.version, data=args.data,
-                                    split=args.split, options=opts, heatmaps=args.heatmaps,
-                                    chunk_size=args.chunk_size)
+                                    volumes=[tuple(v) for v in args.volumes], axis=args.axis, split=args.split,
+                                    options=opts, heatmaps=args.heatmaps, chunk_size=args.chunk_size)
         print(f"{sub.job_id}\t{sub.images} images in {sub.chunks} chunks")
         return _watch(s, sub.job_id) if args.watch else 0
     if args.jobs_cmd == "list":

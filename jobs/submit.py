@@ -12,6 +12,7 @@ from pathlib import Path
 from celery import Celery
 
 from camseg import batch
+from camseg.errors import InvalidInputError
 from camseg.pipeline import Options
 from camseg.repository import ModelStore
 from jobs.settings import JobSettings
@@ -25,21 +26,47 @@ class Submitted:
     images: int
 
 
-def submit_segment(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
-                   split: str | None = None, options: Options | None = None, heatmaps: bool = False,
+def submit_segment(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path | None = None,
+                   volumes: Sequence[tuple[Path, Path]] = (), axis: int = 2, split: str | None = None,
+                   options: Options | None = None, heatmaps: bool = False,
                    chunk_size: int | None = None) -> Submitted:
-    """Plan a bulk segmentation job on disk, then enqueue its chunks."""
-    path, data_dir, labels = _prepare(settings, model, version, data)
+    """Plan a bulk segmentation job on disk, then enqueue its chunks.
+
+    The input is a folder data set (``data``) or NRRD/NIfTI image + label volume pairs
+    (``volumes``), which are sliced along ``axis`` into the job's own ``data/`` folder
+    first (a slice is a tumor slice when its label has any voxel).
+    """
+    if (data is None) == (not volumes):
+        raise InvalidInputError("give either a data set folder or image + label volume pairs")
+    job_id = batch.new_job_id()
+    if volumes:
+        from camseg.data.volumes import convert_volumes
+
+        pairs = [(batch.check_under(settings.data_roots, Path(img), "volume"),
+                  batch.check_under(settings.data_roots, Path(lab), "label volume")) for img, lab in volumes]
+        ModelStore(settings.model_repo).resolve(model, version)  # refuse an unknown model before slicing
+        data = convert_volumes(pairs, settings.output_root / job_id / "data", axis=axis)
+        path, labels = _model(settings, model, version)
+        data_dir = data
+    else:
+        assert data is not None
+        path, data_dir, labels = _prepare(settings, model, version, data)
     job = batch.create_segment_job(settings.output_root, path, data_dir, split=split, options=options,
-                                   chunk_size=chunk_size or settings.chunk_size, heatmaps=heatmaps, labels=labels)
+                                   chunk_size=chunk_size or settings.chunk_size, heatmaps=heatmaps, labels=labels,
+                                   job_id=job_id)
     return _enqueue(app, settings, job)
+
+
+def _model(settings: JobSettings, model: str, version: str) -> tuple[Path, dict[str, str]]:
+    ref = ModelStore(settings.model_repo).resolve(model, version)
+    settings.output_root.mkdir(parents=True, exist_ok=True)
+    return ref.path, {"model": ref.name, "version": ref.version}
 
 
 def _prepare(settings: JobSettings, model: str, version: str, data: Path) -> tuple[Path, Path, dict[str, str]]:
     data_dir = batch.check_under(settings.data_roots, Path(data), "data")
-    ref = ModelStore(settings.model_repo).resolve(model, version)
-    settings.output_root.mkdir(parents=True, exist_ok=True)
-    return ref.path, data_dir, {"model": ref.name, "version": ref.version}
+    path, labels = _model(settings, model, version)
+    return path, data_dir, labels
 
 
 def submit_evaluate(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,

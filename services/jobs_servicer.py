@@ -71,15 +71,18 @@ class JobsServicer(pb_grpc.JobsServicer):
         kind = KIND_FROM_PB.get(request.kind)
         if kind is None:
             raise InvalidInputError(f"unknown job kind {request.kind}")
-        if not request.data:
-            raise InvalidInputError("name the data set (data)")
-        s, data = self.settings, Path(request.data)
+        volumes = [(Path(v.image), Path(v.label)) for v in request.volumes]
+        if not request.data and not (volumes and kind == "segment"):
+            raise InvalidInputError("name the data set (data), or volume pairs for a segmentation")
+        s, data = self.settings, Path(request.data) if request.data else None
         name, version = request.model.name, request.model.version
 
         def go() -> Any:
             if kind == "evaluate":
+                assert data is not None
                 return submit.submit_evaluate(self.app, s, model=name, version=version, data=data)
             if kind == "retrain":
+                assert data is not None
                 return submit.submit_retrain(self.app, s, model=name, version=version, data=data,
                                              thresholds=list(request.thresholds) or [0.5],
                                              filters=list(request.filters) or None, epochs=request.epochs or None)
@@ -90,9 +93,10 @@ class JobsServicer(pb_grpc.JobsServicer):
             seg = codec.segment_options(as_segment, chunk=16)
             opts = Options(method=seg.method, layer=seg.layer, target=seg.target, threshold=seg.threshold,
                            gate=seg.gate, largest=seg.largest)
-            return submit.submit_segment(self.app, s, model=name, version=version, data=data,
-                                         split=request.split or None, options=opts, heatmaps=request.heatmaps,
-                                         chunk_size=request.chunk_size or None)
+            axis = request.axis if request.HasField("axis") else 2
+            return submit.submit_segment(self.app, s, model=name, version=version, data=data, volumes=volumes,
+                                         axis=axis, split=request.split or None, options=opts,
+                                         heatmaps=request.heatmaps, chunk_size=request.chunk_size or None)
 
         sub = await self._run(go)
         return await self._run(lambda: self._status(sub.job_id))

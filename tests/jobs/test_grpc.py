@@ -48,6 +48,9 @@ def test_jobs_over_grpc(job_env: JobEnv, workers: list[Worker]) -> None:
              grpc.StatusCode.INVALID_ARGUMENT),
             (pb.SubmitJobRequest(model=pb.ModelRef(name="nope"), data=data), grpc.StatusCode.NOT_FOUND),
             (pb.SubmitJobRequest(model=pb.ModelRef(name="tiny"), data=""), grpc.StatusCode.INVALID_ARGUMENT),
+            (pb.SubmitJobRequest(model=pb.ModelRef(name="tiny"),
+                                 volumes=[pb.VolumePair(image="/etc/passwd", label="/etc/passwd")]),
+             grpc.StatusCode.INVALID_ARGUMENT),
         ]:
             with pytest.raises(grpc.RpcError) as err:
                 stub.SubmitJob(request, timeout=30)

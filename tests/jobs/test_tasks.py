@@ -207,3 +207,36 @@ def test_the_reconciler_queues_what_the_broker_forgot(job_env: JobEnv, workers: 
     assert result == {"chunks": 6}
     wait_for(job, {batch.JobState.SUCCEEDED})
     assert_every_image_once(job)
+
+
+def test_volume_pairs_are_sliced_and_segmented(job_env: JobEnv, workers: list[Worker]) -> None:
+    """NRRD image + label volumes as a job's input: sliced along the axis into the job's
+    own data folder; a slice is a tumor slice when its label has a voxel."""
+    import nrrd
+    import numpy as np
+
+    vol = job_env.data_root / "volumes"
+    vol.mkdir(exist_ok=True)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 1000, size=(32, 32, 6)).astype(np.int16)
+    label = np.zeros((32, 32, 6), np.uint8)
+    label[10:16, 12:20, 2] = 1
+    label[4:9, 4:9, 4] = 1
+    nrrd.write(str(vol / "case1.nrrd"), image, {"encoding": "gzip"})
+    nrrd.write(str(vol / "case1_label.nrrd"), label, {"encoding": "gzip"})
+    workers.append(start_worker(job_env.env(), concurrency=1))
+    s = job_env.settings()
+    app = make_app(s)
+    sub = submit_segment(app, s, model="tiny", version="", volumes=[(vol / "case1.nrrd", vol / "case1_label.nrrd")],
+                         options=OPTS)
+    assert sub.images == 6
+    job = s.output_root / sub.job_id
+    wait_for(job, {batch.JobState.SUCCEEDED})
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["images"] == 6 and summary["with_truth"] == 2 and summary["failed"] == 0
+    assert_every_image_once(job)
+    with pytest.raises(InvalidInputError, match="outside the allowed roots"):
+        submit_segment(app, s, model="tiny", version="", volumes=[(Path("/etc/passwd"), vol / "case1_label.nrrd")])
+    with pytest.raises(InvalidInputError, match="either"):
+        submit_segment(app, s, model="tiny", version="", data=job_env.data_root / "rois",
+                       volumes=[(vol / "case1.nrrd", vol / "case1_label.nrrd")])

@@ -319,7 +319,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("kind", "model", "data", "split", "options", "threshold", "gate", "largest_component", "heatmaps", "chunk_size", "thresholds", "filters", "epochs")
+    __slots__ = ("kind", "model", "data", "split", "options", "threshold", "gate", "largest_component", "heatmaps", "chunk_size", "thresholds", "filters", "epochs", "volumes", "axis")
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +333,8 @@ class SubmitJobRequest(_message.Message):
     THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    AXIS_FIELD_NUMBER: _ClassVar[int]
     kind: JobKind
     model: ModelRef
     data: str
@@ -346,7 +348,17 @@ class SubmitJobRequest(_message.Message):
     thresholds: _containers.RepeatedScalarFieldContainer[float]
     filters: _containers.RepeatedScalarFieldContainer[str]
     epochs: int
-    def __init__(self, kind: _Optional[_Union[JobKind, str]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., data: _Optional[str] = ..., split: _Optional[str] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., heatmaps: _Optional[bool] = ..., chunk_size: _Optional[int] = ..., thresholds: _Optional[_Iterable[float]] = ..., filters: _Optional[_Iterable[str]] = ..., epochs: _Optional[int] = ...) -> None: ...
+    volumes: _containers.RepeatedCompositeFieldContainer[VolumePair]
+    axis: int
+    def __init__(self, kind: _Optional[_Union[JobKind, str]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., data: _Optional[str] = ..., split: _Optional[str] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., heatmaps: _Optional[bool] = ..., chunk_size: _Optional[int] = ..., thresholds: _Optional[_Iterable[float]] = ..., filters: _Optional[_Iterable[str]] = ..., epochs: _Optional[int] = ..., volumes: _Optional[_Iterable[_Union[VolumePair, _Mapping]]] = ..., axis: _Optional[int] = ...) -> None: ...
+
+class VolumePair(_message.Message):
+    __slots__ = ("image", "label")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    image: str
+    label: str
+    def __init__(self, image: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("job_id",)
