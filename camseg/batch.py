@@ -114,6 +114,17 @@ def check_under(roots: Sequence[Path], path: Path, what: str) -> Path:
     raise InvalidInputError(f"{what}: {path} is outside the allowed roots ({', '.join(map(str, roots))})")
 
 
+def _claim(out_root: Path, job_id: str | None) -> Path:
+    """The folder of a new job: a fresh id, or the given one when it is valid and unused."""
+    job_id = job_id or new_job_id()
+    if not valid_job_id(job_id):
+        raise InvalidInputError(f"bad job id {job_id[:64]!r}")
+    job_dir = Path(out_root) / job_id
+    if (job_dir / MANIFEST).exists():
+        raise InvalidInputError(f"job {job_id} exists already")
+    return job_dir
+
+
 def create_segment_job(out_root: Path, model_dir: Path, data_dir: Path, *, split: str | None = None,
                        options: Options | None = None, chunk_size: int = 64, heatmaps: bool = False,
                        job_id: str | None = None, labels: dict[str, str] | None = None) -> Path:
@@ -130,19 +141,15 @@ def create_segment_job(out_root: Path, model_dir: Path, data_dir: Path, *, split
     if ds.classes != model.classes:
         raise InvalidInputError(f"{data_dir}: classes {ds.classes} differ from the model's {model.classes}")
     indices = ds.subset(split)
-    job_id = job_id or new_job_id()
-    if not valid_job_id(job_id):
-        raise InvalidInputError(f"bad job id {job_id[:64]!r}")
-    job_dir = Path(out_root) / job_id
-    if (job_dir / MANIFEST).exists():
-        raise InvalidInputError(f"job {job_id} exists already")
-    manifest = Manifest(job_id, "segment", time.time(), str(Path(model_dir).resolve()), str(Path(data_dir).resolve()),
+    job_dir = _claim(out_root, job_id)
+    manifest = Manifest(job_dir.name, "segment", time.time(), str(Path(model_dir).resolve()),
+                        str(Path(data_dir).resolve()),
                         split, options_record(opts), [indices[i : i + chunk_size]
                                                       for i in range(0, len(indices), chunk_size)],
                         heatmaps, dict(labels or {}))
     (job_dir / "chunks").mkdir(parents=True, exist_ok=True)
     _write_json(job_dir / MANIFEST, asdict(manifest))
-    logger.info("job %s: %d images in %d chunks", job_id, manifest.images, len(manifest.chunks))
+    logger.info("job %s: %d images in %d chunks", job_dir.name, manifest.images, len(manifest.chunks))
     return job_dir
 
 
@@ -395,13 +402,8 @@ def _new_job(out_root: Path, kind: str, model_dir: Path, data_dir: Path, options
              job_id: str | None, labels: dict[str, str] | None) -> Path:
     LoadedModel.load(model_dir, onnx=False)  # a model that cannot load fails the submission, not a worker
     FolderDataset.open(data_dir)
-    job_id = job_id or new_job_id()
-    if not valid_job_id(job_id):
-        raise InvalidInputError(f"bad job id {job_id[:64]!r}")
-    job_dir = Path(out_root) / job_id
-    if (job_dir / MANIFEST).exists():
-        raise InvalidInputError(f"job {job_id} exists already")
-    m = Manifest(job_id, kind, time.time(), str(Path(model_dir).resolve()), str(Path(data_dir).resolve()), None,
+    job_dir = _claim(out_root, job_id)
+    m = Manifest(job_dir.name, kind, time.time(), str(Path(model_dir).resolve()), str(Path(data_dir).resolve()), None,
                  options, [[i] for i in range(parts)], False, dict(labels or {}))
     job_dir.mkdir(parents=True, exist_ok=True)
     _write_json(job_dir / MANIFEST, asdict(m))

@@ -74,39 +74,30 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 unary, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        if handler.unary_stream:
-            inner_us = handler.unary_stream
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        def streamed(inner_stream: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+                     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+            """A server stream (from one request or a stream of them), counted and mapped."""
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 start = time.perf_counter()
                 m.in_flight.labels(rpc).inc()
                 try:
-                    async for reply in inner_us(request, context):
+                    async for reply in inner_stream(request, context):
                         yield reply
                 except BaseException as exc:
                     await finish(context, exc, start)
                     raise
                 await finish(context, None, start)
 
+            return stream
+
+        if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, request_deserializer=handler.request_deserializer,
+                streamed(handler.unary_stream), request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.stream_stream:
-            inner_s = handler.stream_stream
-
-            async def stream(request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
-                             ) -> AsyncIterator[Any]:
-                start = time.perf_counter()
-                m.in_flight.labels(rpc).inc()
-                try:
-                    async for reply in inner_s(request_iterator, context):
-                        yield reply
-                except BaseException as exc:
-                    await finish(context, exc, start)
-                    raise
-                await finish(context, None, start)
-
             return grpc.stream_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
+                streamed(handler.stream_stream), request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         return handler
