@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -290,9 +290,7 @@ def _error_row(ds: FolderDataset, i: int, reason: str) -> dict[str, Any]:
 
 
 def options_record_with_encodings(m: Manifest) -> Options:
-    o = options_from_record(m.options)
-    return Options(method=o.method, layer=o.layer, target=o.target, threshold=o.threshold, gate=o.gate,
-                   largest=o.largest, fill_holes=o.fill_holes, chunk=o.chunk, encodings=frozenset({Encoding.MASK_PNG}))
+    return replace(options_from_record(m.options), encodings=frozenset({Encoding.MASK_PNG}))
 
 
 def finish_segment_job(job_dir: Path) -> dict[str, Any]:
@@ -441,8 +439,6 @@ def create_retrain_job(out_root: Path, model_dir: Path, data_dir: Path, *, thres
 
 
 def _retrain_args(m: Manifest) -> dict[str, Any]:
-    from dataclasses import replace
-
     from camseg.modeldir import read_metadata
     from camseg.training import TrainConfig
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ def segment_folder(
         logger.info("reusing %s (same inputs)", out)
         return {**done, "reused": True}
     encodings = {Encoding.MASK_PNG} | ({Encoding.OVERLAY_PNG} if overlays else set())
-    opts = Options(**{**_fields(opts), "encodings": frozenset(encodings)})
+    opts = replace(opts, encodings=frozenset(encodings))
     rows: list[dict[str, Any]] = []
     tracker = Tracker(f"segment {loaded.path.name}", len(indices), on_progress=on_progress, should_stop=should_stop)
     with atomic_directory(out, overwrite=True) as tmp:
@@ -90,10 +90,6 @@ def segment_folder(
         write_json(tmp / SUMMARY, summary)
     logger.info("segmented %d images into %s (mean Dice %.4f)", len(rows), out, summary["mean_dice"])
     return {**summary, "reused": False}
-
-
-def _fields(opts: Options) -> dict[str, Any]:
-    return {f: getattr(opts, f) for f in Options.__dataclass_fields__}
 
 
 def _options_record(opts: Options) -> dict[str, Any]:

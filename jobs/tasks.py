@@ -33,7 +33,7 @@ _models: dict[tuple[str, Any], LoadedModel] = {}
 _models_lock = threading.Lock()
 
 
-def cached_model(path: str, threads: int) -> LoadedModel:
+def cached_model(path: str, threads: int, providers: str = "auto") -> LoadedModel:
     """One loaded model per version folder and worker process (reloaded if its files
     change); ONNX Runtime gets the process's share of the cores, as torch does."""
     key = (path, signature(Path(path)))
@@ -41,11 +41,9 @@ def cached_model(path: str, threads: int) -> LoadedModel:
         model = _models.get(key)
         if model is None:
             _models.clear()  # a worker keeps one version at a time: memory stays flat
-            model = _models[key] = LoadedModel.load(path, providers=_providers, threads=threads)
+            model = _models[key] = LoadedModel.load(path, providers=providers, threads=threads)
         return model
 
-
-_providers = "auto"
 
 
 def job_dir(settings: JobSettings, job_id: str) -> Path:
@@ -70,8 +68,6 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def register(app: Celery, settings: JobSettings) -> None:
-    global _providers
-    _providers = settings.ort_providers
     limits = {"soft_time_limit": settings.task_soft_time_limit, "time_limit": settings.task_time_limit}
 
     @app.task(name="camseg.run_part", bind=True, acks_late=True, reject_on_worker_lost=True,
@@ -88,7 +84,9 @@ def register(app: Celery, settings: JobSettings) -> None:
             return {"job": job_id, "part": index, "ran": False, "cancelled": True}
         try:
             m = batch.read_manifest(job)
-            model = cached_model(m.model, settings.threads_per_process()) if m.kind == "segment" else None
+            model = None
+            if m.kind == "segment":
+                model = cached_model(m.model, settings.threads_per_process(), settings.ort_providers)
             ran = batch.run_part(job, index, model=model)
         except CancelledError:
             return {"job": job_id, "part": index, "ran": False, "cancelled": True}
