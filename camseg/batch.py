@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
+import io
 import json
 import logging
 import math
@@ -293,10 +295,27 @@ def options_record_with_encodings(m: Manifest) -> Options:
     return replace(options_from_record(m.options), encodings=frozenset({Encoding.MASK_PNG}))
 
 
+@contextlib.contextmanager
+def _finishing(job_dir: Path) -> Any:
+    """One finisher at a time per job, across processes: two workers whose last chunks
+    end together both see nothing pending; the second waits, then reads the summary."""
+    with (job_dir / ".finish.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def finish_segment_job(job_dir: Path) -> dict[str, Any]:
     """Merge every chunk into ``results.csv`` and ``summary.json`` (written last) and
     gather the masks under ``masks/``; idempotent. Raises when chunks are missing."""
     job_dir = Path(job_dir)
+    with _finishing(job_dir):
+        return _finish_segment_job(job_dir)
+
+
+def _finish_segment_job(job_dir: Path) -> dict[str, Any]:
     done = job_dir / SUMMARY
     if done.is_file():
         summary: dict[str, Any] = json.loads(done.read_text())
@@ -316,12 +335,11 @@ def finish_segment_job(job_dir: Path) -> dict[str, Any]:
             if not target.exists():
                 with contextlib.suppress(FileExistsError):  # another finisher linked it first
                     os.link(f, target)  # the same file system: the job's own folder
-    tmp = job_dir / f".{RESULTS}.tmp"
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(job_dir / RESULTS)
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(job_dir / RESULTS, buf.getvalue().encode())
     dices = [float(r["dice"]) for r in rows if r["dice"] != ""]
     failures = [{"id": r["id"], "error": r["error"]} for r in rows if r["error"]]
     ok = [r for r in rows if not r["error"]]
@@ -487,6 +505,11 @@ def finish(job_dir: Path) -> dict[str, Any]:
     m = read_manifest(job_dir)
     if m.kind == "segment":
         return finish_segment_job(job_dir)
+    with _finishing(job_dir):
+        return _finish_other(job_dir, m)
+
+
+def _finish_other(job_dir: Path, m: Manifest) -> dict[str, Any]:
     done = job_dir / SUMMARY
     if done.is_file():
         summary: dict[str, Any] = json.loads(done.read_text())

@@ -240,3 +240,30 @@ def test_volume_pairs_are_sliced_and_segmented(job_env: JobEnv, workers: list[Wo
     with pytest.raises(InvalidInputError, match="either"):
         submit_segment(app, s, model="tiny", version="", data=job_env.data_root / "rois",
                        volumes=[(vol / "case1.nrrd", vol / "case1_label.nrrd")])
+
+
+def _finish_at(job: str, start: float) -> str:
+    while time.time() < start:
+        time.sleep(0.001)
+    return json.dumps(batch.finish(Path(job)), sort_keys=True)
+
+
+def test_finishers_that_end_together_write_one_result(job_env: JobEnv, tmp_path: Path) -> None:
+    """The last chunks of two workers can end at once: both see nothing pending and both
+    finish the job. Neither may fail, and the results are whole."""
+    import multiprocessing
+
+    model = LoadedModel.load(job_env.repo / "tiny" / "1", threads=1)
+    job = batch.create_segment_job(tmp_path / "out", job_env.repo / "tiny" / "1", job_env.data_root / "rois",
+                                   options=OPTS, chunk_size=64)
+    for i in batch.pending_chunks(job):
+        batch.run_part(job, i, model=model)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        for _ in range(3):
+            for name in ("summary.json", "results.csv"):
+                (job / name).unlink(missing_ok=True)
+            start = time.time() + 1.5
+            outs = pool.starmap(_finish_at, [(str(job), start)] * 4)
+            assert len(set(outs)) == 1
+            assert_every_image_once(job)

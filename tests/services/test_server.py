@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import shutil
@@ -269,7 +270,12 @@ def test_sigterm_drains_in_flight_calls(repo: Path, tiny_folder: Path) -> None:
         health = health_pb2_grpc.HealthStub(s.channel())
         watch = health.Watch(health_pb2.HealthCheckRequest(service="camseg.v1.Segmentation"), timeout=60)
         seen: list[int] = []
-        watcher = threading.Thread(target=lambda: seen.extend(r.status for r in watch), daemon=True)
+
+        def follow() -> None:
+            with contextlib.suppress(grpc.RpcError):  # the stream ends UNAVAILABLE when the server stops
+                seen.extend(r.status for r in watch)
+
+        watcher = threading.Thread(target=follow, daemon=True)
         watcher.start()
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(stub.Segment, slow, timeout=60) for _ in range(4)]
