@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo test lint bench data-real redis protos clean
+.PHONY: demo quality test lint bench data-real redis protos clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ redis:
 
 demo: $(STAMP) redis
 	$(BIN)/camseg demo --out demo-out
+
+# the full segmentation-quality run: more ROIs and epochs, three seeds (under an hour on two cores)
+quality: $(STAMP) redis
+	$(BIN)/camseg demo --profile quality --out quality-out
 
 test: $(STAMP) redis
 	$(BIN)/python -m pytest -q
@@ -44,4 +48,4 @@ bench: $(BENCH_STAMP) redis
 	$(BIN)/python bench/serve_bench.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-out quality-out .pytest_cache .mypy_cache .ruff_cache

@@ -134,10 +134,10 @@ def create_segment_job(out_root: Path, model_dir: Path, data_dir: Path, *, split
     and write the manifest. Returns the job's folder ``out_root/<job_id>``."""
     if chunk_size < 1:
         raise InvalidInputError("chunk size must be at least 1")
-    opts = options or Options()
+    model = LoadedModel.load(model_dir, onnx=False)
+    opts = options or model.default_options()  # the model's recipe, recorded in the manifest
     if opts.threshold is None:
         raise InvalidInputError("bulk segmentation needs a threshold rule")
-    model = LoadedModel.load(model_dir, onnx=False)
     model.engine_for(opts)
     ds = FolderDataset.open(data_dir)
     if ds.classes != model.classes:
@@ -146,29 +146,13 @@ def create_segment_job(out_root: Path, model_dir: Path, data_dir: Path, *, split
     job_dir = _claim(out_root, job_id)
     manifest = Manifest(job_dir.name, "segment", time.time(), str(Path(model_dir).resolve()),
                         str(Path(data_dir).resolve()),
-                        split, options_record(opts), [indices[i : i + chunk_size]
+                        split, opts.to_record(), [indices[i : i + chunk_size]
                                                       for i in range(0, len(indices), chunk_size)],
                         heatmaps, dict(labels or {}))
     (job_dir / "chunks").mkdir(parents=True, exist_ok=True)
     _write_json(job_dir / MANIFEST, asdict(manifest))
     logger.info("job %s: %d images in %d chunks", job_dir.name, manifest.images, len(manifest.chunks))
     return job_dir
-
-
-def options_record(opts: Options) -> dict[str, Any]:
-    return {"method": opts.method.value, "layer": opts.layer, "target": opts.target,
-            "threshold": str(opts.threshold) if opts.threshold is not None else None, "gate": opts.gate,
-            "largest": opts.largest, "fill_holes": opts.fill_holes, "chunk": opts.chunk}
-
-
-def options_from_record(rec: dict[str, Any]) -> Options:
-    from camseg.cam import parse_method
-    from camseg.masks import parse_rule
-
-    return Options(method=parse_method(rec["method"]), layer=rec.get("layer"), target=rec.get("target"),
-                   threshold=parse_rule(rec["threshold"]), gate=bool(rec.get("gate", True)),
-                   largest=bool(rec.get("largest", False)), fill_holes=bool(rec.get("fill_holes", False)),
-                   chunk=int(rec.get("chunk", 16)))
 
 
 _datasets: dict[tuple[str, int, int], FolderDataset] = {}
@@ -292,7 +276,7 @@ def _error_row(ds: FolderDataset, i: int, reason: str) -> dict[str, Any]:
 
 
 def options_record_with_encodings(m: Manifest) -> Options:
-    return replace(options_from_record(m.options), encodings=frozenset({Encoding.MASK_PNG}))
+    return replace(Options.from_record(m.options), encodings=frozenset({Encoding.MASK_PNG}))
 
 
 @contextlib.contextmanager

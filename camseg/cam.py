@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -46,9 +46,13 @@ class CamMethod(StrEnum):
     HIRESCAM = "hirescam"
     LAYERCAM = "layercam"
     FUSED = "fused"
+    # not a CAM of the classifier: the segmentation network distilled from its CAMs
+    # (camseg.distill), served beside it
+    DISTILLED = "distilled"
 
 
-METHODS: tuple[str, ...] = tuple(m.value for m in CamMethod)
+# the classifier's own CAM methods (the sweeps run these)
+METHODS: tuple[str, ...] = tuple(m.value for m in CamMethod if m is not CamMethod.DISTILLED)
 
 Targets = int | Sequence[int] | Tensor | None
 
@@ -226,6 +230,7 @@ class RawCam:
     logits: Tensor
     targets: Tensor
     layers: tuple[str, ...]
+    calibrated: bool = False  # parts are probabilities already: resized, never rescaled
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -237,6 +242,8 @@ class RawCam:
         and normalised, multiplied, and the geometric mean taken, then normalised.
         """
         parts = self.parts if index is None else tuple(p[index] for p in self.parts)
+        if self.calibrated:
+            return upsample(parts[0], size).clamp(0.0, 1.0)
         if len(parts) == 1:
             maps = upsample(parts[0], size)
             return normalise_maps(maps) if normalise else maps
@@ -259,6 +266,9 @@ def raw_cam(
     """The forward (and, where needed, backward) pass of :func:`compute_cam`, stopped
     before upsampling; same arguments, same checks."""
     cam_method = parse_method(method)
+    if cam_method is CamMethod.DISTILLED:
+        raise InvalidInputError("the distilled method is not a CAM of the classifier; run it through "
+                                "camseg.pipeline with a model that has a distilled student")
     _check_images(model, images)
     layer = layer or model.cam_layer
     k = model.check_layer(layer)
@@ -378,3 +388,57 @@ def cam_from_activations(
     maps = raw_from_activations(acts, weight, targets, method=method)
     out_size = size or (int(acts.shape[-2]), int(acts.shape[-1]))
     return normalise_maps(upsample(maps, out_size))
+
+
+# ------------------------------------------------------------ test-time augmentation
+TTA_SIZES = (1, 4, 8)
+
+
+def dihedral(x: Tensor, k: int) -> Tensor:
+    """Element ``k`` (0..7) of the dihedral group D4 applied to the last two axes:
+    bit 4 transposes, then bit 1 flips columns, bit 2 flips rows. 0..3 are the four
+    flips (a group of their own); 0..7 add the quarter turns and diagonal mirrors."""
+    if k & 4:
+        x = x.transpose(-1, -2)
+    if k & 1:
+        x = x.flip(-1)
+    if k & 2:
+        x = x.flip(-2)
+    return x
+
+
+def undo_dihedral(x: Tensor, k: int) -> Tensor:
+    """The inverse of :func:`dihedral`: ``undo_dihedral(dihedral(x, k), k) == x``."""
+    if k & 2:
+        x = x.flip(-2)
+    if k & 1:
+        x = x.flip(-1)
+    if k & 4:
+        x = x.transpose(-1, -2)
+    return x
+
+
+def tta_cam(cam: Callable[[Tensor, Tensor | None], RawCam], images: Tensor, n: int) -> RawCam:
+    """Heatmaps averaged over ``n`` (1, 4 or 8) dihedral transforms of square inputs.
+
+    ``cam(x, targets)`` computes one :class:`RawCam` (``targets`` None: its own choice).
+    Each transform's maps are rendered at the input size and normalised, mapped back
+    and averaged; the logits are averaged too, and every transform explains the
+    targets of the untransformed pass. Because the transforms form a group, the result
+    is equivariant: the averaged map of a flipped image is the flipped averaged map.
+    """
+    if n not in TTA_SIZES:
+        raise InvalidInputError(f"test-time augmentation takes 1, 4 or 8 transforms, not {n}")
+    first = cam(images, None)
+    if n == 1:
+        return first
+    if images.shape[-1] != images.shape[-2]:
+        raise InvalidInputError("test-time augmentation needs square inputs")
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    total = first.render(size)
+    logits = first.logits.clone()
+    for k in range(1, n):
+        r = cam(dihedral(images, k), first.targets)
+        total += undo_dihedral(r.render(size), k)
+        logits += r.logits
+    return RawCam((total / n,), logits / n, first.targets, first.layers, calibrated=first.calibrated)

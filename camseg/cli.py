@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     from camseg.data.folder import SPLITS
     from camseg.evaluation import DEFAULT_RULES
     from camseg.models import ARCHITECTURES
+    from camseg.refine import REFINERS
     from camseg.retraining import FILTERS
 
     common = argparse.ArgumentParser(add_help=False)
@@ -89,9 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--model", type=Path, required=True)
     g.add_argument("--data", type=Path, required=True)
     g.add_argument("--out", type=Path, required=True)
-    g.add_argument("--method", default="gradcam", choices=METHODS)
-    g.add_argument("--threshold", default="otsu", help="otsu, a percentile like p90, or a number in [0, 1]")
+    g.add_argument("--method", default=None, choices=(*METHODS, "distilled"),
+                   help="default: the model's recipe (recipe.json), else gradcam")
+    g.add_argument("--threshold", default=None, help="otsu, a percentile like p90, or a number in [0, 1] "
+                                                     "(default: the recipe's, else otsu)")
     g.add_argument("--layer", default=None)
+    g.add_argument("--tta", type=int, default=None, choices=(1, 4, 8),
+                   help="average heatmaps over 1, 4 or 8 flips and quarter turns")
+    g.add_argument("--refine", default=None, choices=REFINERS, help="refine masks from the image")
+    g.add_argument("--decision-threshold", type=float, default=None,
+                   help="tumor probability from which the gate calls an ROI tumor (default: the most probable class)")
+    g.add_argument("--no-recipe", action="store_true", help="ignore the model's recipe: the defaults and flags only")
     g.add_argument("--split", default=None, choices=("train", "val", "test"))
     g.add_argument("--no-gate", action="store_true", help="segment ROIs the classifier calls normal too")
     g.add_argument("--largest", action="store_true", help="keep the largest connected component")
@@ -122,14 +132,35 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--epochs", type=int, default=None)
     f.add_argument("--json", type=Path, default=None)
 
+    rc = sub.add_parser("recipe", help="choose a model's recipe on val (TTA, gate, refinement, distillation), "
+                                       "report it on test and record it in the model directory")
+    rc.add_argument("--model", type=Path, required=True)
+    rc.add_argument("--data", type=Path, required=True)
+    rc.add_argument("--refiners", nargs="*", default=[r for r in REFINERS if r != "none"],
+                    choices=[r for r in REFINERS if r != "none"])
+    rc.add_argument("--distill-epochs", type=int, default=25, help="0 skips distillation")
+    rc.add_argument("--dry-run", action="store_true", help="report only; leave the model directory as it is")
+
+    ds = sub.add_parser("distill", help="train a segmentation network on the model's heatmap pseudo-labels "
+                                        "(the train split's images only) and save it with the model")
+    ds.add_argument("--model", type=Path, required=True)
+    ds.add_argument("--data", type=Path, required=True)
+    ds.add_argument("--epochs", type=int, default=25)
+    ds.add_argument("--seed", type=int, default=0)
+
     d = sub.add_parser("demo", help="the whole method on synthetic data, with a report")
-    d.add_argument("--out", type=Path, default=Path("demo-out"))
-    d.add_argument("--n", type=int, default=2000)
-    d.add_argument("--size", type=int, default=64)
-    d.add_argument("--epochs", type=int, default=20)
-    d.add_argument("--archs", nargs="+", default=["resnet", "inception", "densenet", "mobilenet"],
-                   choices=sorted(ARCHITECTURES))
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--profile", default="demo", choices=("demo", "quality"),
+                   help="quality: more ROIs and epochs and three seeds (make quality); flags below override")
+    d.add_argument("--out", type=Path, default=None, help="default: demo-out, or quality-out")
+    d.add_argument("--n", type=int, default=None)
+    d.add_argument("--size", type=int, default=None)
+    d.add_argument("--epochs", type=int, default=None)
+    d.add_argument("--archs", nargs="+", default=None, choices=sorted(ARCHITECTURES))
+    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--seeds", type=int, nargs="*", default=None, help="more seeds for the final row")
+    d.add_argument("--distill-epochs", type=int, default=None, help="0 skips distillation")
+    d.add_argument("--no-recipe", action="store_true", help="skip the recipe step")
+    d.add_argument("--no-dilation", action="store_true", help="keep the last stage strided (a coarser CAM layer)")
     d.add_argument("--no-service", action="store_true", help="skip the steps that start the service and workers")
     for module in _adapters():
         module.register(sub)
@@ -214,11 +245,24 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
     if args.command == "segment":
         from camseg.masks import parse_rule
         from camseg.pipeline import LoadedModel, Options
+        from camseg.recipe import RECIPE_FILE
+        from camseg.refine import parse_refiner
         from camseg.segment import segment_folder
 
-        opts = Options(method=parse_method(args.method), threshold=parse_rule(args.threshold), layer=args.layer,
-                       gate=not args.no_gate, largest=args.largest, fill_holes=args.fill_holes)
         model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
+        chosen = [args.method, args.threshold, args.layer, args.tta, args.refine, args.decision_threshold]
+        if model.recipe is not None and not args.no_recipe and all(v is None for v in chosen):
+            opts = model.recipe.options
+            if args.no_gate or args.largest or args.fill_holes:
+                opts = replace(opts, gate=opts.gate and not args.no_gate, largest=opts.largest or args.largest,
+                               fill_holes=opts.fill_holes or args.fill_holes)
+            print(f"{args.model}: the model's recipe ({RECIPE_FILE})")
+        else:
+            opts = Options(method=parse_method(args.method or "gradcam"),
+                           threshold=parse_rule(args.threshold or "otsu"), layer=args.layer, tta=args.tta or 1,
+                           refine=parse_refiner(args.refine or "none"),
+                           decision_threshold=args.decision_threshold, gate=not args.no_gate, largest=args.largest,
+                           fill_holes=args.fill_holes)
         with progress_bars(progress) as bars:
             summary = segment_folder(model, args.data, args.out, opts, split=args.split, overlays=args.overlays,
                                      overwrite=args.overwrite, on_progress=bars)
@@ -228,15 +272,40 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         return 0
     if args.command == "evaluate":
         return _evaluate(args, progress)
+    if args.command == "recipe":
+        return _recipe(args, progress, settings)
+    if args.command == "distill":
+        from camseg.console import progress_bars
+        from camseg.distill import DistillConfig
+        from camseg.pipeline import LoadedModel
+        from camseg.recipe import make_distiller
+
+        model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
+        with progress_bars(progress) as bars:
+            distiller = make_distiller(args.data, DistillConfig(epochs=args.epochs, seed=args.seed), on_progress=bars)
+            loaded = distiller(model, model.default_options())
+        assert loaded is not None and loaded.student is not None
+        par = loaded.student.meta["onnx"]["parity"]["max_abs_diff_probabilities"]
+        print(f"{args.model}: student.pt, student.onnx (parity {par:.1e}), student.json; "
+              "segment with --method distilled")
+        return 0
     if args.command == "filtered-retrain":
         return _filtered(args, progress)
     if args.command == "demo":
-        from camseg.demo import DemoConfig, run_demo
+        from camseg.demo import PROFILES, run_demo
 
+        demo_cfg = PROFILES[args.profile]
+        given = {"out": args.out, "n": args.n, "size": args.size, "epochs": args.epochs, "seed": args.seed,
+                 "archs": tuple(args.archs) if args.archs else None,
+                 "seeds": tuple(args.seeds) if args.seeds is not None else None,
+                 "distill_epochs": args.distill_epochs}
+        demo_cfg = replace(demo_cfg, **{k: v for k, v in given.items() if v is not None})
+        if args.no_recipe or args.no_dilation:
+            demo_cfg = replace(demo_cfg, recipe=demo_cfg.recipe and not args.no_recipe,
+                               dilated=demo_cfg.dilated and not args.no_dilation)
         steps = [] if args.no_service else [s for m in _adapters() for s in m.demo_steps(settings)]
         with progress_bars(progress) as bars:
-            report = run_demo(DemoConfig(out=args.out, n=args.n, size=args.size, epochs=args.epochs,
-                                         archs=tuple(args.archs), seed=args.seed), on_progress=bars, steps=steps)
+            report = run_demo(demo_cfg, on_progress=bars, steps=steps)
         print(f"report: {report}")
         return 0
     raise AssertionError(args.command)  # pragma: no cover
@@ -291,6 +360,43 @@ def _evaluate(args: argparse.Namespace, progress: bool) -> int:
                   f"{best.mean_dice:.4f} on {report.report_split}")
     if args.out:
         console.print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def _recipe(args: argparse.Namespace, progress: bool, settings: Settings) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from camseg.console import progress_bars
+    from camseg.demo import choice_options
+    from camseg.distill import DistillConfig
+    from camseg.evaluation import evaluate_dice
+    from camseg.pipeline import LoadedModel
+    from camseg.recipe import RecipeConfig, choose_recipe, make_distiller, save_recipe
+
+    model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
+    with progress_bars(progress) as bars:
+        report = evaluate_dice(model, args.data, on_progress=bars)
+        distiller = None
+        if args.distill_epochs > 0 and not args.dry_run:
+            distiller = make_distiller(args.data, DistillConfig(epochs=args.distill_epochs), on_progress=bars)
+        recipe = choose_recipe(model, args.data, choice_options(report.best), paper=choice_options(report.paper),
+                               cfg=RecipeConfig(refiners=tuple(args.refiners)), distiller=distiller,
+                               on_progress=bars)
+    table = Table(title=f"chosen on {recipe.select_split}, reported on {recipe.report_split} "
+                        "(Dice over all tumor ROIs, gated)")
+    for col in ("step", "kept", "val Dice", "test Dice", "detected", "false area"):
+        table.add_column(col)
+    for st in recipe.steps:
+        table.add_row(st.name, "yes" if st.kept else "", f"{st.select.all_tumors:.4f}",
+                      f"{st.report.all_tumors:.4f}", f"{st.report.detected:.4f}", f"{st.report.false_area:.4f}")
+    if recipe.label_free_report is not None:
+        table.add_row("label-free", "", f"{recipe.label_free_select.all_tumors:.4f}" if recipe.label_free_select
+                      else "", f"{recipe.label_free_report.all_tumors:.4f}",
+                      f"{recipe.label_free_report.detected:.4f}", f"{recipe.label_free_report.false_area:.4f}")
+    Console().print(table)
+    if not args.dry_run:
+        print(f"recipe: {save_recipe(args.model, recipe)}")
     return 0
 
 

@@ -18,10 +18,10 @@ image's size) and each encoding made only when asked for.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camseg import codecs
-from camseg.cam import CamMethod, RawCam, parse_method, raw_cam, raw_from_activations
+from camseg.cam import TTA_SIZES, CamMethod, RawCam, parse_method, raw_cam, raw_from_activations, tta_cam
 from camseg.data.folder import BoolArray, FloatArray
 from camseg.data.tensors import resize_image, to_channels
 from camseg.errors import InvalidInputError, UnsupportedError
@@ -41,6 +41,11 @@ from camseg.metrics import dice
 from camseg.modeldir import ONNX_FILE, load_model
 from camseg.models import Classifier
 from camseg.progress import OnProgress, ShouldStop, Tracker
+from camseg.refine import Refiner, parse_refiner, refine_masks
+
+if TYPE_CHECKING:
+    from camseg.distill import Student
+    from camseg.recipe import Recipe
 
 
 class Engine(StrEnum):
@@ -63,8 +68,13 @@ class Options:
     """What to compute. ``threshold=None`` stops at heatmaps (no masks).
 
     ``target`` None means the positive class (with several positive classes, the most
-    probable of them for each image). ``chunk`` images go through the network at a time;
-    ``should_stop`` is polled between chunks.
+    probable of them for each image). ``tta`` averages heatmaps (and logits) over 1, 4
+    or 8 flips and quarter turns. ``refine`` refines each thresholded mask from its
+    image (:mod:`camseg.refine`), before the largest component is taken.
+    ``decision_threshold`` is the probability of the positive class(es) from which an
+    image is called tumor (the label and the gate); None takes the most probable class.
+    ``chunk`` images go through the network at a time; ``should_stop`` is polled
+    between chunks.
     """
 
     method: CamMethod = CamMethod.GRADCAM
@@ -77,12 +87,20 @@ class Options:
     encodings: frozenset[Encoding] = frozenset()
     engine: Engine = Engine.AUTO
     chunk: int = 16
+    tta: int = 1
+    refine: Refiner = Refiner.NONE
+    decision_threshold: float | None = None
 
     def __post_init__(self) -> None:
         # accept the plain strings of configuration files and command lines
         object.__setattr__(self, "method", parse_method(self.method))
+        object.__setattr__(self, "refine", parse_refiner(self.refine))
         if self.threshold is not None:
             object.__setattr__(self, "threshold", parse_rule(self.threshold))
+        if self.tta not in TTA_SIZES:
+            raise InvalidInputError(f"tta must be one of {', '.join(map(str, TTA_SIZES))}, got {self.tta}")
+        if self.decision_threshold is not None and not 0.0 < self.decision_threshold < 1.0:
+            raise InvalidInputError(f"decision threshold must be within (0, 1), got {self.decision_threshold}")
         try:
             object.__setattr__(self, "engine", Engine(self.engine))
             object.__setattr__(self, "encodings", frozenset(Encoding(e) for e in self.encodings))
@@ -92,6 +110,23 @@ class Options:
             raise InvalidInputError("chunk must be at least 1 image")
         if self.layer == "":
             object.__setattr__(self, "layer", None)
+
+
+    def to_record(self) -> dict[str, Any]:
+        """The options as plain JSON values (no encodings: those are per call)."""
+        return {"method": self.method.value, "layer": self.layer, "target": self.target,
+                "threshold": str(self.threshold) if self.threshold is not None else None, "gate": self.gate,
+                "largest": self.largest, "fill_holes": self.fill_holes, "chunk": self.chunk, "tta": self.tta,
+                "refine": self.refine.value, "decision_threshold": self.decision_threshold}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Options:
+        """Options from :meth:`to_record`'s values; absent keys take their defaults."""
+        known = {f.name for f in fields(cls)} - {"encodings", "engine"}
+        unknown = set(rec) - known
+        if unknown:
+            raise InvalidInputError(f"unknown options {', '.join(sorted(unknown))}")
+        return cls(**rec)
 
 
 def positive_classes(meta: dict[str, Any], classes: Sequence[str]) -> tuple[int, ...]:
@@ -122,12 +157,18 @@ class LoadedModel:
     onnx: OnnxModel | None
     classes: tuple[str, ...]
     positives: tuple[int, ...]
+    student: Student | None = None  # the distilled segmentation network, where trained
+    recipe: Recipe | None = None  # how this model's masks are made, where chosen
 
     @classmethod
     def load(cls, path: Path | str, *, onnx: bool | None = None, providers: str = "auto",
              threads: int = 0) -> LoadedModel:
         """Load ``path``; ``onnx`` True requires ``model.onnx``, False skips it, None
-        loads it where present."""
+        loads it where present. The distilled student and the recipe come with it where
+        the directory holds them."""
+        from camseg.distill import load_student
+        from camseg.recipe import load_recipe
+
         path = Path(path)
         network, meta = load_model(path)
         session = None
@@ -137,7 +178,13 @@ class LoadedModel:
         if len(classes) != network.spec.num_classes:
             raise InvalidInputError(f"{path}: {len(classes)} classes in metadata for a "
                                     f"{network.spec.num_classes}-class network")
-        return cls(path, meta, network, session, classes, positive_classes(meta, classes))
+        student = load_student(path, providers=providers, threads=threads, onnx=False if onnx is False else None)
+        return cls(path, meta, network, session, classes, positive_classes(meta, classes), student,
+                   load_recipe(path))
+
+    def default_options(self) -> Options:
+        """The recipe's options where the model has one, else the defaults."""
+        return self.recipe.options if self.recipe is not None else Options()
 
     @property
     def size(self) -> int:
@@ -154,6 +201,12 @@ class LoadedModel:
 
     def engine_for(self, options: Options) -> Engine:
         """The engine :func:`run` uses for ``options``; checks the layer and the target."""
+        if options.method is CamMethod.DISTILLED:
+            if self.student is None:
+                raise UnsupportedError(f"{self.path.name}: this model has no distilled student "
+                                       "(camseg distill trains one)")
+            return Engine.ONNX if self.student.onnx is not None and options.engine is not Engine.TORCH \
+                else Engine.TORCH
         if options.layer is not None:
             self.network.check_layer(options.layer)
         if options.target is not None and not 0 <= options.target < len(self.classes):
@@ -197,20 +250,47 @@ class LoadedModel:
         return pos[probs[:, pos].argmax(1)]
 
     def raw_cam(self, engine: Engine, x: Tensor, options: Options) -> RawCam:
-        """The heatmap pass of a prepared batch on ``engine``."""
+        """The heatmap pass of a prepared batch on ``engine`` (averaged over the
+        transforms of ``options.tta``)."""
+        return tta_cam(lambda xx, t: self._raw_once(engine, xx, options, t), x, options.tta)
+
+    def decide(self, probs: Tensor, threshold: float | None) -> Tensor:
+        """Each image's class: the most probable, or with ``threshold``, the most probable
+        positive class where the positive classes hold at least ``threshold`` of the
+        probability, else the most probable other class."""
+        if threshold is None:
+            return probs.argmax(1)
+        pos = torch.tensor(self.positives)
+        neg = torch.tensor([c for c in range(probs.shape[1]) if c not in self.positives])
+        best_pos = pos[probs[:, pos].argmax(1)]
+        if len(neg) == 0:
+            return best_pos
+        best_neg = neg[probs[:, neg].argmax(1)]
+        return torch.where(probs[:, pos].sum(1) >= threshold, best_pos, best_neg)
+
+    def _raw_once(self, engine: Engine, x: Tensor, options: Options, targets: Tensor | None) -> RawCam:
+        if options.method is CamMethod.DISTILLED:
+            assert self.student is not None
+            p = torch.from_numpy(self.classify_prepared(x.numpy()))
+            t = targets if targets is not None else torch.as_tensor(self._targets(options, p)).expand(
+                x.shape[0]).clone()
+            maps = self.student.heatmaps(x, onnx=engine is Engine.ONNX)
+            return RawCam((maps,), torch.log(p.clamp_min(1e-30)), t, ("distilled",), calibrated=True)
         if engine is Engine.ONNX:
             assert self.onnx is not None and self.onnx.head_weight is not None and self.onnx.cam_layer is not None
             probs, acts = self.onnx.run(x.numpy())
             p = torch.from_numpy(probs)
-            t = torch.as_tensor(self._targets(options, p)).expand(x.shape[0]).clone()
+            t = targets if targets is not None else torch.as_tensor(self._targets(options, p)).expand(
+                x.shape[0]).clone()
             maps = raw_from_activations(torch.from_numpy(acts), self.onnx.head_weight, t, method=options.method)
             # the logits are not exported; log-probabilities differ from them by a per-row constant
             return RawCam((maps,), torch.log(p.clamp_min(1e-30)), t, (self.onnx.cam_layer,))
-        probs_first = None
-        if options.target is None and len(self.positives) > 1:
-            probs_first = torch.from_numpy(self.classify_prepared(x.numpy()))
-        return raw_cam(self.network, x, method=options.method, layer=options.layer,
-                       targets=self._targets(options, probs_first))
+        if targets is None:
+            probs_first = None
+            if options.target is None and len(self.positives) > 1:
+                probs_first = torch.from_numpy(self.classify_prepared(x.numpy()))
+            targets = torch.as_tensor(self._targets(options, probs_first))
+        return raw_cam(self.network, x, method=options.method, layer=options.layer, targets=targets)
 
     def warm_up(self) -> None:
         """One pass of every engine on a blank image: a model that cannot answer fails
@@ -223,6 +303,8 @@ class LoadedModel:
         run(self, blank, Options(engine=Engine.TORCH))
         if self.onnx is not None and self.onnx.cam_layer is not None:
             run(self, blank, Options(engine=Engine.ONNX))
+        if self.student is not None:
+            run(self, blank, Options(method=CamMethod.DISTILLED))
 
 
 @dataclass(frozen=True)
@@ -313,7 +395,7 @@ def run(
         raw = model.raw_cam(engine, model.prepare(part), opts)
         layers = raw.layers
         probs = F.softmax(raw.logits, dim=1)
-        predicted = probs.argmax(1)
+        predicted = model.decide(probs, opts.decision_threshold)
         by_size: dict[tuple[int, int], list[int]] = {}
         for j, img in enumerate(part):
             by_size.setdefault((int(img.shape[0]), int(img.shape[1])), []).append(j)
@@ -322,14 +404,41 @@ def run(
             heat = raw.render(size, index=index)
             seg = None
             if opts.threshold is not None:
-                seg = segment_maps(heat, opts.threshold, predicted=predicted[index] if opts.gate else None,
-                                   positive_class=model.positives, largest=opts.largest, fill_holes=opts.fill_holes)
+                seg = make_masks(model, [part[j] for j in idx], heat, predicted[index], opts)
             for k, j in enumerate(idx):
                 i = start + j
                 items[i] = _finish(opts, images[i], heat[k], probs[j], int(predicted[j]), int(raw.targets[j]),
                                    seg, k, truths[i] if truths is not None else None)
         tracker.advance(len(part))
     return Result([r for r in items if r is not None], engine, layers)
+
+
+def make_masks(model: LoadedModel, images: Sequence[FloatArray], heat: Tensor, predicted: Tensor,
+               opts: Options) -> Masks:
+    """Heatmaps ``(N, H, W)`` of same-sized ``images`` to masks under ``opts``: the
+    threshold rule, the classifier gate (``predicted`` classes), the refinement from the
+    image, then the largest component and hole filling."""
+    if opts.threshold is None:
+        raise InvalidInputError("masks need a threshold rule")
+    refining = opts.refine is not Refiner.NONE
+    seg = segment_maps(heat, opts.threshold, predicted=predicted if opts.gate else None,
+                       positive_class=model.positives, largest=opts.largest and not refining,
+                       fill_holes=opts.fill_holes and not refining)
+    if not refining:
+        return seg
+    gray = torch.stack([torch.from_numpy(_gray(img)) for img in images])
+    masks = refine_masks(gray, heat, seg.masks, opts.refine)
+    if opts.largest or opts.fill_holes:
+        masks = segment_maps(masks.float(), ThresholdRule("fixed", 0.5), largest=opts.largest,
+                             fill_holes=opts.fill_holes).masks
+    return Masks(masks, seg.thresholds, seg.gated)
+
+
+def _gray(image: FloatArray) -> npt.NDArray[np.float32]:
+    """An image as one float32 channel (luminance of RGB)."""
+    if image.ndim == 3:
+        return np.ascontiguousarray(image @ np.array([0.299, 0.587, 0.114], dtype=np.float32), dtype=np.float32)
+    return np.ascontiguousarray(image, dtype=np.float32)
 
 
 def _finish(opts: Options, image: FloatArray, heat: Tensor, probs: Tensor, predicted: int, target: int,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,10 @@ def segment_folder(
     output of the same inputs was found instead). Mean Dice is over the images with a
     truth mask.
     """
-    opts = options or Options()
+    loaded = model if isinstance(model, LoadedModel) else LoadedModel.load(model)
+    opts = options or loaded.default_options()  # the model's recipe where it has one
     if opts.threshold is None:
         raise InvalidInputError("segmentation needs a threshold rule")
-    loaded = model if isinstance(model, LoadedModel) else LoadedModel.load(model)
     loaded.engine_for(opts)
     ds = FolderDataset.open(data_dir)
     if ds.classes != loaded.classes:
@@ -93,10 +93,7 @@ def segment_folder(
 
 
 def _options_record(opts: Options) -> dict[str, Any]:
-    rec = asdict(opts)
-    rec["threshold"] = str(opts.threshold) if opts.threshold is not None else None
-    rec["encodings"] = sorted(e.value for e in opts.encodings)
-    return {k: (v.value if hasattr(v, "value") else v) for k, v in rec.items()}
+    return {**opts.to_record(), "encodings": sorted(e.value for e in opts.encodings)}
 
 
 def _row(ds: FolderDataset, i: int, model: LoadedModel, item: Any) -> dict[str, Any]:

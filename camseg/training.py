@@ -21,7 +21,7 @@ from camseg.data.folder import FolderDataset
 from camseg.data.tensors import ArraySet, load_arrays
 from camseg.errors import InvalidInputError
 from camseg.metrics import accuracy, roc_auc
-from camseg.modeldir import save_model
+from camseg.modeldir import load_model, save_model
 from camseg.models import Classifier, ModelSpec, build, count_parameters
 from camseg.progress import OnProgress, ShouldStop, Tracker
 
@@ -38,6 +38,10 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     label_smoothing: float = 0.0
+    brightness: float = 0.03  # augmentation: a uniform shift in [-b, b] per image
+    contrast: float = 0.1  # augmentation: a scale in [1 - c, 1 + c] about each image's mean
+    dilated: bool = False  # dilation instead of stride in the last downsampling stage (a finer CAM layer)
+    balanced: bool = False  # weigh the loss by inverse class frequency in the train split (few tumor ROIs)
 
 
 @dataclass
@@ -76,8 +80,9 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def augment(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Random flips and quarter turns: the labels and masks of an ROI do not change."""
+def augment(x: Tensor, gen: torch.Generator, *, brightness: float = 0.0, contrast: float = 0.0) -> Tensor:
+    """Random flips and quarter turns (the labels and masks of an ROI do not change), then
+    a small brightness shift and contrast scale per image, clipped to [0, 1]."""
     n = x.shape[0]
     flip_h = torch.rand(n, generator=gen) < 0.5
     flip_v = torch.rand(n, generator=gen) < 0.5
@@ -85,6 +90,11 @@ def augment(x: Tensor, gen: torch.Generator) -> Tensor:
     x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
     if torch.rand(1, generator=gen).item() < 0.5:
         x = x.transpose(-1, -2)
+    if brightness > 0 or contrast > 0:
+        scale = 1 + contrast * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
+        shift = brightness * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * scale + mean + shift).clamp(0.0, 1.0)
     return x
 
 
@@ -124,8 +134,15 @@ def train(
     on_progress: OnProgress | None = None,
     should_stop: ShouldStop | None = None,
     device: str | torch.device = "cpu",
+    init_from: Path | None = None,
 ) -> TrainResult:
     """Train a fresh ``spec`` classifier; return the weights of the best validation epoch.
+
+    With ``init_from`` (a model directory of the same spec) training starts from that
+    model's weights instead (fine-tuning); the input statistics are still those of
+    ``train_set``. A different spec raises :class:`~camseg.errors.InvalidInputError`.
+    ``cfg.balanced`` weighs each class's loss by ``n / (classes * n_class)`` of the
+    train split (King & Zeng's "balanced" weights, as in scikit-learn).
 
     The best epoch is the one with the lowest validation loss; training stops after
     ``cfg.patience`` epochs without improvement. Progress is reported per batch under
@@ -140,11 +157,17 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = resolve_device(device) if isinstance(device, str) else device
     model = build(spec)
+    if init_from is not None:
+        model.load_state_dict(_base_state(Path(init_from), spec))
     mean, std = train_set.images.mean().item(), train_set.images.std().item()
     model.set_input_stats(mean, std)
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    weight = None
+    if cfg.balanced:
+        counts = torch.bincount(train_set.labels, minlength=spec.num_classes).clamp_min(1).float()
+        weight = (counts.sum() / (len(counts) * counts)).to(dev)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2
     )
@@ -166,8 +189,8 @@ def train(
                 continue
             x = train_set.images[idx]
             if cfg.augment:
-                x = augment(x, gen)
-            loss = F.cross_entropy(model(x.to(dev)), train_set.labels[idx].to(dev),
+                x = augment(x, gen, brightness=cfg.brightness, contrast=cfg.contrast)
+            loss = F.cross_entropy(model(x.to(dev)), train_set.labels[idx].to(dev), weight=weight,
                                    label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -210,11 +233,16 @@ def train_from_folder(
     on_progress: OnProgress | None = None,
     should_stop: ShouldStop | None = None,
     device: str = "cpu",
+    init_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Train ``arch`` on a folder data set and write the model directory; returns metadata."""
+    """Train ``arch`` on a folder data set and write the model directory; returns metadata.
+
+    ``init_from``: fine-tune from that model directory's weights (see :func:`train`).
+    """
     ds = FolderDataset.open(data_dir)
     size = input_size or _native_size(ds)
-    spec = ModelSpec(arch=arch, in_channels=channels, num_classes=len(ds.classes), input_size=size, width=width)
+    spec = ModelSpec(arch=arch, in_channels=channels, num_classes=len(ds.classes), input_size=size, width=width,
+                     extra={"dilated": 1} if cfg.dilated else {})
     build(spec)  # unknown architecture fails before any data is read
     train_idx, val_idx, test_idx = ds.subset("train"), ds.subset("val"), ds.subset("test")
     if not any(s.split for s in ds.samples):
@@ -222,7 +250,7 @@ def train_from_folder(
     train_set = load_arrays(ds, train_idx, size, channels)
     val_set = load_arrays(ds, val_idx, size, channels)
     result = train(spec, train_set, val_set, cfg, task=f"train {Path(out).name}", on_progress=on_progress,
-                   should_stop=should_stop, device=device)
+                   should_stop=should_stop, device=device, init_from=init_from)
     metrics: dict[str, Any] = {"best_epoch": result.best_epoch, "val": _rounded(asdict(result.best))}
     if test_idx:
         metrics["test"] = _rounded(evaluate(result.model, load_arrays(ds, test_idx, size, channels)))
@@ -245,8 +273,20 @@ def train_from_folder(
                  "n_train": len(train_set), "n_val": len(val_set), "n_test": len(test_idx)},
         "camseg_version": camseg.__version__,
     }
+    if init_from is not None:
+        metadata["fine_tuned_from"] = str(Path(init_from).resolve())
     save_model(Path(out), result.model, metadata)
     return metadata
+
+
+def _base_state(model_dir: Path, spec: ModelSpec) -> dict[str, Any]:
+    """The weights of the model in ``model_dir``, which must have ``spec``."""
+    base, _ = load_model(model_dir)
+    if base.spec != spec:
+        theirs, ours = asdict(base.spec), asdict(spec)
+        diff = ", ".join(f"{k} {theirs[k]!r} vs {ours[k]!r}" for k in ours if theirs[k] != ours[k])
+        raise InvalidInputError(f"{model_dir}: cannot fine-tune from this model, its spec differs ({diff})")
+    return base.state_dict()
 
 
 def _native_size(ds: FolderDataset) -> int:

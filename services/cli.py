@@ -43,10 +43,12 @@ def register(sub: Any) -> None:
         c.add_argument("--cert", type=Path, default=None)
         c.add_argument("--key", type=Path, default=None)
         if name != "classify":
-            c.add_argument("--method", default="gradcam", choices=METHODS)
+            c.add_argument("--method", default="gradcam" if name == "explain" else None,
+                           choices=(*METHODS, "distilled") if name == "segment" else METHODS,
+                           help="segment: default the model's recipe")
             c.add_argument("--out", type=Path, default=Path("camseg-client-out"))
         if name == "segment":
-            c.add_argument("--threshold", default="otsu")
+            c.add_argument("--threshold", default=None, help="default: the model's recipe, else otsu")
             c.add_argument("--largest", action="store_true")
     cl.set_defaults(handler=client)
 

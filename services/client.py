@@ -146,17 +146,22 @@ class SegmentationClient:
             out.append(Heatmap(heat, self._cls(h.classification), h.target_class, h.layer, h.overlay_png))
         return out
 
-    def segment(self, images: Sequence[ImageInput], *, method: str = "gradcam", threshold: str = "otsu",
+    def segment(self, images: Sequence[ImageInput], *, method: str | None = None, threshold: str | None = None,
                 gate: bool = True, largest: bool = False, truth: Sequence[ImageInput] = (), layer: str = "",
                 overlay: bool = False, png: bool = False) -> list[MaskResult]:
-        """Masks (from packed bits); ``png`` and ``overlay`` also ask for those encodings."""
+        """Masks (from packed bits); ``png`` and ``overlay`` also ask for those encodings.
+        Without ``method``, ``threshold``, ``layer`` and ``largest`` the model's recipe
+        chooses (the defaults, Grad-CAM and Otsu, where it has none)."""
         pb = self._pb
         encodings = [pb.MASK_ENCODING_PACKED_BITS] + ([pb.MASK_ENCODING_PNG] if png else [])
         req = pb.SegmentRequest(
-            model=self.model, images=[self._image(x, i) for i, x in enumerate(images)],
-            options=self._options(method, None, layer), threshold=rule_to_pb(parse_rule(threshold)),
-            gate=gate, largest_component=largest, truth_masks=[self._image(x, i) for i, x in enumerate(truth)],
+            model=self.model, images=[self._image(x, i) for i, x in enumerate(images)], gate=gate,
+            largest_component=largest, truth_masks=[self._image(x, i) for i, x in enumerate(truth)],
             overlay_png=overlay, mask_encodings=encodings)
+        if method is not None or layer:
+            req.options.CopyFrom(self._options(method or "gradcam", None, layer))
+        if threshold is not None:
+            req.threshold.CopyFrom(rule_to_pb(parse_rule(threshold)))
         out = []
         for m in self._call(self.stub.Segment, req).masks:
             out.append(MaskResult(codecs.unpack_bits(m.packed_bits, m.shape), m.png, m.area,

@@ -5,6 +5,7 @@ servicer and :mod:`services.client` both use it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import numpy as np
@@ -26,6 +27,7 @@ from camseg.inputs import (
 )
 from camseg.masks import ThresholdRule
 from camseg.pipeline import Encoding, ImageResult, LoadedModel, Options
+from camseg.refine import Refiner
 from services.gen.camseg.v1 import camseg_pb2 as pb
 
 METHOD_FROM_PB: dict[int, CamMethod] = {
@@ -35,6 +37,15 @@ METHOD_FROM_PB: dict[int, CamMethod] = {
     pb.CAM_METHOD_HIRESCAM: CamMethod.HIRESCAM,
     pb.CAM_METHOD_LAYERCAM: CamMethod.LAYERCAM,
     pb.CAM_METHOD_FUSED: CamMethod.FUSED,
+    pb.CAM_METHOD_DISTILLED: CamMethod.DISTILLED,
+}
+REFINER_FROM_PB: dict[int, Refiner] = {
+    pb.REFINEMENT_UNSPECIFIED: Refiner.NONE,
+    pb.REFINEMENT_NONE: Refiner.NONE,
+    pb.REFINEMENT_CRF: Refiner.CRF,
+    pb.REFINEMENT_RANDOM_WALK: Refiner.RANDOM_WALK,
+    pb.REFINEMENT_WATERSHED: Refiner.WATERSHED,
+    pb.REFINEMENT_GRABCUT: Refiner.GRABCUT,
 }
 METHOD_TO_PB: dict[CamMethod, pb.CamMethod] = {
     m: cast(pb.CamMethod, v) for v, m in METHOD_FROM_PB.items() if v != pb.CAM_METHOD_UNSPECIFIED}
@@ -163,13 +174,36 @@ def explain_options(options: pb.ExplainOptions, *, overlay: bool, chunk: int) ->
                    threshold=None, encodings=frozenset({Encoding.OVERLAY_PNG} if overlay else ()), chunk=chunk)
 
 
-def segment_options(request: pb.SegmentRequest, *, chunk: int) -> Options:
+def chooses_options(request: pb.SegmentRequest | pb.SubmitJobRequest) -> bool:
+    """Whether a request sets any option the model's recipe would otherwise choose."""
+    own = [request.HasField("options"), request.HasField("threshold"), request.largest_component]
+    if isinstance(request, pb.SegmentRequest):
+        own += [request.refine != pb.REFINEMENT_UNSPECIFIED, request.tta != 0, request.HasField("decision_threshold")]
+    return any(own)
+
+
+def refiner_from_pb(value: int) -> Refiner:
+    try:
+        return REFINER_FROM_PB[value]
+    except KeyError:
+        raise InvalidInputError(f"unknown refinement {value}") from None
+
+
+def segment_options(request: pb.SegmentRequest, *, chunk: int, recipe: Options | None = None) -> tuple[Options, bool]:
+    """The request's options, and whether they are the model's ``recipe``: a request
+    that chooses nothing (:func:`chooses_options`) and does not opt out gets the recipe,
+    with its own gate and encodings."""
     enc = encodings_from_pb(request.mask_encodings) | ({Encoding.OVERLAY_PNG} if request.overlay_png else set())
+    gate = request.gate if request.HasField("gate") else True
+    if recipe is not None and not request.no_recipe and not chooses_options(request):
+        return replace(recipe, gate=gate and recipe.gate, encodings=frozenset(enc), chunk=chunk), True
     o = request.options
     return Options(method=method_from_pb(o.method), layer=o.layer or None,
                    target=o.target_class if o.HasField("target_class") else None,
-                   threshold=rule_from_pb(request.threshold), gate=request.gate if request.HasField("gate") else True,
-                   largest=request.largest_component, encodings=frozenset(enc), chunk=chunk)
+                   threshold=rule_from_pb(request.threshold), gate=gate, largest=request.largest_component,
+                   encodings=frozenset(enc), chunk=chunk, tta=request.tta or 1, refine=refiner_from_pb(request.refine),
+                   decision_threshold=request.decision_threshold if request.HasField("decision_threshold") else None,
+                   ), False
 
 
 # ------------------------------------------------------------------ responses

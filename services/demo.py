@@ -30,23 +30,28 @@ def through_service(ctx: DemoContext) -> StepResult:
         for arch, report in ctx.dice.items():
             tumor = [s for s in (ds.samples[i] for i in ds.subset(report.report_split)) if s.mask_path is not None]
             best = report.best
+            # a model with a recipe is asked nothing: the service applies its recipe
+            own: dict[str, Any] = {}
+            if arch not in ctx.recipes:
+                own = {"method": best.method, "layer": best.layer, "threshold": best.rule, "largest": best.largest}
             t0 = time.perf_counter()
             with SegmentationClient(server.address, plaintext=True, model=arch) as client:
                 masks = []
                 for i in range(0, len(tumor), 64):
                     chunk = tumor[i : i + 64]
-                    masks += client.segment([s.image_path for s in chunk], method=best.method, layer=best.layer,
-                                            threshold=best.rule, largest=best.largest,
+                    masks += client.segment([s.image_path for s in chunk], **own,
                                             truth=[s.mask_path for s in chunk if s.mask_path is not None])
             dices = [r.dice for r in masks if r.dice is not None]
             result[arch] = {"images": len(masks), "mean_dice": sum(dices) / len(dices),
-                            "in_process_mean_dice": best.mean_dice, "seconds": round(time.perf_counter() - t0, 2)}
+                            "in_process_mean_dice": ctx.segments[arch]["mean_dice"],
+                            "recipe": arch in ctx.recipes, "seconds": round(time.perf_counter() - t0, 2)}
         with urllib.request.urlopen(f"http://{server.host}:{server.metrics_port}/metrics", timeout=10) as r:
             sample = [line for line in r.read().decode().splitlines() if line.startswith("camseg_grpc_requests_total")]
     finally:
         server.stop(timeout=60)
     lines = ["`camseg serve` on the exported models; the tumor ROIs of the test split sent as PNG files through "
-             "`services.client` (`Segment` with each model's chosen setting and the truth masks).", "",
+             "`services.client` (`Segment` with the truth masks and no options: the service applies each model's "
+             "recipe).", "",
              "| architecture | images | mean Dice (service) | mean Dice (in process) | seconds |",
              "|---|---:|---:|---:|---:|"]
     for arch, s in result.items():

@@ -86,13 +86,15 @@ class JobsServicer(pb_grpc.JobsServicer):
                 return submit.submit_retrain(self.app, s, model=name, version=version, data=data,
                                              thresholds=list(request.thresholds) or [0.5],
                                              filters=list(request.filters) or None, epochs=request.epochs or None)
-            as_segment = pb.SegmentRequest(options=request.options, threshold=request.threshold,
-                                           largest_component=request.largest_component)
-            if request.HasField("gate"):
-                as_segment.gate = request.gate
-            seg = codec.segment_options(as_segment, chunk=16)
-            opts = Options(method=seg.method, layer=seg.layer, target=seg.target, threshold=seg.threshold,
-                           gate=seg.gate, largest=seg.largest)
+            opts = None  # the model's recipe, where it has one (the job's manifest records it)
+            if codec.chooses_options(request) or request.HasField("gate"):
+                as_segment = pb.SegmentRequest(options=request.options, threshold=request.threshold,
+                                               largest_component=request.largest_component, no_recipe=True)
+                if request.HasField("gate"):
+                    as_segment.gate = request.gate
+                seg, _ = codec.segment_options(as_segment, chunk=16)
+                opts = Options(method=seg.method, layer=seg.layer, target=seg.target, threshold=seg.threshold,
+                               gate=seg.gate, largest=seg.largest)
             axis = request.axis if request.HasField("axis") else 2
             return submit.submit_segment(self.app, s, model=name, version=version, data=data, volumes=volumes,
                                          axis=axis, split=request.split or None, options=opts,

@@ -9,6 +9,7 @@ turned into status codes by the interceptor.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -160,7 +161,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     async def Segment(self, request: pb.SegmentRequest, context: grpc.aio.ServicerContext) -> pb.SegmentResponse:
         served = self.repo.get(request.model.name, request.model.version)
-        options = codec.segment_options(request, chunk=self.settings.cam_chunk)
+        recipe = served.model.recipe.options if served.model.recipe is not None else None
+        options, from_recipe = codec.segment_options(request, chunk=self.settings.cam_chunk, recipe=recipe)
         served.model.engine_for(options)
         rule = options.threshold
         assert rule is not None
@@ -180,7 +182,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             return pb.SegmentResponse(
                 masks=[codec.mask(served.model, r, img.id, rule) for r, img in zip(res.items, request.images,
                                                                                    strict=True)],
-                model_name=served.name, model_version=served.version, mean_dice=res.mean_dice)
+                model_name=served.name, model_version=served.version, mean_dice=res.mean_dice, recipe=from_recipe)
 
         with self._budget() as budget:
             images, truths = await self._off_loop(self.decode_pool, context, decode)
@@ -204,7 +206,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             input_size=m.size, input_channels=m.channels, classes=m.classes,
             gradcam_layer=meta.get("gradcam_layer", ""), layers=meta.get("layers", []),
             metrics=_flat_metrics(meta.get("metrics", {})), providers=m.onnx.providers if m.onnx else [],
-            one_pass_cam=m.onnx is not None and m.onnx.cam_layer is not None)
+            one_pass_cam=m.onnx is not None and m.onnx.cam_layer is not None,
+            recipe=json.dumps(m.recipe.options.to_record()) if m.recipe is not None else "",
+            distilled=m.student is not None)
 
 
 def _flat_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -22,10 +22,15 @@ from torch import Tensor, nn
 from camseg.cam import (
     METHODS,
     CamMethod,
+    RawCam,
     cam_from_activations,
     compute_cam,
+    dihedral,
     normalise_maps,
     parse_method,
+    raw_cam,
+    tta_cam,
+    undo_dihedral,
 )
 from camseg.errors import InvalidInputError, NotFoundError
 from camseg.models import Classifier
@@ -570,3 +575,55 @@ def test_normalise_maps_edge_cases() -> None:
     out = normalise_maps(maps)
     torch.testing.assert_close(out[0], torch.tensor([[0.0, 0.25], [0.5, 1.0]]))
     assert torch.equal(out[1], torch.zeros(2, 2))  # a constant map becomes zeros, not NaN
+
+
+# ------------------------------------------------------------ test-time augmentation
+def test_dihedral_transforms_invert_and_form_groups() -> None:
+    x = torch.arange(2 * 5 * 5, dtype=torch.float32).reshape(2, 5, 5)
+    seen = set()
+    for k in range(8):
+        assert torch.equal(undo_dihedral(dihedral(x, k), k), x)
+        seen.add(tuple(dihedral(x, k)[0].flatten().tolist()))
+    assert len(seen) == 8  # the eight elements of D4 are distinct
+
+
+def _fixed_cam(maps: Tensor) -> Callable[[Tensor, Tensor | None], RawCam]:
+    """A heat source that explains every input with ``maps`` (whatever the transform)."""
+    def cam(x: Tensor, targets: Tensor | None) -> RawCam:
+        t = torch.ones(x.shape[0], dtype=torch.long) if targets is None else targets
+        return RawCam((maps,), torch.zeros(x.shape[0], 2), t, ("stage",))
+    return cam
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_tta_of_a_symmetric_map_is_unchanged(n: int) -> None:
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    disk = (-((yy - 7.5) ** 2 + (xx - 7.5) ** 2) / 20).exp()[None]  # symmetric under all of D4
+    out = tta_cam(_fixed_cam(disk), torch.rand(1, 1, 16, 16), n)
+    assert torch.allclose(out.render((16, 16)), normalise_maps(disk), atol=1e-6)
+
+
+def test_tta_averages_an_asymmetric_map() -> None:
+    ramp = torch.linspace(0, 1, 16).expand(16, 16)[None].clone()  # rises to the right
+    out = tta_cam(_fixed_cam(ramp), torch.rand(1, 1, 16, 16), 4).render((16, 16))
+    # the column flip cancels the ramp: the average is flat, min-max normalised to zeros
+    assert torch.allclose(out, torch.zeros_like(out), atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_tta_heatmaps_of_a_real_model_are_equivariant(make_model: Callable[..., Classifier], n: int) -> None:
+    """Averaging over a group makes the map of a transformed image the transformed map."""
+    model = make_model("resnet", size=32)
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def cam(images: Tensor, targets: Tensor | None) -> RawCam:
+        return raw_cam(model, images, method="layercam", layer=model.layer_names[-2], targets=targets)
+
+    base = tta_cam(cam, x, n).render((32, 32))
+    for k in range(1, n):  # each transform of the group: the 4 flips, or all 8 of D4
+        turned = tta_cam(cam, dihedral(x, k), n).render((32, 32))
+        assert torch.allclose(turned, dihedral(base, k), atol=1e-5), k
+    single = tta_cam(cam, x, 1).render((32, 32))
+    assert not torch.allclose(single, base, atol=1e-3)  # the average is not the single map
+    with pytest.raises(InvalidInputError, match="1, 4 or 8"):
+        tta_cam(cam, x, 3)

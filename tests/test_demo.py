@@ -22,7 +22,8 @@ def test_demo_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAMSEG_REDIS_URL", url)
     lines: list[str] = []
     try:
-        report = run_demo(DemoConfig(out=tmp_path / "demo", n=120, size=32, epochs=1, archs=("densenet",)),
+        report = run_demo(DemoConfig(out=tmp_path / "demo", n=120, size=32, epochs=1, archs=("densenet",),
+                                     refiners=("crf",), distill_epochs=1),
                           say=lines.append, steps=demo_steps(Settings()) + job_steps(Settings()))
     finally:
         redis.Redis.from_url(url).flushdb()
@@ -30,15 +31,23 @@ def test_demo_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "## Mean Dice" in text and "## Filtered retraining" in text and "keep-cold" in text
     figs = {p.name for p in (tmp_path / "demo" / "figures").iterdir()}
     assert {"training.png", "filtered_retraining.png", "dice_vs_threshold_densenet.png",
-            "overlays_densenet_paper.png", "overlays_densenet_best.png"} <= figs
+            "overlays_densenet_paper.png", "overlays_densenet_best.png", "overlays_densenet_recipe.png"} <= figs
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(res["dice"]["densenet"]["by_method"]) == {"gradcam", "gradcam++", "hirescam", "layercam", "fused"}
     assert lines[0].startswith("[1/8]") and lines[-1].startswith("done")
+    # the recipe: chosen on val, recorded with the model, its ablation in the report
+    assert "## Recipes: each step chosen on val, reported on test" in text and "### Ablation: densenet" in text
+    recipe = res["recipes"]["densenet"]
+    assert (tmp_path / "demo" / "models" / "densenet" / "recipe.json").is_file()
+    assert (tmp_path / "demo" / "models" / "densenet" / "student.onnx").is_file()
+    assert any("distilled" in st["name"] for st in recipe["steps"])
+    assert res["segment"]["densenet"]["options"]["method"] == recipe["options"]["method"]
     # the same masks through the real gRPC service
     assert "## Through the gRPC service" in text
     svc = res["steps"]["Through the gRPC service"]["densenet"]
     assert svc["images"] == res["dice"]["densenet"]["n_report"]
-    assert svc["mean_dice"] == pytest.approx(svc["in_process_mean_dice"], abs=0.02)
+    assert svc["recipe"] is True  # asked nothing: the service applied the model's recipe
+    assert svc["mean_dice"] == pytest.approx(svc["in_process_mean_dice"], abs=1e-4)
     # the same segmentation as a bulk job through a real worker
     assert "## Through the Celery workers" in text
     job = res["steps"]["Through the Celery workers"]["densenet"]

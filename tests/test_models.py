@@ -106,3 +106,20 @@ def test_build_is_seeded() -> None:
     torch.manual_seed(3)
     b = build(ModelSpec(arch="inception", input_size=64, width=8)).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_dilation_doubles_the_cam_resolution_and_keeps_the_graph(arch: str) -> None:
+    """``extra={"dilated": 1}``: the last downsampling stage keeps stride 1 and dilates,
+    so the Grad-CAM layer is 8x8 instead of 4x4 at 64 px, with the same parameters."""
+    plain = build(ModelSpec(arch, input_size=64, width=8)).eval()
+    dilated = build(ModelSpec(arch, input_size=64, width=8, extra={"dilated": 1})).eval()
+    assert count_parameters(plain) == count_parameters(dilated)
+    dilated.load_state_dict(plain.state_dict())  # the same weights fit: only strides and dilations differ
+    x = torch.rand(2, 1, 64, 64)
+    k = plain.check_layer(plain.cam_layer)
+    assert plain.run_until(x, k).shape[-2:] == (4, 4)
+    assert dilated.run_until(x, k).shape[-2:] == (8, 8)
+    assert dilated(x).shape == (2, 2)
+    # every stage before the dilated one is untouched
+    assert torch.equal(plain.run_until(x, 1), dilated.run_until(x, 1))

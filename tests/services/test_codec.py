@@ -13,7 +13,8 @@ from PIL import Image
 from camseg.cam import CamMethod
 from camseg.errors import InvalidInputError
 from camseg.masks import ThresholdRule
-from camseg.pipeline import Encoding
+from camseg.pipeline import Encoding, Options
+from camseg.refine import Refiner
 from services import codec
 from services.gen.camseg.v1 import camseg_pb2 as pb
 
@@ -260,7 +261,7 @@ def test_segment_options_map_every_field() -> None:
         threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_PERCENTILE, value=85),
         gate=False, largest_component=True, overlay_png=True,
         mask_encodings=[pb.MASK_ENCODING_PNG, pb.MASK_ENCODING_RLE])
-    o = codec.segment_options(req, chunk=5)
+    o, _ = codec.segment_options(req, chunk=5)
     assert o.method is CamMethod.LAYERCAM
     assert o.target == 0  # set to 0 is not unset
     assert o.layer == "features.block2"
@@ -273,7 +274,8 @@ def test_segment_options_map_every_field() -> None:
 
 
 def test_segment_options_defaults() -> None:
-    o = codec.segment_options(pb.SegmentRequest(), chunk=16)
+    o, recipe = codec.segment_options(pb.SegmentRequest(), chunk=16)
+    assert recipe is False
     assert o.method is CamMethod.GRADCAM
     assert o.target is None
     assert o.layer is None
@@ -282,10 +284,31 @@ def test_segment_options_defaults() -> None:
     assert o.largest is False
     assert o.encodings == {Encoding.MASK_BITS}
     assert o.chunk == 16
-    assert codec.segment_options(pb.SegmentRequest(gate=True), chunk=1).gate is True
-    assert codec.segment_options(pb.SegmentRequest(overlay_png=True), chunk=1).encodings == {
+    assert codec.segment_options(pb.SegmentRequest(gate=True), chunk=1)[0].gate is True
+    assert codec.segment_options(pb.SegmentRequest(overlay_png=True), chunk=1)[0].encodings == {
         Encoding.MASK_BITS, Encoding.OVERLAY_PNG}
-    assert codec.segment_options(pb.SegmentRequest(options=pb.ExplainOptions(target_class=1)), chunk=1).target == 1
+    assert codec.segment_options(pb.SegmentRequest(options=pb.ExplainOptions(target_class=1)), chunk=1)[0].target == 1
+
+
+def test_segment_options_take_the_recipe_unless_the_request_chooses() -> None:
+    recipe = Options(method=CamMethod.LAYERCAM, threshold=ThresholdRule("percentile", 90), largest=True, tta=4,
+                     refine=Refiner.CRF, decision_threshold=0.3)
+    o, used = codec.segment_options(pb.SegmentRequest(gate=False, overlay_png=True), chunk=7, recipe=recipe)
+    assert used and o.method is CamMethod.LAYERCAM and o.tta == 4 and o.refine.value == "crf"
+    assert o.decision_threshold == 0.3 and o.largest and o.gate is False and o.chunk == 7
+    assert Encoding.OVERLAY_PNG in o.encodings
+    for chooses in (pb.SegmentRequest(threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_OTSU)),
+                    pb.SegmentRequest(options=pb.ExplainOptions()), pb.SegmentRequest(tta=4),
+                    pb.SegmentRequest(refine=pb.REFINEMENT_CRF), pb.SegmentRequest(decision_threshold=0.4),
+                    pb.SegmentRequest(largest_component=True), pb.SegmentRequest(no_recipe=True)):
+        o, used = codec.segment_options(chooses, chunk=1, recipe=recipe)
+        assert not used and o.method is CamMethod.GRADCAM and o.refine.value in ("none", "crf"), chooses
+    o, _ = codec.segment_options(pb.SegmentRequest(refine=pb.REFINEMENT_GRABCUT, tta=8, decision_threshold=0.25,
+                                                   options=pb.ExplainOptions(method=pb.CAM_METHOD_DISTILLED)),
+                                 chunk=1)
+    assert (o.refine.value, o.tta, o.decision_threshold, o.method) == ("grabcut", 8, 0.25, CamMethod.DISTILLED)
+    with pytest.raises(InvalidInputError, match="tta"):
+        codec.segment_options(pb.SegmentRequest(tta=3), chunk=1)
 
 
 def test_segment_options_refuse_bad_values() -> None:

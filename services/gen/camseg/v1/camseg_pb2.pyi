@@ -15,6 +15,16 @@ class CamMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAM_METHOD_HIRESCAM: _ClassVar[CamMethod]
     CAM_METHOD_LAYERCAM: _ClassVar[CamMethod]
     CAM_METHOD_FUSED: _ClassVar[CamMethod]
+    CAM_METHOD_DISTILLED: _ClassVar[CamMethod]
+
+class Refinement(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REFINEMENT_UNSPECIFIED: _ClassVar[Refinement]
+    REFINEMENT_NONE: _ClassVar[Refinement]
+    REFINEMENT_CRF: _ClassVar[Refinement]
+    REFINEMENT_RANDOM_WALK: _ClassVar[Refinement]
+    REFINEMENT_WATERSHED: _ClassVar[Refinement]
+    REFINEMENT_GRABCUT: _ClassVar[Refinement]
 
 class HeatmapEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -57,6 +67,13 @@ CAM_METHOD_GRADCAM_PP: CamMethod
 CAM_METHOD_HIRESCAM: CamMethod
 CAM_METHOD_LAYERCAM: CamMethod
 CAM_METHOD_FUSED: CamMethod
+CAM_METHOD_DISTILLED: CamMethod
+REFINEMENT_UNSPECIFIED: Refinement
+REFINEMENT_NONE: Refinement
+REFINEMENT_CRF: Refinement
+REFINEMENT_RANDOM_WALK: Refinement
+REFINEMENT_WATERSHED: Refinement
+REFINEMENT_GRABCUT: Refinement
 HEATMAP_ENCODING_UNSPECIFIED: HeatmapEncoding
 HEATMAP_ENCODING_FLOAT16: HeatmapEncoding
 HEATMAP_ENCODING_UINT8: HeatmapEncoding
@@ -200,7 +217,7 @@ class ThresholdRule(_message.Message):
     def __init__(self, kind: _Optional[_Union[ThresholdKind, str]] = ..., value: _Optional[float] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("model", "images", "options", "threshold", "gate", "largest_component", "truth_masks", "overlay_png", "mask_encodings")
+    __slots__ = ("model", "images", "options", "threshold", "gate", "largest_component", "truth_masks", "overlay_png", "mask_encodings", "refine", "tta", "decision_threshold", "no_recipe")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +227,10 @@ class SegmentRequest(_message.Message):
     TRUTH_MASKS_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
     MASK_ENCODINGS_FIELD_NUMBER: _ClassVar[int]
+    REFINE_FIELD_NUMBER: _ClassVar[int]
+    TTA_FIELD_NUMBER: _ClassVar[int]
+    DECISION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    NO_RECIPE_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     images: _containers.RepeatedCompositeFieldContainer[Image]
     options: ExplainOptions
@@ -219,7 +240,11 @@ class SegmentRequest(_message.Message):
     truth_masks: _containers.RepeatedCompositeFieldContainer[Image]
     overlay_png: bool
     mask_encodings: _containers.RepeatedScalarFieldContainer[MaskEncoding]
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., truth_masks: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., overlay_png: _Optional[bool] = ..., mask_encodings: _Optional[_Iterable[_Union[MaskEncoding, str]]] = ...) -> None: ...
+    refine: Refinement
+    tta: int
+    decision_threshold: float
+    no_recipe: bool
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., truth_masks: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., overlay_png: _Optional[bool] = ..., mask_encodings: _Optional[_Iterable[_Union[MaskEncoding, str]]] = ..., refine: _Optional[_Union[Refinement, str]] = ..., tta: _Optional[int] = ..., decision_threshold: _Optional[float] = ..., no_recipe: _Optional[bool] = ...) -> None: ...
 
 class Mask(_message.Message):
     __slots__ = ("png", "packed_bits", "rle", "shape", "area", "threshold", "threshold_value", "gated", "dice", "classification", "overlay_png")
@@ -248,16 +273,18 @@ class Mask(_message.Message):
     def __init__(self, png: _Optional[bytes] = ..., packed_bits: _Optional[bytes] = ..., rle: _Optional[_Iterable[int]] = ..., shape: _Optional[_Iterable[int]] = ..., area: _Optional[int] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., threshold_value: _Optional[float] = ..., gated: _Optional[bool] = ..., dice: _Optional[float] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., overlay_png: _Optional[bytes] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
-    __slots__ = ("masks", "model_name", "model_version", "mean_dice")
+    __slots__ = ("masks", "model_name", "model_version", "mean_dice", "recipe")
     MASKS_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MEAN_DICE_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
     masks: _containers.RepeatedCompositeFieldContainer[Mask]
     model_name: str
     model_version: str
     mean_dice: float
-    def __init__(self, masks: _Optional[_Iterable[_Union[Mask, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., mean_dice: _Optional[float] = ...) -> None: ...
+    recipe: bool
+    def __init__(self, masks: _Optional[_Iterable[_Union[Mask, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., mean_dice: _Optional[float] = ..., recipe: _Optional[bool] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -286,7 +313,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "architecture", "input_size", "input_channels", "classes", "gradcam_layer", "layers", "metrics", "providers", "one_pass_cam")
+    __slots__ = ("name", "version", "architecture", "input_size", "input_channels", "classes", "gradcam_layer", "layers", "metrics", "providers", "one_pass_cam", "recipe", "distilled")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -305,6 +332,8 @@ class ModelInfo(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     ONE_PASS_CAM_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    DISTILLED_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     architecture: str
@@ -316,7 +345,9 @@ class ModelInfo(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     providers: _containers.RepeatedScalarFieldContainer[str]
     one_pass_cam: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ...) -> None: ...
+    recipe: str
+    distilled: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ..., recipe: _Optional[str] = ..., distilled: _Optional[bool] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("kind", "model", "data", "split", "options", "threshold", "gate", "largest_component", "heatmaps", "chunk_size", "thresholds", "filters", "epochs", "volumes", "axis")
