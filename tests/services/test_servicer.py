@@ -65,3 +65,58 @@ def test_in_process_answers_equal_the_core_pipeline(repo: Path, tumor_roi: tuple
     np.testing.assert_allclose(cls.results[0].probabilities, direct.probabilities, atol=1e-5)
     assert cls.results[0].id == "a" and cls.results[0].label == model.classes[int(np.argmax(direct.probabilities))]
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_segment_applies_the_models_recipe_unless_the_request_chooses(
+        repo: Path, tumor_roi: tuple[bytes, bytes], tmp_path: Path, tiny_folder: Path) -> None:
+    """A model with a recipe and a distilled student: Segment with no options gets the
+    recipe (the core's masks under it), options in the request win, and the distilled
+    method is served; ModelInfo tells both."""
+    import shutil
+
+    from camseg.cam import CamMethod
+    from camseg.distill import DistillConfig
+    from camseg.recipe import Recipe, make_distiller, save_recipe
+    from camseg.refine import Refiner
+
+    shutil.copytree(repo / "tiny" / "1", tmp_path / "repo" / "tiny" / "1")
+    model_dir = tmp_path / "repo" / "tiny" / "1"
+    make_distiller(tiny_folder, DistillConfig(epochs=1, batch_size=8))(LoadedModel.load(model_dir), Options())
+    recipe_opts = Options(method=CamMethod.LAYERCAM, threshold=parse_rule("p85"), largest=True, tta=4,
+                          refine=Refiner.CRF, decision_threshold=0.3)
+    save_recipe(model_dir, Recipe(recipe_opts, Options(method=CamMethod.DISTILLED, threshold=parse_rule("0.5"))))
+    model = LoadedModel.load(model_dir)
+    image, mask = tumor_roi
+    decoded, truth = decode_image(image), decode_image(mask) > 0
+    by_recipe = run(model, [decoded], recipe_opts, truths=[truth]).items[0]
+    by_default = run(model, [decoded], Options(threshold=parse_rule("p85")), truths=[truth]).items[0]
+    by_student = run(model, [decoded], Options(method=CamMethod.DISTILLED, threshold=parse_rule("0.5")),
+                     truths=[truth]).items[0]
+
+    async def main() -> tuple[pb.SegmentResponse, pb.SegmentResponse, pb.SegmentResponse, pb.ModelInfo]:
+        settings = ServeSettings(model_repo=tmp_path / "repo", port=0, metrics_port=None, plaintext=True,
+                                 poll_seconds=60)
+        running = await start(settings)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+                stub = pb_grpc.SegmentationStub(ch)
+                img = [pb.Image(encoded=image)]
+                truths = [pb.Image(encoded=mask)]
+                plain = await stub.Segment(pb.SegmentRequest(images=img, truth_masks=truths), timeout=60)
+                own = await stub.Segment(pb.SegmentRequest(
+                    images=img, truth_masks=truths,
+                    threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_PERCENTILE, value=85)), timeout=60)
+                student = await stub.Segment(pb.SegmentRequest(
+                    images=img, truth_masks=truths, options=pb.ExplainOptions(method=pb.CAM_METHOD_DISTILLED),
+                    threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_FIXED, value=0.5)), timeout=60)
+                info = await stub.GetModelInfo(pb.GetModelInfoRequest(model=pb.ModelRef(name="tiny")), timeout=30)
+        finally:
+            await running.drain_and_stop(0)
+        return plain, own, student, info
+
+    plain, own, student, info = asyncio.run(main())
+    assert plain.recipe and not own.recipe and not student.recipe
+    for reply, item in ((plain, by_recipe), (own, by_default), (student, by_student)):
+        m = reply.masks[0]
+        assert m.area == item.area and m.dice == pytest.approx(item.dice) and m.gated == item.gated
+    assert info.distilled and '"refine": "crf"' in info.recipe and '"tta": 4' in info.recipe
