@@ -313,7 +313,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         given = {"out": args.out, "n": args.n, "size": args.size, "epochs": args.epochs, "seed": args.seed,
                  "archs": tuple(args.archs) if args.archs else None,
                  "seeds": tuple(args.seeds) if args.seeds is not None else None,
-                 "distill_epochs": args.distill_epochs}
+                 "distill_epochs": args.distill_epochs, "real_cache": settings.data_cache}
         demo_cfg = replace(demo_cfg, **{k: v for k, v in given.items() if v is not None})
         if args.no_recipe or args.no_dilation:
             demo_cfg = replace(demo_cfg, recipe=demo_cfg.recipe and not args.no_recipe,

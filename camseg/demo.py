@@ -54,13 +54,15 @@ class DemoConfig:
     refiners: tuple[str, ...] = ("crf", "randomwalk", "watershed", "grabcut")
     distill_epochs: int = 25  # 0 skips distillation
     seeds: tuple[int, ...] = ()  # more seeds for the final row: the whole run again per seed, recipe only
+    real: bool = False  # leave-one-case-out Dice on pyradiomics' real cases (fetched with pip)
+    real_cache: Path = Path.home() / ".cache" / "camseg"
 
 
 # ``camseg demo --profile``: the demo within 15 minutes on two cores; the quality run
 # (``make quality``) with more ROIs, more epochs and two more seeds
 PROFILES: dict[str, DemoConfig] = {
     "demo": DemoConfig(),
-    "quality": DemoConfig(out=Path("quality-out"), n=6000, epochs=30, distill_epochs=30, seeds=(1, 2)),
+    "quality": DemoConfig(out=Path("quality-out"), n=6000, epochs=30, distill_epochs=20, seeds=(1, 2), real=True),
 }
 
 
@@ -171,6 +173,12 @@ def run_demo(cfg: DemoConfig, *, on_progress: OnProgress | None = None, say: Cal
     if cfg.seeds:
         step("seeds")
 
+    real: dict[str, Any] | None = None
+    if cfg.real:
+        say(f"[5/{total}] real slices: leave-one-case-out on pyradiomics' five cases")
+        real = _real_slices(cfg, out, on_progress)
+        step("real slices")
+
     ctx = DemoContext(cfg, out, data, dirs, reports, segments, recipes)
     extra: list[StepResult] = []
     for k, (description, extra_step) in enumerate(steps, start=6):
@@ -183,7 +191,7 @@ def run_demo(cfg: DemoConfig, *, on_progress: OnProgress | None = None, say: Cal
                "dice": {a: r.to_dict() for a, r in reports.items()}, "segment": segments,
                "filtered": [asdict(r) for r in fres], "steps": {s.title: s.data for s in extra},
                "recipes": {a: r.to_dict() for a, r in recipes.items()},
-               "seeds": {str(k): v for k, v in seeds.items()},
+               "seeds": {str(k): v for k, v in seeds.items()}, "real": real,
                "timings_seconds": timings, "camseg_version": __version__}
     write_json(out / "results.json", results)
     report = out / "report.md"
@@ -200,6 +208,21 @@ def _choose_recipe(cfg: DemoConfig, data: Path, model: LoadedModel, report: Dice
                                    on_progress=on_progress)
     return choose_recipe(model, data, choice_options(report.best), paper=choice_options(report.paper),
                          cfg=RecipeConfig(refiners=cfg.refiners), distiller=distiller, on_progress=on_progress)
+
+
+def _real_slices(cfg: DemoConfig, out: Path, on_progress: OnProgress | None) -> dict[str, Any]:
+    """Leave-one-case-out on the real cases; a fetch that fails is reported, not fatal."""
+    from camseg.data.real import build_real_dataset
+    from camseg.errors import CamsegError
+    from camseg.realeval import leave_one_case_out
+
+    try:
+        data = build_real_dataset(out / "real-data", cfg.real_cache, overwrite=True)
+        report = leave_one_case_out(data, out / "real", epochs=15, seed=cfg.seed, on_progress=on_progress)
+    except CamsegError as exc:
+        logger.warning("real slices skipped: %s", exc.message)
+        return {"error": exc.message}
+    return {"report": report.to_dict(), "markdown": report.to_markdown()}
 
 
 def _final_val(recipe: Recipe) -> float:
@@ -407,6 +430,15 @@ def _report(res: dict[str, Any], extra: Sequence[StepResult]) -> str:
         lines += ["", f"`camseg segment` with the best setting on the test split: {s['images']} images, accuracy "
                   f"{_fmt(s['accuracy'])}, mean Dice {_fmt(s['mean_dice'])} over {s['with_truth']} truth masks "
                   f"(masks and overlays in `segment/{arch}/`)."]
+    real = res.get("real")
+    if real:
+        lines += ["", "## Real slices", ""]
+        if "error" in real:
+            lines.append(f"Not run: {real['error']}")
+        else:  # the LOCO report, its headings one level down
+            lines += [("#" + ln if ln.startswith("#") else ln).replace("](figures/", "](real/figures/")
+                      for ln in real["markdown"].splitlines()[1:]]
+            lines += ["", "Figures and folds: `real/`."]
     for step_result in extra:
         lines += ["", f"## {step_result.title}", "", step_result.markdown]
     lines += ["", "## Filtered retraining", "",
