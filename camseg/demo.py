@@ -52,7 +52,9 @@ class DemoConfig:
     dilated: bool = False  # dilation instead of stride in the last stage: a finer CAM layer, 2-4x the compute
     recipe: bool = True  # choose each model's recipe (TTA, gate, refinement, distillation) on val
     refiners: tuple[str, ...] = ("crf", "randomwalk", "watershed", "grabcut")
-    distill_epochs: int = 25  # 0 skips distillation
+    refine_rules: tuple[str, ...] = ("0.4", "p85", "p90", "otsu")  # the threshold rules tried with each refiner
+    distill_epochs: int = 6  # 0 skips distillation
+    distill_base: int = 8  # the student U-Net's first width
     seeds: tuple[int, ...] = ()  # more seeds for the final row: the whole run again per seed, recipe only
     real: bool = False  # leave-one-case-out Dice on pyradiomics' real cases (fetched with pip)
     real_cache: Path = Path.home() / ".cache" / "camseg"
@@ -62,7 +64,7 @@ class DemoConfig:
 # (``make quality``) with more ROIs, more epochs and two more seeds
 PROFILES: dict[str, DemoConfig] = {
     "demo": DemoConfig(),
-    "quality": DemoConfig(out=Path("quality-out"), n=6000, epochs=30, distill_epochs=20, seeds=(1, 2), real=True),
+    "quality": DemoConfig(out=Path("quality-out"), n=4000, epochs=25, distill_epochs=10, seeds=(1, 2), real=True),
 }
 
 
@@ -204,10 +206,11 @@ def _choose_recipe(cfg: DemoConfig, data: Path, model: LoadedModel, report: Dice
                    on_progress: OnProgress | None) -> Recipe:
     distiller = None
     if cfg.distill_epochs > 0:
-        distiller = make_distiller(data, DistillConfig(epochs=cfg.distill_epochs, seed=cfg.seed),
-                                   on_progress=on_progress)
+        distiller = make_distiller(data, DistillConfig(epochs=cfg.distill_epochs, base=cfg.distill_base,
+                                                       seed=cfg.seed), on_progress=on_progress)
     return choose_recipe(model, data, choice_options(report.best), paper=choice_options(report.paper),
-                         cfg=RecipeConfig(refiners=cfg.refiners), distiller=distiller, on_progress=on_progress)
+                         cfg=RecipeConfig(refiners=cfg.refiners, refine_rules=cfg.refine_rules), distiller=distiller,
+                         on_progress=on_progress)
 
 
 def _real_slices(cfg: DemoConfig, out: Path, on_progress: OnProgress | None) -> dict[str, Any]:
