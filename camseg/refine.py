@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from types import ModuleType
@@ -338,7 +339,11 @@ def _random_walk(image: FloatArray, fg: BoolArray, bg: BoolArray, p: RefineParam
     markers = _markers(fg, bg)
     if (markers > 0).all():
         return fg.copy()
-    labels = random_walker(_smooth(image, p.smooth_sigma), markers, beta=p.rw_beta, mode=p.rw_mode, tol=1e-4)
+    with warnings.catch_warnings():
+        # the iterative solver's probabilities may overshoot [0, 1] by its tolerance; the
+        # labels (the most probable seed) are not affected
+        warnings.filterwarnings("ignore", message="The probability range is outside", category=UserWarning)
+        labels = random_walker(_smooth(image, p.smooth_sigma), markers, beta=p.rw_beta, mode=p.rw_mode, tol=1e-4)
     result: BoolArray = labels == 2
     return result
 
