@@ -34,9 +34,10 @@ def register(sub: Any) -> None:
                    help="segment: NRRD/NIfTI image + label volumes, sliced along --axis (repeatable)")
     s.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
     s.add_argument("--split", default=None, choices=("train", "val", "test"))
-    s.add_argument("--method", default="gradcam", choices=METHODS)
+    s.add_argument("--method", default=None, choices=(*METHODS, "distilled"),
+                   help="default: the model's recipe (its method, threshold and refinement), else gradcam")
     s.add_argument("--layer", default=None)
-    s.add_argument("--threshold", default="otsu")
+    s.add_argument("--threshold", default=None, help="default: the model's recipe, else otsu")
     s.add_argument("--largest", action="store_true")
     s.add_argument("--no-gate", action="store_true")
     s.add_argument("--heatmaps", action="store_true", help="keep each heatmap (float16 .npy)")
@@ -147,8 +148,11 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{sub.job_id}\t{args.kind} in {sub.chunks} parts")
         return _watch(s, sub.job_id) if args.watch else 0
     if args.jobs_cmd == "submit":
-        opts = Options(method=parse_method(args.method), layer=args.layer, threshold=parse_rule(args.threshold),
-                       largest=args.largest, gate=not args.no_gate)
+        opts = None  # the model's recipe where it has one, recorded in the job's manifest
+        if args.method or args.layer or args.threshold or args.largest or args.no_gate:
+            opts = Options(method=parse_method(args.method or "gradcam"), layer=args.layer,
+                           threshold=parse_rule(args.threshold or "otsu"), largest=args.largest,
+                           gate=not args.no_gate)
         sub = submit.submit_segment(app, s, model=args.model, version=args.version, data=args.data,
                                     volumes=[tuple(v) for v in args.volumes], axis=args.axis, split=args.split,
                                     options=opts, heatmaps=args.heatmaps, chunk_size=args.chunk_size)
