@@ -290,15 +290,20 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
     if args.command == "evaluate-real":
         return _evaluate_real(args, progress)
     if args.command == "distill":
+        from camseg.cam import CamMethod
         from camseg.console import progress_bars
         from camseg.distill import DistillConfig
-        from camseg.pipeline import LoadedModel
+        from camseg.pipeline import LoadedModel, Options
         from camseg.recipe import make_distiller
 
         model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
+        heat = model.default_options()  # the recipe's heatmaps, or the defaults
+        if heat.method is CamMethod.DISTILLED:  # a student learns from the CAMs its predecessor learnt from
+            recorded = model.student.meta.get("heat_options") if model.student is not None else None
+            heat = Options.from_record(recorded) if recorded else Options()
         with progress_bars(progress) as bars:
             distiller = make_distiller(args.data, DistillConfig(epochs=args.epochs, seed=args.seed), on_progress=bars)
-            loaded = distiller(model, model.default_options())
+            loaded = distiller(model, heat)
         assert loaded is not None and loaded.student is not None
         par = loaded.student.meta["onnx"]["parity"]["max_abs_diff_probabilities"]
         print(f"{args.model}: student.pt, student.onnx (parity {par:.1e}), student.json; "

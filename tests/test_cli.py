@@ -49,6 +49,22 @@ def test_end_to_end(tmp_path: Path) -> None:
     again = camseg("segment", "--model", model, "--data", data, "--out", seg, "--split", "test", "--threshold",
                    "p90", "--overlays", "--largest").stdout
     assert "reused" in again
+    # the recipe: chosen on val and recorded; segment then takes it unless told otherwise
+    out = camseg("recipe", "--model", model, "--data", data, "--refiners", "crf", "--distill-epochs", "1").stdout
+    assert "recipe.json" in out and "label-free" in out
+    recipe = json.loads((model / "recipe.json").read_text())
+    assert (model / "student.onnx").is_file()
+    out = camseg("segment", "--model", model, "--data", data, "--out", tmp_path / "seg-recipe", "--split",
+                 "test").stdout
+    assert "the model's recipe" in out
+    used = json.loads((tmp_path / "seg-recipe" / "summary.json").read_text())["options"]
+    assert used["method"] == recipe["options"]["method"] and used["refine"] == recipe["options"]["refine"]
+    camseg("segment", "--model", model, "--data", data, "--out", tmp_path / "seg-own", "--split", "test",
+           "--method", "distilled", "--threshold", "0.5", "--refine", "crf", "--tta", "1")
+    used = json.loads((tmp_path / "seg-own" / "summary.json").read_text())["options"]
+    assert (used["method"], used["threshold"], used["refine"]) == ("distilled", "0.5", "crf")
+    out = camseg("distill", "--model", model, "--data", data, "--epochs", "1").stdout
+    assert "student.onnx" in out
     out = camseg("filtered-retrain", "--model", model, "--data", data, "--epochs", "1", "--filters", "keep-hot",
                  "random", "--json", tmp_path / "f.json").stdout
     assert "keep-hot" in out
