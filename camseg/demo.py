@@ -54,6 +54,7 @@ class DemoConfig:
     # the random walk, the slowest refiner (about a minute per model here), is measured by the quality run
     refiners: tuple[str, ...] = ("crf", "watershed", "grabcut")
     refine_rules: tuple[str, ...] = ("0.4", "p85", "p90", "otsu")  # the threshold rules tried with each refiner
+    tta: tuple[int, ...] = (4,)  # the test-time augmentations tried (8 is measured by the quality run)
     distill_epochs: int = 6  # 0 skips distillation
     distill_base: int = 8  # the student U-Net's first width
     seeds: tuple[int, ...] = ()  # more seeds for the final row: the whole run again per seed, recipe only
@@ -66,7 +67,7 @@ class DemoConfig:
 PROFILES: dict[str, DemoConfig] = {
     "demo": DemoConfig(),
     "quality": DemoConfig(out=Path("quality-out"), n=4000, epochs=25, distill_epochs=10, seeds=(1, 2), real=True,
-                          refiners=("crf", "randomwalk", "watershed", "grabcut")),
+                          refiners=("crf", "randomwalk", "watershed", "grabcut"), tta=(4, 8)),
 }
 
 
@@ -211,7 +212,8 @@ def _choose_recipe(cfg: DemoConfig, data: Path, model: LoadedModel, report: Dice
         distiller = make_distiller(data, DistillConfig(epochs=cfg.distill_epochs, base=cfg.distill_base,
                                                        seed=cfg.seed), on_progress=on_progress)
     return choose_recipe(model, data, choice_options(report.best), paper=choice_options(report.paper),
-                         cfg=RecipeConfig(refiners=cfg.refiners, refine_rules=cfg.refine_rules), distiller=distiller,
+                         cfg=RecipeConfig(tta=cfg.tta, refiners=cfg.refiners, refine_rules=cfg.refine_rules),
+                         distiller=distiller,
                          on_progress=on_progress)
 
 
