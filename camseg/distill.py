@@ -52,7 +52,6 @@ import logging
 import math
 import pickle
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -69,7 +68,7 @@ import camseg
 from camseg.cam import CamMethod, parse_method
 from camseg.data.folder import SPLITS, FloatArray, FolderDataset, decode_image
 from camseg.errors import InvalidInputError, UnsupportedError
-from camseg.export import ExportParityError
+from camseg.export import ExportParityError, onnx_bytes
 from camseg.modeldir import atomic_write_bytes, read_metadata, write_json
 from camseg.models.unet import UNet
 from camseg.progress import OnProgress, ShouldStop, Tracker
@@ -245,7 +244,7 @@ def _read_images(data_dir: Path, split: str | None, model: LoadedModel) -> Tenso
     return model.prepare(decoded)
 
 
-def _as_image(x: Tensor) -> FloatArray:
+def as_image(x: Tensor) -> FloatArray:
     """One prepared ``(C, S, S)`` image back to the ``(S, S)`` / ``(S, S, 3)`` form of
     :func:`camseg.pipeline.run` (which prepares it again: a no-op at the model's size)."""
     arr: FloatArray = (x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)).contiguous().numpy()
@@ -262,7 +261,7 @@ def classifier_heat(model: LoadedModel, *, method: str | CamMethod = CamMethod.G
     positives = set(model.positives)
 
     def heat(x: Tensor) -> tuple[Tensor, Tensor]:
-        result = run(model, [_as_image(t) for t in x], options, task="distill heatmaps")
+        result = run(model, [as_image(t) for t in x], options, task="distill heatmaps")
         maps = torch.stack([r.heatmap for r in result.items])
         positive = torch.tensor([r.label in positives for r in result.items], dtype=torch.bool)
         return maps, positive
@@ -578,19 +577,8 @@ def student_onnx(net: UNet, size: int, opset: int = OPSET) -> bytes:
     ``(N, C, size, size)``, output ``probabilities`` ``(N, 1, size, size)``, dynamic N."""
     wrapper = _Probabilities(net)
     example = torch.rand(2, net.in_channels, size, size)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with eval_mode(wrapper), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        program = torch.onnx.export(
-            wrapper, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
-        )
-    assert program is not None
-    buf = io.BytesIO()
-    program.save(buf)  # type: ignore[arg-type]
-    return buf.getvalue()
+    with eval_mode(wrapper):
+        return onnx_bytes(wrapper, example, INPUT_NAME, [OUTPUT_NAME], opset)
 
 
 def parity_inputs(channels: int, size: int, n: int = 6) -> Tensor:

@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,24 +51,31 @@ class _OnePass(nn.Module):
         return F.softmax(self.model.head(acts), dim=1), acts
 
 
-def to_onnx(model: Classifier, opset: int = 18) -> bytes:
-    """Serialise ``model`` (eval mode) to ONNX bytes with a dynamic batch axis."""
-    wrapper = _OnePass(model).eval()
-    size = model.spec.input_size
-    example = torch.rand(2, model.spec.in_channels, size, size)
+def onnx_bytes(module: nn.Module, example: Tensor, input_name: str, output_names: Sequence[str],
+               opset: int = 18) -> bytes:
+    """Serialise ``module`` (as it is: the caller sets eval mode) to ONNX bytes with a
+    dynamic batch axis on its one input, quietly (the exporter's logs and warnings are
+    dropped)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
             logging.getLogger(name).setLevel(logging.ERROR)
         program = torch.onnx.export(
-            wrapper, (example,), None, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            module, (example,), None, input_names=[input_name], output_names=list(output_names),
             dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
         )
     assert program is not None
     buf = io.BytesIO()
     program.save(buf)  # type: ignore[arg-type]
     return buf.getvalue()
+
+
+def to_onnx(model: Classifier, opset: int = 18) -> bytes:
+    """Serialise ``model`` (eval mode) to ONNX bytes with a dynamic batch axis."""
+    size = model.spec.input_size
+    example = torch.rand(2, model.spec.in_channels, size, size)
+    return onnx_bytes(_OnePass(model).eval(), example, INPUT_NAME, OUTPUT_NAMES, opset)
 
 
 def parity(model: Classifier, onnx_path: Path, images: Tensor, providers: str = "auto") -> dict[str, float]:

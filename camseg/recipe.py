@@ -281,8 +281,10 @@ def heat_source(model: LoadedModel, opts: Options) -> tuple[Callable[[Tensor], t
     heat_opts = replace(opts, threshold=None, encodings=frozenset())
     cache: dict[int, Tensor] = {}
 
+    from camseg.distill import as_image
+
     def images_of(x: Tensor) -> list[FloatArray]:
-        return [(t[0] if t.shape[0] == 1 else t.permute(1, 2, 0)).contiguous().numpy() for t in x]
+        return [as_image(t) for t in x]
 
     def heat(x: Tensor) -> tuple[Tensor, Tensor]:
         res = run(model, images_of(x), heat_opts, task="distill heatmaps")
