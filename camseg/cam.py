@@ -30,14 +30,14 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camseg.errors import InvalidInputError
-from camseg.models import Classifier
+from camseg.errors import InvalidInputError, NotFoundError
 
 
 class CamMethod(StrEnum):
@@ -46,15 +46,150 @@ class CamMethod(StrEnum):
     HIRESCAM = "hirescam"
     LAYERCAM = "layercam"
     FUSED = "fused"
+    # gradient-free (Wang et al., CVPR-W 2020): one forward pass per channel, so it runs
+    # on ONNX Runtime alone, for any model
+    SCORECAM = "scorecam"
     # not a CAM of the classifier: the segmentation network distilled from its CAMs
     # (camseg.distill), served beside it
     DISTILLED = "distilled"
 
 
-# the classifier's own CAM methods (the sweeps run these)
-METHODS: tuple[str, ...] = tuple(m.value for m in CamMethod if m is not CamMethod.DISTILLED)
+GRADIENT_FREE = frozenset({CamMethod.SCORECAM})
+# the classifier's gradient CAM methods (the sweeps run these)
+METHODS: tuple[str, ...] = tuple(m.value for m in CamMethod
+                                 if m is not CamMethod.DISTILLED and m not in GRADIENT_FREE)
+FUSED_LAYERS = 2  # the fused map multiplies LayerCAM of the last two stages
 
 Targets = int | Sequence[int] | Tensor | None
+
+
+@runtime_checkable
+class CamNetwork(Protocol):
+    """What heatmaps need of a network. camseg's :class:`~camseg.models.Classifier`,
+    an imported ONNX graph (:class:`camseg.imported.ImportedNetwork`) and any torch
+    module wrapped in :class:`TorchNetwork` provide it. Every one is an ``nn.Module``
+    whose ``forward`` maps ``(N, C, H, W)`` images in [0, 1] to logits."""
+
+    @property
+    def in_channels(self) -> int: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def cam_layer(self) -> str: ...
+
+    @property
+    def layer_names(self) -> list[str]: ...
+
+    def check_layer(self, name: str) -> int:
+        """Position of ``name`` in :attr:`layer_names`; NotFoundError otherwise."""
+        ...
+
+    def fused_layers(self, layer: str) -> list[str]:
+        """The layers the fused map multiplies, shallow first, ending at ``layer``."""
+        ...
+
+    def head_weight(self, layer: str) -> Tensor | None:
+        """The linear head's weight where the logits are linear in the global average of
+        ``layer`` (so ``dy/dA`` is known in closed form), else None."""
+        ...
+
+    def activations(self, x: Tensor, layers: Sequence[str], *, leaves: bool) -> tuple[Tensor, list[Tensor]]:
+        """Logits and the activations of ``layers``. With ``leaves`` (under
+        ``torch.enable_grad()``) the activations are differentiable and only the network
+        downstream of them is recorded, so ``torch.autograd.grad(score, acts)`` is cheap."""
+        ...
+
+    def modules(self) -> Iterator[nn.Module]: ...
+
+    def eval(self) -> nn.Module: ...
+
+
+class TorchNetwork(nn.Module):
+    """Any torch classifier (``forward`` gives logits) as a :class:`CamNetwork`, its CAM
+    layers addressed by submodule name (``model.named_modules()``).
+
+    Forward hooks are registered once, here, and read per-call state that is local to
+    the calling thread, so concurrent calls do not see each other's activations.
+    :meth:`remove` takes the hooks off again (twice is harmless).
+    """
+
+    def __init__(self, module: nn.Module, layers: Sequence[str], *, in_channels: int, num_classes: int,
+                 cam_layer: str | None = None):
+        super().__init__()
+        if not layers:
+            raise InvalidInputError("a torch network needs at least one layer name")
+        named = dict(module.named_modules())
+        unknown = [name for name in layers if name not in named]
+        if unknown:
+            raise NotFoundError(f"no submodule {', '.join(map(repr, unknown))} in {type(module).__name__}")
+        self.module = module
+        self._layers = list(layers)
+        self._in_channels, self._num_classes = in_channels, num_classes
+        self._cam_layer = cam_layer or self._layers[-1]
+        self.check_layer(self._cam_layer)
+        self._state = threading.local()
+        self._handles = [named[name].register_forward_hook(self._hook(name)) for name in self._layers]
+
+    def _hook(self, name: str) -> Callable[[nn.Module, object, Tensor], Tensor | None]:
+        def hook(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor | None:
+            call = getattr(self._state, "call", None)
+            if call is None or name not in call["layers"]:
+                return None
+            if call["leaves"]:
+                output = output.detach().requires_grad_(True)
+            call["acts"][name] = output
+            return output
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    @property
+    def in_channels(self) -> int:
+        return self._in_channels
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def cam_layer(self) -> str:
+        return self._cam_layer
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self._layers)
+
+    def check_layer(self, name: str) -> int:
+        if name not in self._layers:
+            raise NotFoundError(f"unknown layer {name!r}; this model has {', '.join(self._layers)}")
+        return self._layers.index(name)
+
+    def fused_layers(self, layer: str) -> list[str]:
+        k = self.check_layer(layer)
+        return self._layers[max(0, k - FUSED_LAYERS + 1): k + 1]
+
+    def head_weight(self, layer: str) -> Tensor | None:
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.module(x)
+        return out
+
+    def activations(self, x: Tensor, layers: Sequence[str], *, leaves: bool) -> tuple[Tensor, list[Tensor]]:
+        for name in layers:
+            self.check_layer(name)
+        self._state.call = {"layers": set(layers), "leaves": leaves, "acts": {}}
+        try:
+            logits = self.module(x)
+            acts = self._state.call["acts"]
+        finally:
+            self._state.call = None
+        return logits, [acts[name] for name in layers]
 
 
 @dataclass(frozen=True)
@@ -132,11 +267,11 @@ class _ModeHold:
 
 
 _MODE_LOCK = threading.Lock()
-_HOLDS: weakref.WeakKeyDictionary[nn.Module, _ModeHold] = weakref.WeakKeyDictionary()
+_HOLDS: weakref.WeakKeyDictionary[object, _ModeHold] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
-def _eval_mode(model: Classifier) -> Iterator[None]:
+def _eval_mode(model: CamNetwork) -> Iterator[None]:
     """Heatmaps need eval-mode BatchNorm and dropout. A model wholly in eval mode (every
     served model) is left untouched. Otherwise the first of concurrent calls switches it
     to eval and the last restores every submodule's own flag, so no call runs with
@@ -188,12 +323,12 @@ def resolve_targets(targets: Targets, n: int, num_classes: int, device: torch.de
 MIN_SIDE = 16  # every architecture downsamples 16x; densenet fails below 15 pixels
 
 
-def _check_images(model: Classifier, images: Tensor) -> None:
+def _check_images(model: CamNetwork, images: Tensor) -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[1] != model.spec.in_channels:
+    if images.ndim != 4 or images.shape[1] != model.in_channels:
         raise InvalidInputError(
-            f"images must be shaped (N, {model.spec.in_channels}, H, W), got {tuple(images.shape)}"
+            f"images must be shaped (N, {model.in_channels}, H, W), got {tuple(images.shape)}"
         )
     if not images.is_floating_point():
         raise InvalidInputError(f"images must be floating point in [0, 1], got {images.dtype}")
@@ -204,17 +339,14 @@ def _check_images(model: Classifier, images: Tensor) -> None:
             f"images must be at least {MIN_SIDE}x{MIN_SIDE} (the networks downsample 16x), "
             f"got {tuple(images.shape[2:])}"
         )
-    dtype = model.fc.weight.dtype
-    if images.dtype != dtype:
-        raise InvalidInputError(f"images must be {dtype} like the model, got {images.dtype}")
+    param = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    if param is not None and param.is_floating_point() and images.dtype != param.dtype:
+        raise InvalidInputError(f"images must be {param.dtype} like the model, got {images.dtype}")
 
 
 def _check_size(size: tuple[int, int] | None) -> None:
     if size is not None and (len(size) != 2 or min(int(v) for v in size) < 1):
         raise InvalidInputError(f"size must be two positive integers (H, W), got {size!r}")
-
-
-FUSED_LAYERS = 2  # the fused map multiplies LayerCAM of the last two stages
 
 
 @dataclass(frozen=True)
@@ -255,7 +387,7 @@ class RawCam:
 
 
 def raw_cam(
-    model: Classifier,
+    model: CamNetwork,
     images: Tensor,
     *,
     method: str | CamMethod = CamMethod.GRADCAM,
@@ -269,34 +401,34 @@ def raw_cam(
     if cam_method is CamMethod.DISTILLED:
         raise InvalidInputError("the distilled method is not a CAM of the classifier; run it through "
                                 "camseg.pipeline with a model that has a distilled student")
+    if cam_method in GRADIENT_FREE:
+        raise InvalidInputError(f"{cam_method.value} runs the classifier once per channel; run it through "
+                                "camseg.pipeline or camseg.cam.score_cam")
     _check_images(model, images)
     layer = layer or model.cam_layer
-    k = model.check_layer(layer)
-    t = resolve_targets(targets, images.shape[0], model.spec.num_classes, images.device)
-    if cam_method is CamMethod.FUSED:
-        return _fused(model, images, t, k)
+    model.check_layer(layer)
+    t = resolve_targets(targets, images.shape[0], model.num_classes, images.device)
+    fused = cam_method is CamMethod.FUSED
+    layers = model.fused_layers(layer) if fused else [layer]
     with _eval_mode(model):
-        if analytic and model.has_linear_gap_head(layer):
+        weight = model.head_weight(layer) if analytic and not fused else None
+        if weight is not None:
             with torch.inference_mode():
-                acts = model.run_until(images, k)
-                logits = model.head(acts)
-                maps = combine(cam_method, acts, analytic_grads(model.fc.weight, t, acts.shape))
-        else:
-            with torch.no_grad():
-                leaf = model.run_until(images, k)
-            leaf.requires_grad_(True)
-            with torch.enable_grad():
-                logits, _ = model.run_from(leaf, k + 1)
-                score = logits.gather(1, t[:, None]).sum()
-                (grads,) = torch.autograd.grad(score, leaf)
-            with torch.no_grad():
-                maps = combine(cam_method, leaf.detach(), grads)
-            logits = logits.detach()
-    return RawCam((maps,), logits, t, (layer,))
+                logits, (acts,) = model.activations(images, layers, leaves=False)
+                maps = combine(cam_method, acts, analytic_grads(weight, t, acts.shape))
+            return RawCam((maps,), logits, t, (layer,))
+        with torch.enable_grad():
+            logits, acts_list = model.activations(images, layers, leaves=True)
+            score = logits.gather(1, t[:, None]).sum()
+            grads = torch.autograd.grad(score, acts_list)
+        with torch.no_grad():
+            how = CamMethod.LAYERCAM if fused else cam_method
+            parts = tuple(combine(how, a.detach(), g) for a, g in zip(acts_list, grads, strict=True))
+    return RawCam(parts, logits.detach(), t, tuple(layers))
 
 
 def compute_cam(
-    model: Classifier,
+    model: CamNetwork,
     images: Tensor,
     *,
     method: str | CamMethod = CamMethod.GRADCAM,
@@ -335,7 +467,7 @@ def compute_cam(
 
 
 def cam_batches(
-    model: Classifier, images: Tensor, *, batch_size: int = 64, method: str | CamMethod = CamMethod.GRADCAM,
+    model: CamNetwork, images: Tensor, *, batch_size: int = 64, method: str | CamMethod = CamMethod.GRADCAM,
     targets: Targets = None, layer: str | None = None,
 ) -> Iterator[CamResult]:
     """:func:`compute_cam` over a large set, ``batch_size`` images at a time, at the input
@@ -350,22 +482,33 @@ def cam_batches(
         yield compute_cam(model, images[i : i + batch_size], method=method, layer=layer, targets=t)
 
 
-def _fused(model: Classifier, images: Tensor, t: Tensor, k: int) -> RawCam:
-    """LayerCAM at stage ``k`` and the stage before it from one forward and one backward."""
-    first = max(0, k - FUSED_LAYERS + 1)
-    names = model.layer_names
-    with _eval_mode(model):
-        with torch.no_grad():
-            leaf = model.run_until(images, first)
-        leaf.requires_grad_(True)
-        with torch.enable_grad():
-            logits, captured = model.run_from(leaf, first + 1, capture=range(first + 1, k + 1))
-            acts = [leaf, *(captured[i] for i in range(first + 1, k + 1))]
-            score = logits.gather(1, t[:, None]).sum()
-            grads = torch.autograd.grad(score, acts)
-        with torch.no_grad():
-            parts = tuple(combine(CamMethod.LAYERCAM, a.detach(), g) for a, g in zip(acts, grads, strict=True))
-    return RawCam(parts, logits.detach(), t, tuple(names[first : k + 1]))
+Classify = Callable[[Tensor], Tensor]
+
+
+def score_cam(acts: Tensor, images: Tensor, classify: Classify, targets: Tensor, *, batch: int = 64) -> Tensor:
+    """Score-CAM maps ``(N, h, w)`` at the layer's resolution (Wang et al., "Score-CAM:
+    Score-weighted visual explanations for CNNs", CVPR-W 2020), gradient-free.
+
+    Each channel ``A_k`` of an image's activations is upsampled to the input, min-max
+    scaled to [0, 1] and multiplied into the image; the weight of ``A_k`` is the target
+    class's probability for that masked image (the authors' code), and the map is
+    ``ReLU(sum_k w_k A_k)``. ``classify`` maps an input batch to probabilities; it is
+    called on at most ``batch`` masked images at a time. A constant channel masks the
+    image to zero, like the reference implementation.
+    """
+    if acts.ndim != 4 or images.ndim != 4 or acts.shape[0] != images.shape[0]:
+        raise InvalidInputError(f"activations {tuple(acts.shape)} do not match images {tuple(images.shape)}")
+    n, k = int(acts.shape[0]), int(acts.shape[1])
+    size = (int(images.shape[2]), int(images.shape[3]))
+    maps = torch.empty((n, *acts.shape[2:]), dtype=torch.float32)
+    for i in range(n):
+        up = normalise_maps(upsample(acts[i].float(), size))  # (K, H, W)
+        weights = torch.empty(k, dtype=torch.float32)
+        for s in range(0, k, batch):
+            masked = images[i][None] * up[s : s + batch, None]
+            weights[s : s + batch] = classify(masked)[:, int(targets[i])].float()
+        maps[i] = F.relu(torch.einsum("k,khw->hw", weights, acts[i].float()))
+    return maps
 
 
 def raw_from_activations(acts: Tensor, weight: Tensor, targets: Tensor, *,

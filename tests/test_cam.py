@@ -488,7 +488,8 @@ def forward_counter(model64: Classifier) -> Any:
         ),
         (torch.rand(2, 1, SIZE, SIZE), {"targets": [0, 5]}, InvalidInputError, "out of range"),
         (torch.rand(2, 1, SIZE, SIZE), {"layer": "layer4"}, NotFoundError, "stem, stage1"),
-        (torch.rand(2, 1, SIZE, SIZE), {"method": "scorecam"}, InvalidInputError, "gradcam"),
+        (torch.rand(2, 1, SIZE, SIZE), {"method": "eigencam"}, InvalidInputError, "gradcam"),
+        (torch.rand(2, 1, SIZE, SIZE), {"method": "scorecam"}, InvalidInputError, "once per channel"),
         (
             torch.rand(2, 1, SIZE, SIZE),
             {"method": "fused", "targets": 9},

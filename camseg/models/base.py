@@ -100,6 +100,38 @@ class Classifier(nn.Module):
         """True when ``layer`` is the last stage, so logits are linear in its GAP."""
         return self.check_layer(layer) == len(self.stages) - 1
 
+    # ---- camseg.cam.CamNetwork
+    @property
+    def in_channels(self) -> int:
+        return self.spec.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def fused_layers(self, layer: str) -> list[str]:
+        """``layer`` and the stage before it."""
+        k = self.check_layer(layer)
+        return self.layer_names[max(0, k - 1) : k + 1]
+
+    def head_weight(self, layer: str) -> Tensor | None:
+        return self.fc.weight if self.has_linear_gap_head(layer) else None
+
+    def activations(self, x: Tensor, layers: Sequence[str], *, leaves: bool) -> tuple[Tensor, list[Tensor]]:
+        """Stages before the first of ``layers`` run without autograd; with ``leaves`` that
+        stage's output becomes a leaf and only the tail is recorded."""
+        ks = sorted({self.check_layer(name) for name in layers})
+        first = ks[0]
+        if leaves:
+            with torch.no_grad():
+                leaf = self.run_until(x, first)
+            leaf.requires_grad_(True)
+        else:
+            leaf = self.run_until(x, first)
+        logits, captured = self.run_from(leaf, first + 1, capture=ks[1:])
+        captured[first] = leaf
+        return logits, [captured[self.check_layer(name)] for name in layers]
+
 
 def conv_bn_act(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
                 act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
