@@ -44,6 +44,7 @@ from camseg.inputs import ID_PATTERN, path_under
 from camseg.modeldir import atomic_write_bytes
 from camseg.pipeline import Encoding, LoadedModel, Options, run
 from camseg.progress import OnProgress, ShouldStop, Tracker
+from camseg.segment import check_classes, result_row
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ MANIFEST = "job.json"
 CANCELLED = "cancelled"
 SUMMARY = "summary.json"
 RESULTS = "results.csv"
-COLUMNS = ["id", "label", "predicted_label", "probability", "mask_area", "threshold", "gated", "dice", "error"]
+COLUMNS = ["id", "label", "predicted_label", "correct", "probability", "mask_area", "threshold", "gated", "dice",
+           "error"]
 
 
 class JobState(StrEnum):
@@ -140,8 +142,7 @@ def create_segment_job(out_root: Path, model_dir: Path, data_dir: Path, *, split
         raise InvalidInputError("bulk segmentation needs a threshold rule")
     model.engine_for(opts)
     ds = FolderDataset.open(data_dir)
-    if ds.classes != model.classes:
-        raise InvalidInputError(f"{data_dir}: classes {ds.classes} differ from the model's {model.classes}")
+    check_classes(ds, model)
     indices = ds.subset(split)
     job_dir = _claim(out_root, job_id)
     manifest = Manifest(job_dir.name, "segment", time.time(), str(Path(model_dir).resolve()),
@@ -256,12 +257,7 @@ def run_segment_chunk(job_dir: Path, index: int, model: LoadedModel, *, should_s
                 (tmp / "masks" / f"{sample.id}.png").write_bytes(item.mask_png)
                 if m.heatmaps:
                     np.save(tmp / "heatmaps" / f"{sample.id}.npy", item.heatmap.numpy().astype(np.float16))
-                rows.append({
-                    "id": sample.id, "label": ds.classes[sample.label], "predicted_label": ds.classes[item.label],
-                    "probability": round(float(item.probabilities[list(model.positives)].sum()), 6),
-                    "mask_area": item.area,
-                    "threshold": "" if item.threshold_value is None else round(item.threshold_value, 6),
-                    "gated": int(item.gated), "dice": "" if item.dice is None else round(item.dice, 6), "error": ""})
+                rows.append({**result_row(ds, i, model, item), "error": ""})
             tracker.advance(len(part))
         order = {ds.samples[i].id: k for k, i in enumerate(m.chunks[index])}
         rows.sort(key=lambda r: order[r["id"]])
@@ -271,8 +267,8 @@ def run_segment_chunk(job_dir: Path, index: int, model: LoadedModel, *, should_s
 
 def _error_row(ds: FolderDataset, i: int, reason: str) -> dict[str, Any]:
     s = ds.samples[i]
-    return {"id": s.id, "label": ds.classes[s.label], "predicted_label": "", "probability": "", "mask_area": "",
-            "threshold": "", "gated": "", "dice": "", "error": reason}
+    return {"id": s.id, "label": ds.classes[s.label], "predicted_label": "", "correct": "", "probability": "",
+            "mask_area": "", "threshold": "", "gated": "", "dice": "", "error": reason}
 
 
 def options_record_with_encodings(m: Manifest) -> Options:
@@ -332,7 +328,7 @@ def _finish_segment_job(job_dir: Path) -> dict[str, Any]:
         "options": m.options, "images": len(rows), "segmented": len(ok), "failed": len(failures),
         "failures": failures[:1000], "with_truth": len(dices),
         "mean_dice": float(np.mean(dices)) if dices else math.nan,
-        "accuracy": float(np.mean([r["label"] == r["predicted_label"] for r in ok])) if ok else math.nan,
+        "accuracy": float(np.mean([bool(r["correct"]) for r in ok])) if ok else math.nan,
         "created": m.created, "finished": time.time(), "seconds": round(time.time() - m.created, 3),
     }
     _write_json(done, summary)

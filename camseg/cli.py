@@ -87,12 +87,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("model_dir", type=Path)
     e.add_argument("--data", type=Path, default=None, help="images for the parity check (default: training data)")
 
+    ins = sub.add_parser("inspect", help="an ONNX classifier's inputs, outputs and CAM layers, and a proposed "
+                                         "camseg-model.json (bring your own model)")
+    ins.add_argument("onnx_file", type=Path, metavar="MODEL.onnx")
+    ins.add_argument("--write", action="store_true", help="write the proposed camseg-model.json beside the model")
+    ins.add_argument("--overwrite", action="store_true", help="with --write, replace an existing config")
+    ins.add_argument("--json", action="store_true", help="print the inspection as JSON")
+
     g = sub.add_parser("segment", help="heatmap masks for every image of a data set")
     g.add_argument("--model", type=Path, required=True)
     g.add_argument("--data", type=Path, required=True)
     g.add_argument("--out", type=Path, required=True)
-    g.add_argument("--method", default=None, choices=(*METHODS, "distilled"),
-                   help="default: the model's recipe (recipe.json), else gradcam")
+    g.add_argument("--method", default=None, choices=(*METHODS, "scorecam", "distilled"),
+                   help="default: the model's recipe (recipe.json), else its config's method, else gradcam")
     g.add_argument("--threshold", default=None, help="otsu, a percentile like p90, or a number in [0, 1] "
                                                      "(default: the recipe's, else otsu)")
     g.add_argument("--layer", default=None)
@@ -227,6 +234,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from camseg.imported import inspect_model, write_proposal
+
+    found = inspect_model(args.onnx_file)
+    if args.json:
+        print(json.dumps(found.to_dict(), indent=2))
+    else:
+        print(f"{found.path}")
+        print("inputs:")
+        for i in found.inputs:
+            print(f"  {i.describe()}")
+        print("outputs:")
+        for o in found.outputs:
+            print(f"  {o.describe()}")
+        print("candidate CAM layers (last first):")
+        for name, op, shape in found.layers:
+            dims = "x".join(map(str, shape[1:])) if shape else "?"
+            print(f"  {name:40s} {op:20s} {dims}")
+        if found.unsupported:
+            print(f"operators without a gradient path: {', '.join(found.unsupported)} "
+                  "(Classify and Score-CAM still work)")
+        print("proposed camseg-model.json:")
+        print(found.proposal.to_json(), end="")
+        for note in found.notes:
+            print(f"note: {note}")
+    if args.write:
+        print(f"wrote {write_proposal(found, overwrite=args.overwrite)}")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
     from camseg.console import progress_bars
 
@@ -255,6 +294,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         print(f"{args.model_dir / 'model.onnx'}: parity max |dp| {par['max_abs_diff_probabilities']:.2e} "
               f"on {par['images']} images")
         return 0
+    if args.command == "inspect":
+        return _inspect(args)
     if args.command == "segment":
         from camseg.masks import parse_rule
         from camseg.pipeline import LoadedModel, Options
@@ -271,7 +312,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
                                fill_holes=opts.fill_holes or args.fill_holes)
             print(f"{args.model}: the model's recipe ({RECIPE_FILE})")
         else:
-            opts = Options(method=parse_method(args.method or "gradcam"),
+            opts = Options(method=parse_method(args.method) if args.method else model.default_method,
                            threshold=parse_rule(args.threshold or "otsu"), layer=args.layer, tta=args.tta or 1,
                            refine=parse_refiner(args.refine or "none"),
                            decision_threshold=args.decision_threshold, gate=not args.no_gate, largest=args.largest,

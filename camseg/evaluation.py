@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from camseg import figures
-from camseg.cam import METHODS, CamMethod, cam_batches
+from camseg.cam import METHODS, CamMethod, CamNetwork, cam_batches
 from camseg.data.folder import FolderDataset, atomic_directory
 from camseg.data.tensors import ArraySet, load_arrays
 from camseg.errors import InvalidInputError
@@ -65,7 +65,7 @@ class SweepRow:
 
 
 def dice_sweep(
-    model: Classifier,
+    model: CamNetwork,
     data: ArraySet,
     *,
     methods: Sequence[str] = METHODS,
@@ -82,24 +82,32 @@ def dice_sweep(
 
     ``layers`` defaults to the last three stages; the fused method is evaluated once,
     at the model's Grad-CAM layer. ``positives`` (default: the last class) are the
-    tumor classes: the heatmap's target is the first, and the gate keeps any of them.
+    lesion classes: each heatmap explains the most probable of them, and the gate
+    keeps any of them.
     Rows come in a stable order.
     """
     layer_names = list(layers) if layers else model.layer_names[-3:]
     for name in layer_names:
         model.check_layer(name)
     parsed = [parse_rule(r) for r in rules]
-    pos = tuple(positives) if positives else (model.spec.num_classes - 1,)
+    pos = tuple(positives) if positives else (model.num_classes - 1,)
     if not bool(data.has_mask.any()):
         raise InvalidInputError("the Dice sweep needs tumor ROIs with truth masks in the split")
     # the mean is over tumor ROIs and each mask depends on its own image only
     data = data.select(torch.nonzero(data.has_mask).flatten())
+    targets: int | torch.Tensor = pos[0]
+    if len(pos) > 1:  # each heatmap explains the most probable of the lesion classes
+        with torch.inference_mode():
+            probs = torch.cat([torch.softmax(model(data.images[i : i + 64]), dim=1)
+                               for i in range(0, len(data), 64)])
+        lesion = torch.tensor(pos)
+        targets = lesion[probs[:, lesion].argmax(1)]
     combos = [(m, lay) for m in methods for lay in (layer_names if m != CamMethod.FUSED else [model.cam_layer])]
     rows: list[SweepRow] = []
     tracker = Tracker(task, len(combos) * len(data), on_progress=on_progress, should_stop=should_stop)
     for method, layer in combos:
         heat_parts, pred_parts = [], []
-        for res in cam_batches(model, data.images, method=method, layer=layer, targets=pos[0]):
+        for res in cam_batches(model, data.images, method=method, layer=layer, targets=targets):
             heat_parts.append(res.heatmaps)
             pred_parts.append(res.probabilities.argmax(1))
             tracker.advance(len(res.heatmaps))
@@ -271,7 +279,7 @@ def evaluate_dice(
     without splits is selected and reported on as a whole, and the report says so.
     """
     loaded = model if isinstance(model, LoadedModel) else LoadedModel.load(model, onnx=False)
-    net = loaded.network
+    net = loaded.gradients()
     ds = FolderDataset.open(data_dir)
     sel_idx, rep_idx = ds.subset(select), ds.subset(report)
     key = output_key(model=model_fingerprint(loaded.path), data=data_fingerprint(ds, sorted(set(sel_idx + rep_idx))),
@@ -287,12 +295,12 @@ def evaluate_dice(
                      "reported on, so the best Dice is optimistic.")
     kwargs: dict[str, Any] = {"methods": methods, "layers": layers, "rules": rules, "largest": largest, "gate": gate,
                               "positives": loaded.positives, "on_progress": on_progress, "should_stop": should_stop}
-    sel_data = load_arrays(ds, sel_idx, net.spec.input_size, net.spec.in_channels)
+    sel_data = load_arrays(ds, sel_idx, loaded.input_hw, loaded.channels)
     select_rows = dice_sweep(net, sel_data, task=f"Dice sweep ({select})", **kwargs)
     if sel_idx == rep_idx:
         rep_data, report_rows = sel_data, select_rows
     else:
-        rep_data = load_arrays(ds, rep_idx, net.spec.input_size, net.spec.in_channels)
+        rep_data = load_arrays(ds, rep_idx, loaded.input_hw, loaded.channels)
         report_rows = dice_sweep(net, rep_data, task=f"Dice sweep ({report})", **kwargs)
     on_report = {r.setting: r for r in report_rows}
 

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import Tensor
 
 from camseg.cam import CamMethod, CamResult, Targets, cam_from_activations, parse_method, resolve_targets
 from camseg.errors import InvalidInputError, UnsupportedError
+from camseg.modelconfig import ModelConfig, OutputKind, from_metadata, is_identity, preprocess
 from camseg.modeldir import ONNX_FILE, read_metadata
 from camseg.runtime import make_session
 
@@ -25,8 +27,10 @@ ONE_PASS_METHODS = frozenset({CamMethod.GRADCAM, CamMethod.GRADCAM_PP, CamMethod
 
 
 class OnnxModel:
-    """A loaded ``model.onnx`` with its metadata. Thread-safe: ONNX Runtime sessions
-    may be run concurrently."""
+    """A loaded ONNX classifier: camseg's own export (``OnnxModel(model_dir)``) or an
+    imported graph (:meth:`imported`). Inputs are prepared batches ``(N, C, H, W)`` in
+    [0, 1]; the model's declared scaling and layout are applied here. Thread-safe: ONNX
+    Runtime sessions may be run concurrently."""
 
     def __init__(self, model_dir: Path | str, *, providers: str = "auto", threads: int = 0):
         self.dir = Path(model_dir)
@@ -34,40 +38,76 @@ class OnnxModel:
         onnx_meta = self.meta.get("onnx")
         if not onnx_meta or not (self.dir / ONNX_FILE).is_file():
             raise UnsupportedError(f"{self.dir}: not exported to ONNX (run camseg export)")
-        self.session = make_session(self.dir / ONNX_FILE, providers, threads=threads)
-        self.input_name: str = onnx_meta["input"]
-        self.classes: list[str] = list(self.meta["classes"])
-        spec = self.meta["spec"]
-        self.channels: int = spec["in_channels"]
-        self.size: int = spec["input_size"]
         one_pass = onnx_meta.get("one_pass_cam")
-        self.cam_layer: str | None = one_pass["layer"] if one_pass else None
+        self._setup(make_session(self.dir / ONNX_FILE, providers, threads=threads), from_metadata(self.meta),
+                    input_name=onnx_meta["input"], output_name="probabilities",
+                    cam_layer=one_pass["layer"] if one_pass else None,
+                    acts_name="activations" if one_pass else None)
         self.head_weight: Tensor | None = (
-            torch.tensor(one_pass["head_weight"], dtype=torch.float32) if one_pass else None
-        )
+            torch.tensor(one_pass["head_weight"], dtype=torch.float32) if one_pass else None)
+
+    @classmethod
+    def imported(cls, model: bytes | Path, cfg: ModelConfig, *, input_name: str, output_name: str,
+                 cam_layer: str | None, providers: str = "auto", threads: int = 0) -> OnnxModel:
+        """An imported classifier; ``model`` must output ``cam_layer``'s activations
+        where one is given (:func:`camseg.imported.with_outputs`)."""
+        self = cls.__new__(cls)
+        self.dir = Path(model).parent if isinstance(model, Path) else Path(".")
+        self.meta = {}
+        self._setup(make_session(model, providers, threads=threads), cfg, input_name=input_name,
+                    output_name=output_name, cam_layer=cam_layer, acts_name=cam_layer)
+        self.head_weight = None
+        return self
+
+    def _setup(self, session: ort.InferenceSession, cfg: ModelConfig, *, input_name: str, output_name: str,
+               cam_layer: str | None, acts_name: str | None) -> None:
+        self.session = session
+        self.config = cfg
+        self.input_name = input_name
+        self.output_name = output_name
+        self.cam_layer: str | None = cam_layer
+        self._acts_name = acts_name
+        self.classes: list[str] = list(cfg.classes)
+        self.channels: int = cfg.input.channels
+        self.size: tuple[int, int] = cfg.size
+        self._logits = cfg.output.kind is OutputKind.LOGITS
+        self._plain = is_identity(cfg)
 
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
-    def _check(self, images: np.ndarray) -> np.ndarray:
+    def _feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if images.ndim != 4 or images.shape[1] != self.channels or images.shape[0] == 0:
             raise InvalidInputError(
                 f"images must be shaped (N>0, {self.channels}, H, W), got {tuple(images.shape)}"
             )
-        return np.ascontiguousarray(images, dtype=np.float32)
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        return {self.input_name: x if self._plain else preprocess(x, self.config)}
 
-    def classify(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, classes)`` for images ``(N, C, S, S)`` in [0, 1]."""
-        out: np.ndarray = self.session.run(["probabilities"], {self.input_name: self._check(images)})[0]
+    def _probabilities(self, out: np.ndarray) -> np.ndarray:
+        out = out.reshape(out.shape[0], -1)
+        if not self._logits:
+            return out
+        e = np.exp(out - out.max(axis=1, keepdims=True))
+        probs: np.ndarray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return probs
+
+    def raw_output(self, images: np.ndarray) -> np.ndarray:
+        """The output tensor as the graph computes it (logits or probabilities)."""
+        out: np.ndarray = self.session.run([self.output_name], self._feed(images))[0]
         return out
 
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, classes)`` for images ``(N, C, H, W)`` in [0, 1]."""
+        return self._probabilities(self.raw_output(images))
+
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities and the exported layer's activations of one pass."""
-        if self.cam_layer is None:
+        """Probabilities and the CAM layer's activations of one pass."""
+        if self._acts_name is None:
             raise UnsupportedError(f"{self.dir}: the ONNX file exports no activations")
-        probs, acts = self.session.run(["probabilities", "activations"], {self.input_name: self._check(images)})
-        return probs, acts
+        out, acts = self.session.run([self.output_name, self._acts_name], self._feed(images))
+        return self._probabilities(out), acts
 
     def explain(self, images: np.ndarray, *, method: str | CamMethod = CamMethod.GRADCAM,
                 targets: Targets = None, size: tuple[int, int] | None = None) -> CamResult:

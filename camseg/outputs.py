@@ -20,6 +20,7 @@ from typing import Any
 import camseg
 from camseg.data.folder import FolderDataset
 from camseg.errors import InvalidInputError
+from camseg.modelconfig import CONFIG_FILE
 from camseg.modeldir import METADATA_FILE, MODEL_FILE, ONNX_FILE
 
 _CHUNK = 1 << 20
@@ -35,7 +36,7 @@ def _file_digest(path: Path) -> str:
 
 def model_fingerprint(model_dir: Path) -> dict[str, str]:
     """SHA-256 of each file of a model directory that exists."""
-    return {name: _file_digest(Path(model_dir) / name) for name in (MODEL_FILE, METADATA_FILE, ONNX_FILE)
+    return {name: _file_digest(Path(model_dir) / name) for name in (MODEL_FILE, METADATA_FILE, ONNX_FILE, CONFIG_FILE)
             if (Path(model_dir) / name).is_file()}
 
 

@@ -30,7 +30,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camseg import codecs
-from camseg.cam import TTA_SIZES, CamMethod, RawCam, parse_method, raw_cam, raw_from_activations, tta_cam
+from camseg.cam import (
+    GRADIENT_FREE,
+    TTA_SIZES,
+    CamMethod,
+    CamNetwork,
+    RawCam,
+    parse_method,
+    raw_cam,
+    raw_from_activations,
+    score_cam,
+    tta_cam,
+)
 from camseg.data.folder import BoolArray, FloatArray
 from camseg.data.tensors import resize_image, to_channels
 from camseg.errors import InvalidInputError, UnsupportedError
@@ -38,8 +49,8 @@ from camseg.figures import overlay
 from camseg.inference import ONE_PASS_METHODS, OnnxModel
 from camseg.masks import Masks, ThresholdRule, parse_rule, segment_maps
 from camseg.metrics import dice
+from camseg.modelconfig import CONFIG_FILE, Colour, ModelConfig, Source, from_metadata
 from camseg.modeldir import ONNX_FILE, load_model
-from camseg.models import Classifier
 from camseg.progress import OnProgress, ShouldStop, Tracker
 from camseg.refine import Refiner, parse_refiner, refine_masks
 
@@ -130,46 +141,56 @@ class Options:
 
 
 def positive_classes(meta: dict[str, Any], classes: Sequence[str]) -> tuple[int, ...]:
-    """The positive (tumor) class indices from metadata: ``positive_classes`` (names or
-    indices), else ``positive_class``, else the last class."""
-    names = meta.get("positive_classes")
-    if not names:
-        names = [meta["positive_class"]] if meta.get("positive_class") is not None else [classes[-1]]
-    out = []
-    for n in names:
-        if isinstance(n, str) and n in classes:
-            out.append(list(classes).index(n))
-        elif isinstance(n, int) and not isinstance(n, bool) and 0 <= n < len(classes):
-            out.append(n)
-        else:
-            raise InvalidInputError(f"positive class {n!r} is not one of the classes {', '.join(classes)}")
-    return tuple(sorted(set(out)))
+    """The positive (tumor) class indices a camseg model's metadata names:
+    ``positive_classes`` (names or indices), else ``positive_class``, else the last class."""
+    spec = {"num_classes": len(classes), "in_channels": 1, "input_size": 16}
+    return from_metadata({**meta, "spec": spec, "classes": list(classes)}).lesion_indices
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model directory in memory: the torch classifier, the ONNX session where the
-    model was exported, and the metadata. Safe to share between threads."""
+    """A model version in memory: a camseg-trained one (the torch classifier, the ONNX
+    session where exported, the metadata) or an imported ONNX classifier (the ONNX
+    session and the converted graph). Both are described by one :class:`ModelConfig`.
+    Safe to share between threads.
+
+    ``network`` is None only for an imported graph whose gradients are unavailable
+    (``unavailable`` says why: an unsupported operator, a parity failure); it still
+    classifies and runs the gradient-free methods."""
 
     path: Path
     meta: dict[str, Any]
-    network: Classifier
+    network: CamNetwork | None
     onnx: OnnxModel | None
     classes: tuple[str, ...]
     positives: tuple[int, ...]
     student: Student | None = None  # the distilled segmentation network, where trained
     recipe: Recipe | None = None  # how this model's masks are made, where chosen
+    config: ModelConfig | None = None
+    source: Source = Source.CAMSEG
+    unavailable: str | None = None
 
     @classmethod
     def load(cls, path: Path | str, *, onnx: bool | None = None, providers: str = "auto",
              threads: int = 0) -> LoadedModel:
-        """Load ``path``; ``onnx`` True requires ``model.onnx``, False skips it, None
-        loads it where present. The distilled student and the recipe come with it where
-        the directory holds them."""
+        """Load ``path``: a camseg model directory, or an imported ``model.onnx`` with its
+        ``camseg-model.json``. For camseg models ``onnx`` True requires ``model.onnx``,
+        False skips it, None loads it where present; the distilled student and the recipe
+        come with it where the directory holds them."""
         from camseg.distill import load_student
         from camseg.recipe import load_recipe
 
         path = Path(path)
+        if (path / CONFIG_FILE).is_file():
+            from camseg.imported import load_imported
+
+            imp = load_imported(path, providers=providers, threads=threads)
+            cfg = imp.config
+            meta = {"architecture": "imported", "source": Source.IMPORTED.value,
+                    "config": cfg.model_dump(mode="json", exclude_none=True), "layers": imp.layers,
+                    "gradcam_layer": imp.onnx.cam_layer or "", "parity": imp.parity}
+            return cls(path, meta, imp.network, imp.onnx, cfg.classes, cfg.lesion_indices, None, None,
+                       config=cfg, source=Source.IMPORTED, unavailable=imp.unavailable)
         network, meta = load_model(path)
         session = None
         if onnx or (onnx is None and (path / ONNX_FILE).is_file() and meta.get("onnx")):
@@ -178,21 +199,50 @@ class LoadedModel:
         if len(classes) != network.spec.num_classes:
             raise InvalidInputError(f"{path}: {len(classes)} classes in metadata for a "
                                     f"{network.spec.num_classes}-class network")
+        cfg = from_metadata({**meta, "classes": list(classes)}, cam_layer=network.cam_layer)
         student = load_student(path, providers=providers, threads=threads, onnx=False if onnx is False else None)
-        return cls(path, meta, network, session, classes, positive_classes(meta, classes), student,
-                   load_recipe(path))
+        return cls(path, meta, network, session, classes, cfg.lesion_indices, student, load_recipe(path),
+                   config=cfg, source=Source.CAMSEG)
+
+    @property
+    def default_method(self) -> CamMethod:
+        """The config's CAM method (``cam.method``), else Grad-CAM."""
+        method = self.config.cam.method if self.config is not None else None
+        return parse_method(method) if method else CamMethod.GRADCAM
+
+    def gradients(self) -> CamNetwork:
+        """The differentiable network; FAILED_PRECONDITION where the graph has none."""
+        if self.network is None:
+            raise UnsupportedError(f"{self.path.name}: gradient CAM methods are unavailable for this model: "
+                                   f"{self.unavailable}; scorecam runs on ONNX Runtime alone")
+        return self.network
 
     def default_options(self) -> Options:
-        """The recipe's options where the model has one, else the defaults."""
-        return self.recipe.options if self.recipe is not None else Options()
+        """The recipe's options where the model has one, else the defaults (with the
+        config's CAM method)."""
+        return self.recipe.options if self.recipe is not None else Options(method=self.default_method)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        assert self.config is not None
+        return self.config.size
 
     @property
     def size(self) -> int:
-        return int(self.network.spec.input_size)
+        """The input's side (its height where it is not square)."""
+        return self.input_hw[0]
 
     @property
     def channels(self) -> int:
-        return int(self.network.spec.in_channels)
+        assert self.config is not None
+        return self.config.input.channels
+
+    @property
+    def cam_layer(self) -> str | None:
+        """The default CAM layer."""
+        if self.network is not None:
+            return self.network.cam_layer
+        return self.onnx.cam_layer if self.onnx is not None else None
 
     @property
     def positive(self) -> int:
@@ -207,26 +257,40 @@ class LoadedModel:
                                        "(camseg distill trains one)")
             return Engine.ONNX if self.student.onnx is not None and options.engine is not Engine.TORCH \
                 else Engine.TORCH
-        if options.layer is not None:
-            self.network.check_layer(options.layer)
         if options.target is not None and not 0 <= options.target < len(self.classes):
             raise InvalidInputError(f"target class {options.target} is out of range 0..{len(self.classes) - 1}")
-        one_pass = (self.onnx is not None and self.onnx.cam_layer is not None and options.method in ONE_PASS_METHODS
-                    and options.layer in (None, self.onnx.cam_layer))
+        if options.method in GRADIENT_FREE:
+            on_onnx = (self.onnx is not None and self.onnx.cam_layer is not None
+                       and options.layer in (None, self.onnx.cam_layer))
+            if on_onnx and options.engine is not Engine.TORCH:
+                return Engine.ONNX
+            if options.engine is Engine.ONNX:
+                raise UnsupportedError(f"{options.method.value} at layer {options.layer} needs the torch engine")
+            self.gradients().check_layer(options.layer or self.gradients().cam_layer)
+            return Engine.TORCH
+        network = self.gradients()
+        if options.layer is not None:
+            network.check_layer(options.layer)
+        one_pass = (self.onnx is not None and self.onnx.cam_layer is not None and self.onnx.head_weight is not None
+                    and options.method in ONE_PASS_METHODS and options.layer in (None, self.onnx.cam_layer))
         if options.engine is Engine.ONNX and not one_pass:
-            raise UnsupportedError(f"{options.method.value} at layer {options.layer or self.network.cam_layer} "
+            raise UnsupportedError(f"{options.method.value} at layer {options.layer or network.cam_layer} "
                                    "has no one-pass ONNX form for this model")
         if options.engine is Engine.TORCH:
             return Engine.TORCH
         return Engine.ONNX if one_pass else Engine.TORCH
 
     def prepare(self, images: Sequence[FloatArray]) -> Tensor:
-        """Decoded images to the model's input batch ``(N, channels, size, size)``."""
+        """Decoded images to the model's input batch ``(N, channels, height, width)``; an
+        RGB image becomes luminance for a gray model (repeated where it takes 3 channels)."""
         if not images:
             raise InvalidInputError("no images")
-        size, channels = self.size, self.channels
-        batch = torch.empty((len(images), channels, size, size), dtype=torch.float32)
+        size, channels = self.input_hw, self.channels
+        gray = self.config is not None and self.config.input.colour is Colour.GRAY
+        batch = torch.empty((len(images), channels, *size), dtype=torch.float32)
         for i, img in enumerate(images):
+            if gray and img.ndim == 3:
+                img = _gray(img)
             batch[i] = resize_image(torch.from_numpy(to_channels(img, channels)), size)
         return batch
 
@@ -234,8 +298,9 @@ class LoadedModel:
         """Probabilities ``(N, classes)`` of a prepared batch (ONNX where exported)."""
         if self.onnx is not None:
             return self.onnx.classify(x)
+        network = self.gradients()
         with torch.inference_mode():
-            probs: npt.NDArray[np.float32] = F.softmax(self.network(torch.from_numpy(x)), dim=1).numpy()
+            probs: npt.NDArray[np.float32] = F.softmax(network(torch.from_numpy(x)), dim=1).numpy()
         return probs
 
     def classify(self, images: Sequence[FloatArray]) -> npt.NDArray[np.float32]:
@@ -276,6 +341,8 @@ class LoadedModel:
                 x.shape[0]).clone()
             maps = self.student.heatmaps(x, onnx=engine is Engine.ONNX)
             return RawCam((maps,), torch.log(p.clamp_min(1e-30)), t, ("distilled",), calibrated=True)
+        if options.method in GRADIENT_FREE:
+            return self._score_cam(engine, x, options, targets)
         if engine is Engine.ONNX:
             assert self.onnx is not None and self.onnx.head_weight is not None and self.onnx.cam_layer is not None
             probs, acts = self.onnx.run(x.numpy())
@@ -290,18 +357,45 @@ class LoadedModel:
             if options.target is None and len(self.positives) > 1:
                 probs_first = torch.from_numpy(self.classify_prepared(x.numpy()))
             targets = torch.as_tensor(self._targets(options, probs_first))
-        return raw_cam(self.network, x, method=options.method, layer=options.layer, targets=targets)
+        return raw_cam(self.gradients(), x, method=options.method, layer=options.layer, targets=targets)
+
+    def _score_cam(self, engine: Engine, x: Tensor, options: Options, targets: Tensor | None) -> RawCam:
+        """Score-CAM: the layer's activations from one pass, then the classifier on each
+        channel-masked image, all on ONNX Runtime where the engine is ONNX."""
+        if engine is Engine.ONNX:
+            assert self.onnx is not None and self.onnx.cam_layer is not None
+            onnx_model = self.onnx
+            probs, acts_np = onnx_model.run(x.numpy())
+            p, acts, layer = torch.from_numpy(probs), torch.from_numpy(acts_np), str(onnx_model.cam_layer)
+
+            def classify(b: Tensor) -> Tensor:
+                return torch.from_numpy(onnx_model.classify(b.numpy()))
+        else:
+            network = self.gradients()
+            layer = options.layer or network.cam_layer
+            with torch.inference_mode():
+                logits, (acts,) = network.activations(x, [layer], leaves=False)
+            p = F.softmax(logits, dim=1)
+
+            def classify(b: Tensor) -> Tensor:
+                with torch.inference_mode():
+                    return F.softmax(network(b), dim=1)
+        t = targets if targets is not None else torch.as_tensor(self._targets(options, p)).expand(
+            x.shape[0]).clone()
+        maps = score_cam(acts, x, classify, t)
+        return RawCam((maps,), torch.log(p.clamp_min(1e-30)), t, (layer,))
 
     def warm_up(self) -> None:
         """One pass of every engine on a blank image: a model that cannot answer fails
         here, and first calls do not pay for lazy initialisation."""
-        x = np.zeros((1, self.channels, self.size, self.size), dtype=np.float32)
+        x = np.zeros((1, self.channels, *self.input_hw), dtype=np.float32)
         probs = self.classify_prepared(x)
         if probs.shape != (1, len(self.classes)) or not np.isfinite(probs).all():
             raise InvalidInputError(f"{self.path}: warm-up gave probabilities of shape {probs.shape}")
-        blank = [np.zeros((self.size, self.size), dtype=np.float32)]
-        run(self, blank, Options(engine=Engine.TORCH))
-        if self.onnx is not None and self.onnx.cam_layer is not None:
+        blank = [np.zeros(self.input_hw, dtype=np.float32)]
+        if self.network is not None:
+            run(self, blank, Options(engine=Engine.TORCH))
+        if self.onnx is not None and self.onnx.head_weight is not None:
             run(self, blank, Options(engine=Engine.ONNX))
         if self.student is not None:
             run(self, blank, Options(method=CamMethod.DISTILLED))

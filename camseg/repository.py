@@ -21,11 +21,13 @@ from pathlib import Path
 
 from camseg.errors import InvalidInputError, NotFoundError
 from camseg.inputs import shown
+from camseg.modelconfig import CONFIG_FILE
 from camseg.modeldir import METADATA_FILE, MODEL_FILE, ONNX_FILE
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_FILES = (ONNX_FILE, MODEL_FILE, METADATA_FILE)
+REQUIRED_FILES = (ONNX_FILE, MODEL_FILE, METADATA_FILE)  # a camseg-trained version
+IMPORTED_FILES = (ONNX_FILE, CONFIG_FILE)  # an imported classifier (camseg.imported)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LATEST = ""
 
@@ -43,11 +45,17 @@ def valid_name(name: str) -> bool:
 Signature = tuple[tuple[str, int, int], ...]
 
 
+def version_files(path: Path) -> tuple[str, ...]:
+    """The files that make ``path`` a version: an imported classifier's where its config
+    is there, else a camseg-trained model's."""
+    return IMPORTED_FILES if (path / CONFIG_FILE).is_file() else REQUIRED_FILES
+
+
 def signature(path: Path) -> Signature:
     """Names, sizes and modification times of a version's files: changes when it is
     replaced or rewritten in place."""
     out = []
-    for name in REQUIRED_FILES:
+    for name in version_files(path):
         st = (path / name).stat()
         out.append((name, st.st_size, st.st_mtime_ns))
     return tuple(out)
@@ -131,7 +139,7 @@ class ModelStore:
         return out
 
     def _complete(self, version_dir: Path) -> bool:
-        missing = [f for f in REQUIRED_FILES if not (version_dir / f).is_file()]
+        missing = [f for f in version_files(version_dir) if not (version_dir / f).is_file()]
         if missing:
             self._once(f"{version_dir}:{','.join(missing)}", "%s is not a complete version yet (no %s); skipped",
                        version_dir, ", ".join(missing))

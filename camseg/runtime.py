@@ -56,10 +56,12 @@ def select_providers(requested: str = "auto") -> list[str]:
     return names
 
 
-def make_session(path: Path | str, providers: str = "auto", *, threads: int = 0) -> ort.InferenceSession:
+def make_session(model: Path | str | bytes, providers: str = "auto", *, threads: int = 0) -> ort.InferenceSession:
+    """A session over an ONNX file, or a serialised model."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # warnings about unused initialisers are noise
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=opts, providers=select_providers(providers))
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=select_providers(providers))

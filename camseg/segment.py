@@ -19,15 +19,16 @@ import numpy as np
 
 from camseg.data.folder import FolderDataset, atomic_directory
 from camseg.errors import InvalidInputError
+from camseg.modelconfig import Source
 from camseg.modeldir import write_json
 from camseg.outputs import data_fingerprint, model_fingerprint, output_key, reusable
-from camseg.pipeline import Encoding, LoadedModel, Options, run
+from camseg.pipeline import Encoding, ImageResult, LoadedModel, Options, run
 from camseg.progress import OnProgress, ShouldStop, Tracker
 
 logger = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
-COLUMNS = ["id", "label", "probability", "predicted_label", "mask_area", "threshold", "gated", "dice"]
+COLUMNS = ["id", "label", "probability", "predicted_label", "correct", "mask_area", "threshold", "gated", "dice"]
 
 
 def segment_folder(
@@ -56,8 +57,7 @@ def segment_folder(
         raise InvalidInputError("segmentation needs a threshold rule")
     loaded.engine_for(opts)
     ds = FolderDataset.open(data_dir)
-    if ds.classes != loaded.classes:
-        raise InvalidInputError(f"{data_dir}: classes {ds.classes} differ from the model's {loaded.classes}")
+    check_classes(ds, loaded)
     indices = ds.subset(split)
     key = output_key(model=model_fingerprint(loaded.path), data=data_fingerprint(ds, indices), split=split,
                      options=_options_record(opts), overlays=overlays)
@@ -83,7 +83,7 @@ def segment_folder(
                 (tmp / "masks" / f"{sample.id}.png").write_bytes(item.mask_png)
                 if item.overlay_png is not None:
                     (tmp / "overlays" / f"{sample.id}.png").write_bytes(item.overlay_png)
-                rows.append(_row(ds, i, loaded, item))
+                rows.append(result_row(ds, i, loaded, item))
             tracker.advance(len(chunk))
         _write_results(tmp / "results.csv", rows)
         summary = _summary(rows, opts, loaded, data_dir, split, key, overlays)
@@ -96,13 +96,36 @@ def _options_record(opts: Options) -> dict[str, Any]:
     return {**opts.to_record(), "encodings": sorted(e.value for e in opts.encodings)}
 
 
-def _row(ds: FolderDataset, i: int, model: LoadedModel, item: Any) -> dict[str, Any]:
+def check_classes(ds: FolderDataset, model: LoadedModel) -> None:
+    """A data set fits a model that has its classes; an imported model also takes a
+    two-class data set (normal, lesion), scored as lesion vs. not."""
+    if ds.classes == model.classes:
+        return
+    if model.source is Source.IMPORTED and len(ds.classes) == 2:
+        return
+    raise InvalidInputError(f"{ds.root}: classes {ds.classes} differ from the model's {model.classes}"
+                            + (" (an imported model also takes a two-class data set: normal, lesion)"
+                               if model.source is Source.IMPORTED else ""))
+
+
+def is_lesion(ds: FolderDataset, label: int, model: LoadedModel) -> bool:
+    """Whether a data set label is a lesion for ``model``: one of its lesion classes, or,
+    for a two-class data set of other classes, the second (lesion) class."""
+    if ds.classes == model.classes:
+        return label in model.positives
+    return label == len(ds.classes) - 1
+
+
+def result_row(ds: FolderDataset, i: int, model: LoadedModel, item: ImageResult) -> dict[str, Any]:
+    """One image's row of a results table (``camseg segment`` and bulk jobs). ``correct``
+    compares lesion vs. not, so it also scores a model with other classes than the data."""
     sample = ds.samples[i]
     return {
         "id": sample.id,
         "label": ds.classes[sample.label],
         "probability": round(float(item.probabilities[list(model.positives)].sum()), 6),
-        "predicted_label": ds.classes[item.label],
+        "predicted_label": model.classes[item.label],
+        "correct": int(is_lesion(ds, sample.label, model) == (item.label in model.positives)),
         "mask_area": item.area,
         "threshold": "" if item.threshold_value is None else round(item.threshold_value, 6),
         "gated": int(item.gated),
@@ -120,7 +143,7 @@ def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
 def _summary(rows: list[dict[str, Any]], opts: Options, model: LoadedModel, data_dir: Path, split: str | None,
              key: str, overlays: bool) -> dict[str, Any]:
     dices = [float(r["dice"]) for r in rows if r["dice"] != ""]
-    correct = [r["label"] == r["predicted_label"] for r in rows]
+    correct = [bool(r["correct"]) for r in rows]
     return {
         "key": key,
         "model": str(model.path),

@@ -38,6 +38,7 @@ METHOD_FROM_PB: dict[int, CamMethod] = {
     pb.CAM_METHOD_LAYERCAM: CamMethod.LAYERCAM,
     pb.CAM_METHOD_FUSED: CamMethod.FUSED,
     pb.CAM_METHOD_DISTILLED: CamMethod.DISTILLED,
+    pb.CAM_METHOD_SCORECAM: CamMethod.SCORECAM,
 }
 REFINER_FROM_PB: dict[int, Refiner] = {
     pb.REFINEMENT_UNSPECIFIED: Refiner.NONE,
@@ -57,7 +58,10 @@ ENCODING_FROM_PB: dict[int, Encoding] = {pb.MASK_ENCODING_PACKED_BITS: Encoding.
 ENCODING_TO_PB = {e: v for v, e in ENCODING_FROM_PB.items()}
 
 
-def method_from_pb(value: int) -> CamMethod:
+def method_from_pb(value: int, default: CamMethod = CamMethod.GRADCAM) -> CamMethod:
+    """The method of a request; UNSPECIFIED is the model's ``default``."""
+    if value == pb.CAM_METHOD_UNSPECIFIED:
+        return default
     try:
         return METHOD_FROM_PB[value]
     except KeyError:
@@ -168,8 +172,9 @@ def decode_truths(masks: Sequence[pb.Image], n: int, *, max_images: int, max_pix
                        mask=True)
 
 
-def explain_options(options: pb.ExplainOptions, *, overlay: bool, chunk: int) -> Options:
-    return Options(method=method_from_pb(options.method), layer=options.layer or None,
+def explain_options(options: pb.ExplainOptions, *, overlay: bool, chunk: int,
+                    default_method: CamMethod = CamMethod.GRADCAM) -> Options:
+    return Options(method=method_from_pb(options.method, default_method), layer=options.layer or None,
                    target=options.target_class if options.HasField("target_class") else None,
                    threshold=None, encodings=frozenset({Encoding.OVERLAY_PNG} if overlay else ()), chunk=chunk)
 
@@ -189,7 +194,8 @@ def refiner_from_pb(value: int) -> Refiner:
         raise InvalidInputError(f"unknown refinement {value}") from None
 
 
-def segment_options(request: pb.SegmentRequest, *, chunk: int, recipe: Options | None = None) -> tuple[Options, bool]:
+def segment_options(request: pb.SegmentRequest, *, chunk: int, recipe: Options | None = None,
+                    default_method: CamMethod = CamMethod.GRADCAM) -> tuple[Options, bool]:
     """The request's options, and whether they are the model's ``recipe``: a request
     that chooses nothing (:func:`chooses_options`) and does not opt out gets the recipe,
     with its own gate and encodings."""
@@ -198,7 +204,7 @@ def segment_options(request: pb.SegmentRequest, *, chunk: int, recipe: Options |
     if recipe is not None and not request.no_recipe and not chooses_options(request):
         return replace(recipe, gate=gate and recipe.gate, encodings=frozenset(enc), chunk=chunk), True
     o = request.options
-    return Options(method=method_from_pb(o.method), layer=o.layer or None,
+    return Options(method=method_from_pb(o.method, default_method), layer=o.layer or None,
                    target=o.target_class if o.HasField("target_class") else None,
                    threshold=rule_from_pb(request.threshold), gate=gate, largest=request.largest_component,
                    encodings=frozenset(enc), chunk=chunk, tta=request.tta or 1, refine=refiner_from_pb(request.refine),

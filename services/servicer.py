@@ -136,7 +136,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
         served = self.repo.get(request.model.name, request.model.version)
-        options = codec.explain_options(request.options, overlay=request.overlay_png, chunk=self.settings.cam_chunk)
+        options = codec.explain_options(request.options, overlay=request.overlay_png, chunk=self.settings.cam_chunk,
+                                        default_method=served.model.default_method)
         served.model.engine_for(options)
         uint8 = request.encoding == pb.HEATMAP_ENCODING_UINT8
 
@@ -162,7 +163,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
     async def Segment(self, request: pb.SegmentRequest, context: grpc.aio.ServicerContext) -> pb.SegmentResponse:
         served = self.repo.get(request.model.name, request.model.version)
         recipe = served.model.recipe.options if served.model.recipe is not None else None
-        options, from_recipe = codec.segment_options(request, chunk=self.settings.cam_chunk, recipe=recipe)
+        options, from_recipe = codec.segment_options(request, chunk=self.settings.cam_chunk, recipe=recipe,
+                                                     default_method=served.model.default_method)
         served.model.engine_for(options)
         rule = options.threshold
         assert rule is not None
@@ -208,7 +210,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             metrics=_flat_metrics(meta.get("metrics", {})), providers=m.onnx.providers if m.onnx else [],
             one_pass_cam=m.onnx is not None and m.onnx.cam_layer is not None,
             recipe=json.dumps(m.recipe.options.to_record()) if m.recipe is not None else "",
-            distilled=m.student is not None)
+            distilled=m.student is not None, source=m.source.value,
+            config=m.config.model_dump_json(exclude_none=True) if m.config is not None else "",
+            gradients_unavailable=m.unavailable or "")
 
 
 def _flat_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:

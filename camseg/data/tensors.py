@@ -59,21 +59,32 @@ def to_channels(image: FloatArray, channels: int) -> FloatArray:
     return np.repeat(image[None], channels, axis=0) if channels > 1 else image[None]
 
 
-def resize_image(x: Tensor, size: int) -> Tensor:
-    """``(C, H, W)`` to ``(C, size, size)`` by antialiased bilinear interpolation."""
-    if x.shape[-2:] == (size, size):
+Size = int | tuple[int, int]
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize_image(x: Tensor, size: Size) -> Tensor:
+    """``(C, H, W)`` to ``(C, *size)`` (a square side, or ``(height, width)``) by
+    antialiased bilinear interpolation."""
+    hw = _hw(size)
+    if tuple(x.shape[-2:]) == hw:
         return x
-    return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return F.interpolate(x[None], size=hw, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
-def resize_mask(m: Tensor, size: int) -> Tensor:
-    if m.shape[-2:] == (size, size):
+def resize_mask(m: Tensor, size: Size) -> Tensor:
+    hw = _hw(size)
+    if tuple(m.shape[-2:]) == hw:
         return m
-    return F.interpolate(m[None, None].float(), size=(size, size), mode="nearest")[0, 0] > 0.5
+    return F.interpolate(m[None, None].float(), size=hw, mode="nearest")[0, 0] > 0.5
 
 
-def load_arrays(ds: FolderDataset, indices: Sequence[int], size: int, channels: int) -> ArraySet:
-    """Decode ``indices`` of ``ds`` (in parallel threads) into an :class:`ArraySet`."""
+def load_arrays(ds: FolderDataset, indices: Sequence[int], size: Size, channels: int) -> ArraySet:
+    """Decode ``indices`` of ``ds`` (in parallel threads) into an :class:`ArraySet` at
+    ``size`` (a square side, or ``(height, width)``)."""
     if not indices:
         raise InvalidInputError(f"{ds.root}: no samples in the requested split")
 
@@ -81,8 +92,9 @@ def load_arrays(ds: FolderDataset, indices: Sequence[int], size: int, channels: 
         return ds.load(i)
 
     n = len(indices)
-    images = torch.empty((n, channels, size, size), dtype=torch.float32)
-    masks = torch.zeros((n, size, size), dtype=torch.bool)
+    hw = _hw(size)
+    images = torch.empty((n, channels, *hw), dtype=torch.float32)
+    masks = torch.zeros((n, *hw), dtype=torch.bool)
     has_mask = torch.zeros(n, dtype=torch.bool)
     sizes: list[tuple[int, int]] = []
     with ThreadPoolExecutor(max_workers=4) as pool:

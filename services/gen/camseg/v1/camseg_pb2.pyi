@@ -16,6 +16,7 @@ class CamMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAM_METHOD_LAYERCAM: _ClassVar[CamMethod]
     CAM_METHOD_FUSED: _ClassVar[CamMethod]
     CAM_METHOD_DISTILLED: _ClassVar[CamMethod]
+    CAM_METHOD_SCORECAM: _ClassVar[CamMethod]
 
 class Refinement(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -68,6 +69,7 @@ CAM_METHOD_HIRESCAM: CamMethod
 CAM_METHOD_LAYERCAM: CamMethod
 CAM_METHOD_FUSED: CamMethod
 CAM_METHOD_DISTILLED: CamMethod
+CAM_METHOD_SCORECAM: CamMethod
 REFINEMENT_UNSPECIFIED: Refinement
 REFINEMENT_NONE: Refinement
 REFINEMENT_CRF: Refinement
@@ -313,7 +315,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "architecture", "input_size", "input_channels", "classes", "gradcam_layer", "layers", "metrics", "providers", "one_pass_cam", "recipe", "distilled")
+    __slots__ = ("name", "version", "architecture", "input_size", "input_channels", "classes", "gradcam_layer", "layers", "metrics", "providers", "one_pass_cam", "recipe", "distilled", "source", "config", "gradients_unavailable")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +336,9 @@ class ModelInfo(_message.Message):
     ONE_PASS_CAM_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     DISTILLED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     architecture: str
@@ -347,7 +352,10 @@ class ModelInfo(_message.Message):
     one_pass_cam: bool
     recipe: str
     distilled: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ..., recipe: _Optional[str] = ..., distilled: _Optional[bool] = ...) -> None: ...
+    source: str
+    config: str
+    gradients_unavailable: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ..., recipe: _Optional[str] = ..., distilled: _Optional[bool] = ..., source: _Optional[str] = ..., config: _Optional[str] = ..., gradients_unavailable: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("kind", "model", "data", "split", "options", "threshold", "gate", "largest_component", "heatmaps", "chunk_size", "thresholds", "filters", "epochs", "volumes", "axis")
