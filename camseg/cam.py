@@ -83,7 +83,8 @@ class CamNetwork(Protocol):
     def layer_names(self) -> list[str]: ...
 
     def check_layer(self, name: str) -> int:
-        """Position of ``name`` in :attr:`layer_names`; NotFoundError otherwise."""
+        """A position of ``name`` that orders layers shallow to deep; NotFoundError for
+        an unknown layer."""
         ...
 
     def fused_layers(self, layer: str) -> list[str]:
@@ -139,7 +140,8 @@ class TorchNetwork(nn.Module):
             call = getattr(self._state, "call", None)
             if call is None or name not in call["layers"]:
                 return None
-            if call["leaves"]:
+            if call["leaves"] and not call["acts"]:
+                # the first layer reached becomes the leaf; deeper ones stay in its graph
                 output = output.detach().requires_grad_(True)
             call["acts"][name] = output
             return output

@@ -260,7 +260,7 @@ class ImportedNetwork(nn.Module):
     std: Tensor
 
     def __init__(self, graph: nn.Module, cfg: ModelConfig, bound: Bound, layers: Sequence[str],
-                 shapes: dict[str, tuple[int, ...]], cam_layer: str):
+                 shapes: dict[str, tuple[int, ...]], cam_layer: str, positions: dict[str, int]):
         super().__init__()
         from camseg.onnxgraph import GraphModule
 
@@ -270,6 +270,7 @@ class ImportedNetwork(nn.Module):
         self.bound = bound
         self._layers = list(layers)
         self._shapes = dict(shapes)
+        self._positions = dict(positions)
         self._log_probs = False
         self._score = bound.output_name
         if cfg.output.kind is OutputKind.PROBABILITIES:
@@ -306,16 +307,19 @@ class ImportedNetwork(nn.Module):
         return list(self._layers)
 
     def check_layer(self, name: str) -> int:
-        if name not in self._layers:
-            shown = ", ".join(self._layers[-8:])
-            raise NotFoundError(f"unknown layer {name!r}; this model's CAM layers end with {shown}")
-        return self._layers.index(name)
+        """Any tensor the graph computes may be a CAM layer (it must be 4-D when used);
+        the position of its node orders layers shallow to deep."""
+        if name not in self._positions:
+            shown = ", ".join(self._layers[-4:])
+            raise NotFoundError(f"unknown layer {name!r}; no tensor of this graph has that name "
+                                f"(its deepest CAM layers: {shown})")
+        return self._positions[name]
 
     def fused_layers(self, layer: str) -> list[str]:
         """``layer`` and the last layer before it at a finer resolution."""
         k = self.check_layer(layer)
         hw = self._shapes.get(layer, (0, 0, 0, 0))[-2:]
-        for prev in reversed(self._layers[:k]):
+        for prev in reversed([n for n in self._layers if self._positions[n] < k]):
             shape = self._shapes.get(prev)
             if shape is not None and len(shape) == 4 and shape[-2] * shape[-1] > hw[0] * hw[1]:
                 return [prev, layer]
@@ -344,10 +348,11 @@ class ImportedNetwork(nn.Module):
                               outputs=[self.bound.output_name])[self.bound.output_name]
 
     def activations(self, x: Tensor, layers: Sequence[str], *, leaves: bool) -> tuple[Tensor, list[Tensor]]:
-        for name in layers:
-            self.check_layer(name)
+        # the shallowest layer becomes the leaf; deeper ones stay in its graph, so the
+        # score's gradient reaches every one of them
+        first = min(layers, key=self.check_layer)
         out = self.graph.run({self.bound.input_name: self._input(x)}, outputs=[self._score],
-                             leaves=list(layers) if leaves else (), capture=list(layers))
+                             leaves=[first] if leaves else (), capture=list(layers))
         acts = [out[name] for name in layers]
         for name, a in zip(layers, acts, strict=True):
             if a.ndim != 4:
@@ -403,9 +408,9 @@ def load_imported(model_dir: Path | str, *, providers: str = "auto", threads: in
         raise InvalidInputError(f"{model_dir / ONNX_FILE}: ONNX Runtime cannot run the graph on the declared "
                                 f"input ({str(exc).splitlines()[0][:200]})") from None
     cam_layer = bound.cam_layer or default_layer(layers, shapes)
+    positions = {o: i for i, node in enumerate(model.graph.node) for o in node.output if o}
     if cam_layer is not None and cam_layer not in layers:
-        position = {o: i for i, node in enumerate(model.graph.node) for o in node.output}
-        layers = sorted([*layers, cam_layer], key=lambda n: position.get(n, -1))
+        layers = sorted([*layers, cam_layer], key=lambda n: positions.get(n, -1))
     session_model = with_outputs(model, [cam_layer]) if cam_layer else model
     session = OnnxModel.imported(session_model.SerializeToString(), cfg, input_name=bound.input_name,
                                  output_name=bound.output_name, cam_layer=cam_layer, providers=providers,
@@ -418,7 +423,7 @@ def load_imported(model_dir: Path | str, *, providers: str = "auto", threads: in
         unavailable = "the graph has no convolution layer to take heatmaps at; set cam.layer"
     else:
         try:
-            network = ImportedNetwork(convert(model), cfg, bound, layers, shapes, cam_layer)
+            network = ImportedNetwork(convert(model), cfg, bound, layers, shapes, cam_layer, positions)
         except UnsupportedOperatorError as exc:
             unavailable = exc.message
     if network is not None:

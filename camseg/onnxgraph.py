@@ -18,13 +18,17 @@ operator variants outside the inference subset (e.g. MaxPool's Indices output,
 BatchNormalization in training mode, Resize's tf_crop_and_resize or antialias).
 
 How: initializers and Constant values become registered buffers (so ``.to(device)``
-works; none requires grad), and every node whose inputs are all constants is evaluated
-once at construction (constant folding). :meth:`GraphModule.run` executes only the nodes
-needed for the requested tensors, can capture intermediate tensors, and can cut the graph
-at ``leaves``: a leaf is replaced by a detached tensor that requires grad, and the nodes
-not downstream of any leaf run under ``torch.no_grad()``, so only the part of the graph
-after the leaves is recorded and ``torch.autograd.grad(score, [leaf])`` is the gradient
-with respect to that layer's activations. No parameter requires grad: use
+works; none requires grad), except those the graph reads only as shapes, axes, pads or
+scales, which stay plain CPU tensors (no device round trip per call, no cast by
+``.half()``). Every node whose inputs are all constants is evaluated once at
+construction (constant folding); shape arithmetic on dynamic tensors runs per call on
+int64 tensors (``Shape`` returns the runtime shape on the input's device).
+:meth:`GraphModule.run` executes only the nodes needed for the requested tensors, can
+capture intermediate tensors, and can cut the graph at ``leaves``: a leaf is replaced by
+a detached tensor that requires grad, and the nodes not downstream of any leaf run under
+``torch.no_grad()``, so only the part of the graph after the leaves is recorded and
+``torch.autograd.grad(score, [leaf])`` is the gradient with respect to that layer's
+activations. No parameter requires grad: use
 ``torch.autograd.grad``, not ``backward``.
 
 Thread safety: construction builds everything; :meth:`GraphModule.run` keeps all of its
@@ -625,7 +629,7 @@ def _gather(a: dict[str, Any], ins: Inputs, opset: int) -> list[Tensor]:
     idx = idx.to(device=x.device, dtype=torch.int64)
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = x.index_select(axis, idx.reshape(-1))
-    return [out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1:])]
+    return [out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]))]
 
 
 @_op("Slice")
@@ -757,8 +761,11 @@ def _where(a: dict[str, Any], ins: Inputs, opset: int) -> list[Tensor]:
 
 @_op("Range")
 def _range(a: dict[str, Any], ins: Inputs, opset: int) -> list[Tensor]:
-    start, limit, delta = (_arg(ins, i) for i in range(3))
-    return [torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)]
+    start, limit, delta = (_arg(ins, i).item() for i in range(3))
+    like = _arg(ins, 0)
+    if math.ceil((limit - start) / delta) <= 0:  # ONNX: max(ceil((limit - start) / delta), 0) elements
+        return [torch.empty(0, dtype=like.dtype, device=like.device)]
+    return [torch.arange(start, limit, delta, dtype=like.dtype, device=like.device)]
 
 
 # --- resizing
@@ -895,6 +902,15 @@ def _resize(a: dict[str, Any], ins: Inputs, opset: int) -> list[Tensor]:
 
 
 SUPPORTED_OPERATORS: frozenset[str] = frozenset(_OPS)
+
+_AXES_INPUT = frozenset({1})
+# The input positions that an operator reads only as Python numbers (shapes, axes, pads, scales).
+_META_INPUTS: dict[str, frozenset[int]] = {
+    "Reshape": _AXES_INPUT, "Squeeze": _AXES_INPUT, "Unsqueeze": _AXES_INPUT, "Split": _AXES_INPUT,
+    "Expand": _AXES_INPUT, "Tile": _AXES_INPUT, "Upsample": _AXES_INPUT, "ReduceMean": _AXES_INPUT,
+    "ReduceSum": _AXES_INPUT, "ReduceMax": _AXES_INPUT, "ReduceMin": _AXES_INPUT,
+    "Resize": frozenset({1, 2, 3}), "Slice": frozenset({1, 2, 3, 4}), "Pad": frozenset({1, 2, 3}),
+}
 
 
 # --------------------------------------------------------------------------- the graph
@@ -1056,10 +1072,21 @@ class GraphModule(nn.Module):
                 for name in node.outputs:
                     if name:
                         self._runtime[name] = node
+        # A constant that runtime nodes read only as shape/axes/pads/scales (with .tolist())
+        # stays a plain CPU tensor: no device round trip per call, and no cast by .half().
+        # Every other constant becomes a buffer.
+        meta = {name for node in self._nodes for name in node.inputs if name in consts}
+        for node in self._nodes:
+            positions = _META_INPUTS.get(node.op_type, frozenset())
+            meta.difference_update(name for i, name in enumerate(node.inputs) if i not in positions)
+        meta.difference_update(self.output_names)
+        self._meta: dict[str, Tensor] = {name: consts[name] for name in meta}
         self._const_buffer: dict[str, str] = {}
-        for i, (name, value) in enumerate(consts.items()):
-            self.register_buffer(f"_c{i}", value)
-            self._const_buffer[name] = f"_c{i}"
+        for name, value in consts.items():
+            if name not in meta:
+                key = f"_c{len(self._const_buffer)}"
+                self.register_buffer(key, value)
+                self._const_buffer[name] = key
         self._known = frozenset(self._input_set | set(consts) | set(self._producers))
         unknown = [name for name in self.output_names if name not in self._known]
         if unknown:
@@ -1084,8 +1111,13 @@ class GraphModule(nn.Module):
         node = self._producers.get(name)
         return list(node.inputs) if node is not None else []
 
+    def _is_const(self, name: str) -> bool:
+        return name in self._const_buffer or name in self._meta
+
     def _const(self, name: str) -> Tensor:
-        t = self._buffers[self._const_buffer[name]]
+        t = self._meta.get(name)
+        if t is None:
+            t = self._buffers[self._const_buffer[name]]
         assert t is not None
         return t
 
@@ -1176,7 +1208,7 @@ class GraphModule(nn.Module):
                 value = torch.as_tensor(value)
             env[name] = as_leaf(value, name) if name in leaf_set else value
         for name in leaf_set:
-            if name in self._const_buffer:
+            if self._is_const(name):
                 env[name] = as_leaf(self._const(name), name)
         opset = self.opset
         for node, record, drop in plan.steps:
@@ -1200,7 +1232,7 @@ class GraphModule(nn.Module):
         for name in wanted:
             if name in env:
                 result[name] = env[name]
-            elif name in self._const_buffer:
+            elif self._is_const(name):
                 result[name] = self._const(name)
             else:
                 raise InvalidInputError(f"missing graph input {name!r}")

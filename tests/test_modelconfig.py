@@ -99,7 +99,7 @@ def test_a_bad_config_names_the_file_and_the_field(tmp_path: Path, path: str, va
         load_config(cfg_path)
     msg = info.value.message
     assert msg.startswith(f"{cfg_path}: {field}: "), msg
-    assert words in msg and "\n" not in msg
+    assert words is not None and words in msg and "\n" not in msg
 
 
 def test_rgb_needs_three_channels(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def test_in_process_answers_equal_the_core_pipeline(repo: Path, tumor_roi: tuple
     h = exp.heatmaps[0]
     heat = np.frombuffer(h.data, np.float16).reshape(tuple(h.shape)).astype(np.float32)
     np.testing.assert_allclose(heat, heat_direct.heatmap.numpy(), atol=1e-3)
-    assert exp.engine == "onnx" and h.layer == model.network.cam_layer
+    assert exp.engine == "onnx" and h.layer == model.cam_layer
     np.testing.assert_allclose(cls.results[0].probabilities, direct.probabilities, atol=1e-5)
     assert cls.results[0].id == "a" and cls.results[0].label == model.classes[int(np.argmax(direct.probabilities))]
     assert code == grpc.StatusCode.NOT_FOUND
