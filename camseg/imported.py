@@ -77,7 +77,7 @@ class TensorInfo:
 
     def describe(self) -> str:
         dims = "?" if self.shape is None else "x".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.name}  {self.dtype}[{dims}]"
+        return f"{self.name} {self.dtype}[{dims}]"
 
 
 def _info(v: onnx.ValueInfoProto) -> TensorInfo:

@@ -267,3 +267,33 @@ def test_finishers_that_end_together_write_one_result(job_env: JobEnv, tmp_path:
             outs = pool.starmap(_finish_at, [(str(job), start)] * 4)
             assert len(set(outs)) == 1
             assert_every_image_once(job)
+
+
+def test_bulk_jobs_of_imported_models(job_env: JobEnv, workers: list[Worker], tmp_path: Path) -> None:
+    """An imported ONNX classifier runs as a bulk job exactly as camseg's own: same rows as
+    the core in process; a four-class model scores the two-class data as lesion vs. not;
+    a graph without a gradient path runs the gradient-free method its config asks for."""
+    from tests.foreign import cumsum_net, tf_like
+
+    tf_like().write(job_env.repo / "foreign" / "1")
+    cum = cumsum_net()
+    cum.write(job_env.repo / "nograd" / "1", config={**cum.config, "cam": {"method": "scorecam"}})
+    workers.append(start_worker(job_env.env(), concurrency=1))
+    s = job_env.settings()
+    app = make_app(s)
+    four = submit_segment(app, s, model="foreign", version="", data=job_env.data_root / "rois", options=OPTS,
+                          chunk_size=60)
+    nograd = submit_segment(app, s, model="nograd", version="", data=job_env.data_root / "rois", options=None,
+                            chunk_size=120)
+    job = s.output_root / four.job_id
+    wait_for(job, {batch.JobState.SUCCEEDED})
+    assert_every_image_once(job)
+    summary = json.loads((job / "summary.json").read_text())
+    local = segment_folder(job_env.repo / "foreign" / "1", job_env.data_root / "rois", tmp_path / "local", OPTS)
+    assert summary["mean_dice"] == pytest.approx(local["mean_dice"], abs=1e-6)
+    assert summary["accuracy"] == pytest.approx(local["accuracy"])
+    assert {r["predicted_label"] for r in rows(job)} <= {"normal", "mass", "calcification", "distortion"}
+    job = s.output_root / nograd.job_id
+    wait_for(job, {batch.JobState.SUCCEEDED})
+    assert batch.read_manifest(job).options["method"] == "scorecam"  # the config's method, recorded
+    assert json.loads((job / "summary.json").read_text())["segmented"] == 240
