@@ -338,6 +338,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         from camseg.recipe import make_distiller
 
         model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
+        model.require_trained("camseg distill")
         heat = model.default_options()  # the recipe's heatmaps, or the defaults
         if heat.method is CamMethod.DISTILLED:  # a student learns from the CAMs its predecessor learnt from
             recorded = model.student.meta.get("heat_options") if model.student is not None else None
@@ -454,6 +455,7 @@ def _recipe(args: argparse.Namespace, progress: bool, settings: Settings) -> int
     from camseg.recipe import RecipeConfig, choose_recipe, make_distiller, save_recipe
 
     model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
+    model.require_trained("camseg recipe")
     with progress_bars(progress) as bars:
         report = evaluate_dice(model, args.data, on_progress=bars)
         distiller = None

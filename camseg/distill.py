@@ -539,6 +539,7 @@ def distill(
     ONNX session; its ``meta`` (pseudo-label settings, label statistics, training
     summary, data and teacher) is what :func:`save_student` records.
     """
+    model.require_trained("camseg distill")
     started = time.perf_counter()
     images, labels = distill_inputs(model, data_dir, split, cfg=cfg, heat_fn=heat_fn, refine=refine,
                                     on_progress=on_progress, should_stop=should_stop)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from camseg.errors import InvalidInputError, NotFoundError
+from camseg.errors import InvalidInputError, NotFoundError, UnsupportedError
 from camseg.models import Classifier, ModelSpec, build
 
 MODEL_FILE = "model.pt"
@@ -42,6 +42,9 @@ def write_json(path: Path, obj: Any) -> None:
 def read_metadata(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / METADATA_FILE
     if not path.is_file():
+        if (Path(model_dir) / "camseg-model.json").is_file():
+            raise UnsupportedError(f"{model_dir}: an imported ONNX classifier (camseg-model.json); this needs a "
+                                   f"camseg-trained model (model.pt, {METADATA_FILE})")
         raise NotFoundError(f"{model_dir}: not a model directory (no {METADATA_FILE})")
     try:
         meta: dict[str, Any] = json.loads(path.read_text())

@@ -210,6 +210,12 @@ class LoadedModel:
         method = self.config.cam.method if self.config is not None else None
         return parse_method(method) if method else CamMethod.GRADCAM
 
+    def require_trained(self, what: str) -> None:
+        """FAILED_PRECONDITION for what only a camseg-trained model supports."""
+        if self.source is Source.IMPORTED:
+            raise UnsupportedError(f"{what} needs a camseg-trained model; {self.path} is an imported ONNX "
+                                   f"classifier ({CONFIG_FILE}): segment, evaluate and bulk jobs take it")
+
     def gradients(self) -> CamNetwork:
         """The differentiable network; FAILED_PRECONDITION where the graph has none."""
         if self.network is None:

@@ -351,6 +351,7 @@ def choose_recipe(
     ``options`` and returns the model reloaded with it (None to skip the step); it must
     not read truth masks (:func:`camseg.distill.distill` does not).
     """
+    model.require_trained("camseg recipe")
     cfg = cfg or RecipeConfig()
     sel, rep = Split.load(data_dir, cfg.select_split), Split.load(data_dir, cfg.report_split)
     n_steps = 3 + len(cfg.tta) + len(cfg.refiners) + (2 if distiller else 0)

@@ -258,3 +258,16 @@ def test_dice_evaluation_and_segment_of_an_imported_model(tiny_folder: Path, tmp
     four = LoadedModel.load(tf_like().write(tmp_path / "tf"), providers="CPUExecutionProvider")
     summary = segment_folder(four, tiny_folder, tmp_path / "seg4", Options(gate=False), split="test")
     assert 0.0 <= summary["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("command", ["recipe", "distill", "export", "filtered-retrain"])
+def test_commands_that_need_camseg_training_refuse_an_imported_model_in_one_line(
+        tmp_path: Path, tiny_folder: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    folder = tf_like().write(tmp_path / "m")
+    args = {"recipe": ["--model", str(folder), "--data", str(tiny_folder)],
+            "distill": ["--model", str(folder), "--data", str(tiny_folder)],
+            "export": [str(folder)],
+            "filtered-retrain": ["--model", str(folder), "--data", str(tiny_folder), "--out", str(tmp_path / "f")]}
+    assert main([command, *args[command], "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "imported ONNX classifier" in err and "camseg-trained model" in err
