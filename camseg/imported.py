@@ -25,11 +25,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
@@ -37,6 +36,7 @@ from torch import Tensor, nn
 
 from camseg.errors import InvalidInputError, NotFoundError, UnsupportedError
 from camseg.inference import OnnxModel
+from camseg.lazy import LazyModule
 from camseg.modelconfig import (
     CONFIG_FILE,
     CamSpec,
@@ -51,6 +51,11 @@ from camseg.modelconfig import (
 )
 from camseg.modeldir import ONNX_FILE
 from camseg.runtime import make_session
+
+if TYPE_CHECKING:
+    import onnx
+else:  # loaded when a graph is first read: importing camseg pulls in no protobuf
+    onnx = LazyModule("onnx")
 
 PARITY_TOLERANCE = 1e-4
 # ops that continue a convolution block: its normalisation, activation, residual sum

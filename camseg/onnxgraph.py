@@ -43,16 +43,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
-from onnx import numpy_helper
 from torch import Tensor, nn
 
 from camseg.errors import CamsegError, InvalidInputError, NotFoundError, UnsupportedError
+from camseg.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import onnx
+    from onnx import numpy_helper
+else:  # loaded when a graph is first read: importing camseg pulls in no protobuf
+    onnx = LazyModule("onnx")
+    numpy_helper = LazyModule("onnx.numpy_helper")
 
 __all__ = [
     "SUPPORTED_OPERATORS",
@@ -87,20 +93,21 @@ _OPS: dict[str, OpFn] = {}
 
 _FLT_MAX = float(np.finfo(np.float32).max)
 
+# onnx.TensorProto.DataType values (fixed by the ONNX spec)
 _DTYPES: dict[int, torch.dtype] = {
-    onnx.TensorProto.FLOAT: torch.float32,
-    onnx.TensorProto.DOUBLE: torch.float64,
-    onnx.TensorProto.FLOAT16: torch.float16,
-    onnx.TensorProto.BFLOAT16: torch.bfloat16,
-    onnx.TensorProto.INT8: torch.int8,
-    onnx.TensorProto.INT16: torch.int16,
-    onnx.TensorProto.INT32: torch.int32,
-    onnx.TensorProto.INT64: torch.int64,
-    onnx.TensorProto.UINT8: torch.uint8,
-    onnx.TensorProto.UINT16: torch.uint16,
-    onnx.TensorProto.UINT32: torch.uint32,
-    onnx.TensorProto.UINT64: torch.uint64,
-    onnx.TensorProto.BOOL: torch.bool,
+    1: torch.float32,
+    11: torch.float64,
+    10: torch.float16,
+    16: torch.bfloat16,
+    3: torch.int8,
+    5: torch.int16,
+    6: torch.int32,
+    7: torch.int64,
+    2: torch.uint8,
+    4: torch.uint16,
+    12: torch.uint32,
+    13: torch.uint64,
+    9: torch.bool,
 }
 
 
