@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo quality test lint bench data-real redis protos clean
+.PHONY: demo quality test lint bench data-real redis tools protos clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ protos: $(STAMP)
 redis:
 	@bash deploy/ensure-redis.sh
 
+# promtool, prometheus, docker-compose and kustomize for the deploy tests
+tools:
+	@bash deploy/ensure-tools.sh
+
 demo: $(STAMP) redis
 	$(BIN)/camseg demo --out demo-out
 
@@ -28,11 +32,11 @@ demo: $(STAMP) redis
 quality: $(STAMP) redis
 	$(BIN)/camseg demo --profile quality --out quality-out
 
-test: $(STAMP) redis
-	$(BIN)/python -m pytest -q
+test: $(STAMP) redis tools
+	PATH="$(CURDIR)/.tools/node_modules/.bin:$$PATH" $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check camseg services jobs tests bench
+	$(BIN)/ruff check camseg services jobs tests bench deploy
 	$(BIN)/mypy
 
 data-real: $(STAMP)
@@ -48,4 +52,4 @@ bench: $(BENCH_STAMP) redis
 	$(BIN)/python bench/serve_bench.py
 
 clean:
-	rm -rf $(VENV) demo-out quality-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools demo-out quality-out .pytest_cache .mypy_cache .ruff_cache

@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
                    help="segment: NRRD/NIfTI image + label volumes, sliced along --axis (repeatable)")
     s.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
     s.add_argument("--split", default=None, choices=("train", "val", "test"))
-    s.add_argument("--method", default=None, choices=(*METHODS, "distilled"),
+    s.add_argument("--method", default=None, choices=(*METHODS, "scorecam", "distilled"),
                    help="default: the model's recipe (its method, threshold and refinement), else gradcam")
     s.add_argument("--layer", default=None)
     s.add_argument("--threshold", default=None, help="default: the model's recipe, else otsu")
@@ -74,8 +74,9 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.concurrency:
         s = s.model_copy(update={"worker_concurrency": args.concurrency})
     threads = s.threads_per_process()
-    # before prometheus-client is imported anywhere: each prefork child writes its own files
-    metrics_dir = tempfile.mkdtemp(prefix="camseg-worker-metrics-")
+    # before prometheus-client is imported anywhere: each prefork child writes its own files,
+    # in a fresh folder under PROMETHEUS_MULTIPROC_DIR where set (a tmpfs in the containers)
+    metrics_dir = tempfile.mkdtemp(prefix="camseg-worker-metrics-", dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
     from celery.signals import task_postrun, task_prerun, worker_process_init, worker_process_shutdown

@@ -30,6 +30,15 @@ def register(sub: Any) -> None:
     sv.add_argument("--no-batching", action="store_true")
     sv.set_defaults(handler=serve)
 
+    hc = sub.add_parser("health", help="ask a running service for its gRPC health (exit 0 when SERVING); "
+                                       "container health checks run it")
+    hc.add_argument("--server", default="127.0.0.1:50051")
+    hc.add_argument("--service", default="", help="a service name; empty: the server as a whole")
+    hc.add_argument("--timeout", type=float, default=3.0)
+    hc.add_argument("--plaintext", action="store_true")
+    hc.add_argument("--ca", type=Path, default=None)
+    hc.set_defaults(handler=health_check)
+
     cl = sub.add_parser("client", help="call a running camseg service")
     rpcs = cl.add_subparsers(dest="client_cmd", required=True, metavar="RPC")
     for name in ("classify", "explain", "segment"):
@@ -44,7 +53,7 @@ def register(sub: Any) -> None:
         c.add_argument("--key", type=Path, default=None)
         if name != "classify":
             c.add_argument("--method", default="gradcam" if name == "explain" else None,
-                           choices=(*METHODS, "distilled") if name == "segment" else METHODS,
+                           choices=(*METHODS, "scorecam", *(("distilled",) if name == "segment" else ())),
                            help="segment: default the model's recipe")
             c.add_argument("--out", type=Path, default=Path("camseg-client-out"))
         if name == "segment":
@@ -80,6 +89,28 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"camseg: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def health_check(args: argparse.Namespace, settings: Settings) -> int:
+    """grpc.health.v1 Check: prints the status; 0 when SERVING, 1 otherwise or unreachable."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    if args.plaintext:
+        channel = grpc.insecure_channel(args.server)
+    else:
+        root = args.ca.read_bytes() if args.ca is not None else None
+        channel = grpc.secure_channel(args.server, grpc.ssl_channel_credentials(root_certificates=root))
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
+                                                              timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"{args.server}: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.server}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def client(args: argparse.Namespace, settings: Settings) -> int:

@@ -26,5 +26,7 @@ class ServiceMetrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.model_info = Gauge("camseg_model_info", "loaded model versions (1 = serving)",
                                 ["name", "version"], registry=r)
+        self.serving = Gauge("camseg_serving", "1 while health reports SERVING; 0 while starting or draining",
+                             registry=r)
         self.load_failures = Counter("camseg_model_load_failures", "model versions refused at load",
                                      ["name"], registry=r)

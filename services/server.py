@@ -64,6 +64,7 @@ class RunningServer:
         await self.health.set(SERVICE_NAME, status)
         if self.jobs is not None:
             await self.health.set(JOBS_SERVICE_NAME, status)
+        self.metrics.serving.set(1 if serving else 0)
 
     async def drain_and_stop(self, grace: float, delay: float = 0.0) -> None:
         """NOT_SERVING at once; ``delay`` seconds for load balancers to see it while calls

@@ -1,0 +1,118 @@
+"""The compose files pass `docker-compose config`; the Dockerfiles pass hadolint; both
+agree with the code's settings, ports and commands; `camseg health` (the images'
+health check) answers for a real server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from camseg.cli import _parser
+from tests.deploy.manifests import IMAGE, SERVE, WORKER_METRICS_PORT, unknown_settings
+from tests.deploy.tools import DEPLOY, compose, run, tool
+
+COMPOSE = DEPLOY / "compose"
+DOCKERFILES = sorted((DEPLOY / "docker").glob("Dockerfile.*"))
+
+
+def _mounts(svc: dict[str, Any]) -> list[tuple[str, bool]]:
+    """(target, read-only) of each volume, in compose v1's short or v2's long form."""
+    out = []
+    for v in svc.get("volumes", []):
+        if isinstance(v, str):
+            parts = v.split(":")
+            out.append((parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+        else:
+            out.append((v["target"], bool(v.get("read_only"))))
+    return out
+
+
+def _published(svc: dict[str, Any]) -> set[int]:
+    return {int(str(p).split(":")[-1].split("/")[0]) if not isinstance(p, dict) else int(p["target"])
+            for p in svc.get("ports", [])}
+
+
+def _config(*files: str) -> dict[str, Any]:
+    args = [a for f in files for a in ("-f", f)]
+    out = run(*compose(), *args, "config", cwd=COMPOSE).stdout
+    cfg: dict[str, Any] = yaml.safe_load(out)
+    return cfg
+
+
+@pytest.mark.parametrize("files", [("docker-compose.yml",), ("docker-compose.yml", "docker-compose.gpu.yml")])
+def test_compose_config_accepts_the_files(files: tuple[str, ...]) -> None:
+    cfg = _config(*files)
+    services = cfg["services"]
+    assert set(services) == {"server", "worker", "beat", "redis", "prometheus", "grafana"}
+    commands = {"server": "serve", "worker": "worker", "beat": "beat"}
+    action = _parser()._subparsers._group_actions[0]  # type: ignore[union-attr]
+    subcommands = set(action.choices or ())
+    names: set[str] = set()
+    for name, command in commands.items():
+        svc = services[name]
+        tag = "gpu" if len(files) == 2 and name != "beat" else "cpu"  # beat needs no GPU
+        assert IMAGE.fullmatch(svc["image"]) and svc["image"].endswith(f":{tag}")
+        assert svc["command"][0] == command and command in subcommands
+        assert ("/models", True) in _mounts(svc)
+        names |= set(svc.get("environment", {}))
+        assert svc["environment"]["CAMSEG_REDIS_URL"].startswith("redis://redis:6379/")
+    assert not unknown_settings(names)
+    server = services["server"]
+    assert _published(server) == {SERVE.port, SERVE.metrics_port}
+    drain = float(server["environment"]["CAMSEG_DRAIN_DELAY_SECONDS"]) + float(
+        server["environment"]["CAMSEG_GRACE_SECONDS"])
+    grace = server["stop_grace_period"]
+    assert float(re.fullmatch(r"(\d+)s", grace).group(1)) > drain  # type: ignore[union-attr]
+    assert any("/run/camseg-metrics" in str(t) for t in services["worker"]["tmpfs"])
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {j["job_name"]: j["static_configs"][0]["targets"][0] for j in prom["scrape_configs"]}
+    assert targets == {"camseg-server": f"server:{SERVE.metrics_port}",
+                       "camseg-worker": f"worker:{WORKER_METRICS_PORT}"}
+    if len(files) == 2:
+        devices = services["server"]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_passes_the_dockerfile(dockerfile: Path) -> None:
+    run(tool("hadolint"), str(dockerfile))
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_images_agree_with_the_code(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    env = dict(re.findall(r"\b(CAMSEG_[A-Z_]+|PROMETHEUS_MULTIPROC_DIR)=(\S+)", text))
+    assert not unknown_settings(set(env))
+    assert int(env["CAMSEG_PORT"]) == SERVE.port and int(env["CAMSEG_METRICS_PORT"]) == SERVE.metrics_port
+    assert int(env["CAMSEG_WORKER_METRICS_PORT"]) == WORKER_METRICS_PORT
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == "/run/camseg-metrics"
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1].split(":")[0] not in ("0", "root")  # the final stage runs as non-root
+    assert re.search(r'HEALTHCHECK .*\n\s+CMD \["camseg", "health", "--server", "127.0.0.1:50051"', text)
+    assert "torch==2.13.0" in text and '".[serve,jobs]"' in text
+    expose = {int(p) for p in re.findall(r"^EXPOSE (.+)$", text, re.M)[0].split()}
+    assert expose == {SERVE.port, SERVE.metrics_port, WORKER_METRICS_PORT}
+
+
+def test_camseg_health_answers_for_a_real_server(tmp_path: Path, exported: tuple[Path, dict[str, Any]]) -> None:
+    import shutil
+
+    from tests.services.servers import start_server, stop
+
+    shutil.copytree(exported[0], tmp_path / "repo" / "tiny" / "1")
+    server = start_server(tmp_path / "repo")
+    try:
+        ok = subprocess.run([sys.executable, "-m", "camseg", "health", "--server", server.address, "--plaintext"],
+                            capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0 and ok.stdout.strip().endswith("SERVING"), ok.stderr
+    finally:
+        stop(server)
+    gone = subprocess.run([sys.executable, "-m", "camseg", "health", "--server", server.address, "--plaintext",
+                           "--timeout", "1"], capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and "UNAVAILABLE" in gone.stderr
