@@ -149,3 +149,21 @@ def test_the_pod_monitor_scrapes_the_metrics_ports(rendered: dict[str, list[dict
     assert {d["metadata"]["name"] for d in selected} == {"camseg-server", "camseg-worker", "camseg-beat"}
     relabel = pm["spec"]["podMetricsEndpoints"][0]["relabelings"][0]
     assert relabel["targetLabel"] == "job" and relabel["replacement"] == "camseg-$1"  # camseg-server, camseg-worker
+
+
+def test_the_plain_prometheus_config_finds_every_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """prometheus-k8s.yml resolves the headless Services' per-pod records on the metrics ports."""
+    import yaml
+
+    cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-k8s.yml").read_text())
+    objs = rendered["cpu"]
+    for job in cfg["scrape_configs"]:
+        sd = job["dns_sd_configs"][0]
+        name, namespace = sd["names"][0].split(".")[:2]
+        svc = _by(objs, "Service", name)
+        assert svc["metadata"]["namespace"] == namespace and svc["spec"]["clusterIP"] == "None"
+        assert svc["spec"]["ports"][0]["port"] == sd["port"]
+        component = svc["spec"]["selector"]["app.kubernetes.io/component"]
+        assert job["job_name"] == f"camseg-{component}"  # the job names the rules expect
+        pods = _by(objs, "Deployment", f"camseg-{component}")
+        assert sd["port"] in {p["containerPort"] for p in _container(pods)["ports"]}

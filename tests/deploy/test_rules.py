@@ -37,6 +37,15 @@ def test_promtool_checks_the_compose_config(tmp_path: Path) -> None:
     assert jobs == {"camseg-server": ["server:9100"], "camseg-worker": ["worker:9101"]}
 
 
+def test_promtool_checks_the_kubernetes_config(tmp_path: Path) -> None:
+    cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-k8s.yml").read_text())
+    cfg["rule_files"] = [str(RULES.parent / "*.yml")]
+    local = tmp_path / "prometheus-k8s.yml"
+    local.write_text(yaml.safe_dump(cfg))
+    assert "SUCCESS" in run(tool("promtool"), "check", "config", str(local)).stdout
+    assert {j["job_name"] for j in cfg["scrape_configs"]} == {"camseg-server", "camseg-worker"}
+
+
 def test_promtool_unit_tests_fire_each_alert_and_stay_silent_on_healthy_series() -> None:
     assert len(RULE_TESTS) == 2
     out = run(tool("promtool"), "test", "rules", *(f.name for f in RULE_TESTS), cwd=RULE_TESTS[0].parent).stdout
