@@ -70,3 +70,18 @@ def test_every_alert_is_documented() -> None:
     readme = (DEPLOY / "README.md").read_text()
     missing = [a for a in alerts() if f"`{a}`" not in readme]
     assert not missing, f"deploy/README.md does not explain {missing}"
+
+
+def test_alerts_read_recorded_series_of_their_own_group_recorded_before_them() -> None:
+    """Groups run independently; within one, rules run in order. An alert reading a series
+    recorded in another group (or later) can miss it at an evaluation and reset its `for`
+    (promtool showed exactly that at a 30-minute evaluation interval)."""
+    import re
+
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        recorded: set[str] = set()
+        for rule in group["rules"]:
+            used = set(re.findall(r"\bcamseg:[a-z0-9_:]+", rule["expr"]))
+            assert used <= recorded, (rule.get("alert") or rule["record"], used - recorded)
+            if "record" in rule:
+                recorded.add(rule["record"])

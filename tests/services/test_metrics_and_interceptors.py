@@ -55,7 +55,7 @@ def test_metric_names_follow_prometheus_conventions() -> None:
     assert {f.name for f in families} == {
         "camseg_grpc_requests", "camseg_grpc_request_duration_seconds", "camseg_grpc_in_flight_requests",
         "camseg_images", "camseg_batch_size_images", "camseg_batch_queue_seconds", "camseg_model_info",
-        "camseg_model_load_failures"}
+        "camseg_model_load_failures", "camseg_serving"}
     for fam in families:
         assert fam.name.startswith("camseg_")
         for s in fam.samples:
