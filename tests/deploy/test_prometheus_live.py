@@ -132,6 +132,9 @@ def test_every_dashboard_query_and_rule_against_a_real_prometheus(
         _wait("both jobs", lambda: done(seg.job_id) and done(ev.job_id), 240)
         _wait("the worker's job metrics scraped", lambda: _query(
             base, 'camseg_evaluated_mean_dice{model="tiny"}')["data"]["result"] != [], 60)
+        # a rate needs two samples in its window: wait for a few scrapes after the jobs' series appear
+        _wait("the worker's task counters scraped three times", lambda: _query(
+            base, "min(count_over_time(camseg_job_tasks_total[1m])) >= 3")["data"]["result"] != [], 60)
         _wait("the server's load scraped", lambda: _query(
             base, 'rate(camseg_grpc_requests_total{rpc="Segment"}[1m]) > 0')["data"]["result"] != [], 60)
         no_data, errors = [], []
