@@ -50,6 +50,7 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP) redis
 	$(BIN)/python bench/cam_bench.py
 	$(BIN)/python bench/serve_bench.py
+	$(BIN)/python bench/imported_bench.py
 
 clean:
 	rm -rf $(VENV) .tools demo-out quality-out .pytest_cache .mypy_cache .ruff_cache

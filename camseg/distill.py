@@ -659,7 +659,7 @@ def save_student(model_dir: Path, student: UNet, cfg: DistillConfig, *, meta: di
 
 
 def load_student(model_dir: Path, *, providers: str = "auto", threads: int = 0,
-                 onnx: bool | None = None) -> Student | None:
+                 onnx: bool | None = None, spinning: bool = True) -> Student | None:
     """The student saved with the model at ``model_dir``; None where there is none.
 
     ``onnx`` True requires ``student.onnx`` (FAILED_PRECONDITION otherwise), False skips
@@ -691,6 +691,6 @@ def load_student(model_dir: Path, *, providers: str = "auto", threads: int = 0,
     if onnx and not onnx_path.is_file():
         raise UnsupportedError(f"{model_dir}: the student is not exported ({STUDENT_ONNX_FILE} missing)")
     if onnx or (onnx is None and onnx_path.is_file() and meta.get("onnx")):
-        session = make_session(onnx_path, providers, threads=threads)
+        session = make_session(onnx_path, providers, threads=threads, spinning=spinning)
     return Student(net, session, cfg, meta)
 

@@ -390,7 +390,8 @@ class Imported:
     parity: dict[str, float] = field(default_factory=dict)
 
 
-def load_imported(model_dir: Path | str, *, providers: str = "auto", threads: int = 0) -> Imported:
+def load_imported(model_dir: Path | str, *, providers: str = "auto", threads: int = 0,
+                  spinning: bool = True) -> Imported:
     """Load ``model.onnx`` + ``camseg-model.json`` from ``model_dir``. A bad config is
     refused (InvalidInputError naming the file and the field); an unsupported operator or
     a converted graph that differs from ONNX Runtime leaves gradients unavailable."""
@@ -419,7 +420,7 @@ def load_imported(model_dir: Path | str, *, providers: str = "auto", threads: in
     session_model = with_outputs(model, [cam_layer]) if cam_layer else model
     session = OnnxModel.imported(session_model.SerializeToString(), cfg, input_name=bound.input_name,
                                  output_name=bound.output_name, cam_layer=cam_layer, providers=providers,
-                                 threads=threads)
+                                 threads=threads, spinning=spinning)
     session.dir = model_dir
     network: ImportedNetwork | None = None
     unavailable: str | None = None

@@ -32,14 +32,15 @@ class OnnxModel:
     [0, 1]; the model's declared scaling and layout are applied here. Thread-safe: ONNX
     Runtime sessions may be run concurrently."""
 
-    def __init__(self, model_dir: Path | str, *, providers: str = "auto", threads: int = 0):
+    def __init__(self, model_dir: Path | str, *, providers: str = "auto", threads: int = 0, spinning: bool = True):
         self.dir = Path(model_dir)
         self.meta: dict[str, Any] = read_metadata(self.dir)
         onnx_meta = self.meta.get("onnx")
         if not onnx_meta or not (self.dir / ONNX_FILE).is_file():
             raise UnsupportedError(f"{self.dir}: not exported to ONNX (run camseg export)")
         one_pass = onnx_meta.get("one_pass_cam")
-        self._setup(make_session(self.dir / ONNX_FILE, providers, threads=threads), from_metadata(self.meta),
+        self._setup(make_session(self.dir / ONNX_FILE, providers, threads=threads, spinning=spinning),
+                    from_metadata(self.meta),
                     input_name=onnx_meta["input"], output_name="probabilities",
                     cam_layer=one_pass["layer"] if one_pass else None,
                     acts_name="activations" if one_pass else None)
@@ -48,13 +49,14 @@ class OnnxModel:
 
     @classmethod
     def imported(cls, model: bytes | Path, cfg: ModelConfig, *, input_name: str, output_name: str,
-                 cam_layer: str | None, providers: str = "auto", threads: int = 0) -> OnnxModel:
+                 cam_layer: str | None, providers: str = "auto", threads: int = 0,
+                 spinning: bool = True) -> OnnxModel:
         """An imported classifier; ``model`` must output ``cam_layer``'s activations
         where one is given (:func:`camseg.imported.with_outputs`)."""
         self = cls.__new__(cls)
         self.dir = Path(model).parent if isinstance(model, Path) else Path(".")
         self.meta = {}
-        self._setup(make_session(model, providers, threads=threads), cfg, input_name=input_name,
+        self._setup(make_session(model, providers, threads=threads, spinning=spinning), cfg, input_name=input_name,
                     output_name=output_name, cam_layer=cam_layer, acts_name=cam_layer)
         self.head_weight = None
         return self

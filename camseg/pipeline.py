@@ -172,11 +172,12 @@ class LoadedModel:
 
     @classmethod
     def load(cls, path: Path | str, *, onnx: bool | None = None, providers: str = "auto",
-             threads: int = 0) -> LoadedModel:
+             threads: int = 0, spinning: bool = True) -> LoadedModel:
         """Load ``path``: a camseg model directory, or an imported ``model.onnx`` with its
         ``camseg-model.json``. For camseg models ``onnx`` True requires ``model.onnx``,
         False skips it, None loads it where present; the distilled student and the recipe
-        come with it where the directory holds them."""
+        come with it where the directory holds them. ``spinning`` False keeps ONNX
+        Runtime's threads from spin-waiting between runs (:func:`camseg.runtime.make_session`)."""
         from camseg.distill import load_student
         from camseg.recipe import load_recipe
 
@@ -184,7 +185,7 @@ class LoadedModel:
         if (path / CONFIG_FILE).is_file():
             from camseg.imported import load_imported
 
-            imp = load_imported(path, providers=providers, threads=threads)
+            imp = load_imported(path, providers=providers, threads=threads, spinning=spinning)
             cfg = imp.config
             meta = {"architecture": "imported", "source": Source.IMPORTED.value,
                     "config": cfg.model_dump(mode="json", exclude_none=True), "layers": imp.layers,
@@ -194,13 +195,14 @@ class LoadedModel:
         network, meta = load_model(path)
         session = None
         if onnx or (onnx is None and (path / ONNX_FILE).is_file() and meta.get("onnx")):
-            session = OnnxModel(path, providers=providers, threads=threads)
+            session = OnnxModel(path, providers=providers, threads=threads, spinning=spinning)
         classes = tuple(meta.get("classes") or [str(i) for i in range(network.spec.num_classes)])
         if len(classes) != network.spec.num_classes:
             raise InvalidInputError(f"{path}: {len(classes)} classes in metadata for a "
                                     f"{network.spec.num_classes}-class network")
         cfg = from_metadata({**meta, "classes": list(classes)}, cam_layer=network.cam_layer)
-        student = load_student(path, providers=providers, threads=threads, onnx=False if onnx is False else None)
+        student = load_student(path, providers=providers, threads=threads, onnx=False if onnx is False else None,
+                               spinning=spinning)
         return cls(path, meta, network, session, classes, cfg.lesion_indices, student, load_recipe(path),
                    config=cfg, source=Source.CAMSEG)
 

@@ -56,12 +56,19 @@ def select_providers(requested: str = "auto") -> list[str]:
     return names
 
 
-def make_session(model: Path | str | bytes, providers: str = "auto", *, threads: int = 0) -> ort.InferenceSession:
-    """A session over an ONNX file, or a serialised model."""
+def make_session(model: Path | str | bytes, providers: str = "auto", *, threads: int = 0,
+                 spinning: bool = True) -> ort.InferenceSession:
+    """A session over an ONNX file, or a serialised model.
+
+    ``spinning`` False stops ONNX Runtime's intra-op threads from spin-waiting for work
+    between runs: a process that shares its cores with other threads (a server's event
+    loop, decoding, a client) loses less to them, for a little latency at batch 1."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # warnings about unused initialisers are noise
     if threads:
         opts.intra_op_num_threads = threads
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=opts, providers=select_providers(providers))

@@ -49,7 +49,7 @@ Snapshot = Mapping[str, Mapping[str, ServedModel]]
 class ModelRepository:
     """The served snapshot of a :class:`camseg.repository.ModelStore`, refreshed by polling."""
 
-    def __init__(self, root: Path | str, *, providers: str = "auto", ort_threads: int = 0,
+    def __init__(self, root: Path | str, *, providers: str = "auto", ort_threads: int = 0, ort_spinning: bool = True,
                  on_load: Callable[[ServedModel], None] | None = None,
                  on_failure: Callable[[str, str, str], None] | None = None,
                  on_unload: Callable[[ServedModel], None] | None = None):
@@ -57,6 +57,7 @@ class ModelRepository:
         self.root = self.store.root
         self.providers = providers
         self.ort_threads = ort_threads
+        self.ort_spinning = ort_spinning
         self._snapshot: Snapshot = {}
         self._failed: dict[tuple[str, str], Signature] = {}
         self._refresh_lock = threading.Lock()
@@ -137,7 +138,8 @@ class ModelRepository:
         return served
 
     def _load(self, name: str, version: str, path: Path, sig: Signature) -> ServedModel:
-        model = LoadedModel.load(path, onnx=True, providers=self.providers, threads=self.ort_threads)
+        model = LoadedModel.load(path, onnx=True, providers=self.providers, threads=self.ort_threads,
+                                 spinning=self.ort_spinning)
         model.warm_up()
         if signature(path) != sig:
             raise InvalidInputError(f"{path}: files changed while loading; trying again at the next scan")

@@ -28,10 +28,16 @@ class ServeSettings(Settings):
     max_concurrent_rpcs: int = Field(64, ge=1, description="calls in progress at once; more are RESOURCE_EXHAUSTED")
     max_queue_images: int = Field(1024, ge=1, description="images waiting for a Classify batch, per model version")
     decode_workers: int = Field(2, ge=1, description="threads decoding Classify requests off the event loop")
+    inline_decode_pixels: int = Field(
+        128 * 128, ge=0, description="a Classify whose images hold at most this many pixels together is decoded "
+                                     "on the event loop (cheaper than the hop to a thread); 0 = always a thread")
     batching: bool = True
     max_batch: int = Field(32, ge=1)
     max_delay_ms: float = Field(2.0, ge=0)
     ort_workers: int = Field(2, ge=1, description="threads running ONNX Runtime batches")
+    ort_spinning: bool = Field(False, description="let ONNX Runtime's threads spin-wait between runs (faster "
+                                                  "batch-1 runs on otherwise idle cores; off, they leave the cores "
+                                                  "to decoding and the event loop)")
     cam_workers: int = Field(1, ge=1, description="threads for the Grad-CAM path (its own pool)")
     cam_chunk: int = Field(16, ge=1, description="images per Grad-CAM step; a gone call stops at the next step")
     poll_seconds: float = Field(2.0, gt=0, description="how often the repository is scanned for new versions")

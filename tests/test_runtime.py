@@ -27,3 +27,13 @@ def test_session_runs_on_the_chosen_provider(exported: tuple[Path, dict[str, Any
     session = make_session(exported[0] / "model.onnx", "CPUExecutionProvider", threads=1)
     assert session.get_providers() == [CPU]
     assert isinstance(session, ort.InferenceSession)
+
+
+def test_spinning_off_reaches_the_session(exported: tuple[Path, dict[str, Any]]) -> None:
+    """Served sessions stop ONNX Runtime's threads from spin-waiting between runs."""
+    off = make_session(exported[0] / "model.onnx", "CPUExecutionProvider", threads=2, spinning=False)
+    on = make_session(exported[0] / "model.onnx", "CPUExecutionProvider", threads=2)
+    key = "session.intra_op.allow_spinning"
+    assert off.get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ONNX Runtime's default: spin
+        on.get_session_options().get_session_config_entry(key)

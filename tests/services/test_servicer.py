@@ -120,3 +120,35 @@ def test_segment_applies_the_models_recipe_unless_the_request_chooses(
         m = reply.masks[0]
         assert m.area == item.area and m.dice == pytest.approx(item.dice) and m.gated == item.gated
     assert info.distilled and '"refine": "crf"' in info.recipe and '"tta": 4' in info.recipe
+
+
+@pytest.mark.parametrize("inline", [0, 1 << 20])
+def test_classify_decodes_inline_or_in_the_pool_with_the_same_answers(repo: Path, tumor_roi: tuple[bytes, bytes],
+                                                                      inline: int) -> None:
+    """A small request is decoded on the event loop, a large one in the decode pool: the
+    answers are the core pipeline's either way, and a bad image is refused either way."""
+    image, _ = tumor_roi
+    model = LoadedModel.load(repo / "tiny" / "1")
+    want = model.classify([decode_image(image)])[0]
+
+    async def main() -> tuple[pb.ClassifyResponse, grpc.StatusCode]:
+        settings = ServeSettings(model_repo=repo, port=0, metrics_port=None, plaintext=True, poll_seconds=60,
+                                 inline_decode_pixels=inline)
+        running = await start(settings)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+                stub = pb_grpc.SegmentationStub(ch)
+                reply = await stub.Classify(pb.ClassifyRequest(images=[pb.Image(encoded=image)] * 3), timeout=30)
+                try:
+                    await stub.Classify(pb.ClassifyRequest(images=[pb.Image(encoded=b"\x89PNG broken")]), timeout=30)
+                    code = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code()
+                return reply, code
+        finally:
+            await running.drain_and_stop(grace=1.0)
+
+    reply, code = asyncio.run(main())
+    for r in reply.results:
+        np.testing.assert_allclose(r.probabilities, want, atol=1e-6)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
