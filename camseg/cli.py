@@ -448,7 +448,6 @@ def _recipe(args: argparse.Namespace, progress: bool, settings: Settings) -> int
     from rich.table import Table
 
     from camseg.console import progress_bars
-    from camseg.demo import choice_options
     from camseg.distill import DistillConfig
     from camseg.evaluation import evaluate_dice
     from camseg.pipeline import LoadedModel
@@ -461,7 +460,7 @@ def _recipe(args: argparse.Namespace, progress: bool, settings: Settings) -> int
         distiller = None
         if args.distill_epochs > 0 and not args.dry_run:
             distiller = make_distiller(args.data, DistillConfig(epochs=args.distill_epochs), on_progress=bars)
-        recipe = choose_recipe(model, args.data, choice_options(report.best), paper=choice_options(report.paper),
+        recipe = choose_recipe(model, args.data, report.best.options, paper=report.paper.options,
                                cfg=RecipeConfig(refiners=tuple(args.refiners)), distiller=distiller,
                                on_progress=bars)
     table = Table(title=f"chosen on {recipe.select_split}, reported on {recipe.report_split} "

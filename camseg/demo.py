@@ -20,18 +20,16 @@ from typing import Any
 import numpy as np
 
 from camseg import __version__, figures
-from camseg.cam import parse_method
 from camseg.data.folder import FolderDataset
 from camseg.data.synth import SynthConfig, synthesize
 from camseg.distill import DistillConfig
-from camseg.evaluation import Choice, DiceReport, evaluate_dice
+from camseg.evaluation import DiceReport, evaluate_dice
 from camseg.export import export_model
-from camseg.masks import parse_rule
 from camseg.modeldir import write_json
 from camseg.models import PAPER_NAMES
-from camseg.pipeline import LoadedModel, Options, run
+from camseg.pipeline import LoadedModel, run
 from camseg.progress import OnProgress
-from camseg.recipe import Recipe, RecipeConfig, choose_recipe, make_distiller, save_recipe
+from camseg.recipe import Recipe, RecipeConfig, choose_recipe, describe, make_distiller, save_recipe
 from camseg.retraining import filtered_retrain
 from camseg.segment import segment_folder
 from camseg.training import TrainConfig, train_from_folder
@@ -98,11 +96,6 @@ class StepResult:
 DemoStep = Callable[[DemoContext], StepResult]
 
 
-def choice_options(c: Choice) -> Options:
-    """Pipeline options of a chosen setting."""
-    return Options(method=parse_method(c.method), layer=c.layer, threshold=parse_rule(c.rule), largest=c.largest)
-
-
 def run_demo(cfg: DemoConfig, *, on_progress: OnProgress | None = None, say: Callable[[str], None] | None = None,
              steps: Sequence[tuple[str, DemoStep]] = ()) -> Path:
     """Run every step; return the path of ``report.md``. ``say`` reports each step
@@ -156,7 +149,7 @@ def run_demo(cfg: DemoConfig, *, on_progress: OnProgress | None = None, say: Cal
 
     say(f"[4/{total}] segment the test split with each model's recipe (else its chosen setting)")
     segments = {arch: segment_folder(loaded[arch], data, out / "segment" / arch,
-                                     None if arch in recipes else choice_options(reports[arch].best),
+                                     None if arch in recipes else reports[arch].best.options,
                                      split="test", overlays=True, on_progress=on_progress) for arch in cfg.archs}
     step("segment")
 
@@ -211,7 +204,7 @@ def _choose_recipe(cfg: DemoConfig, data: Path, model: LoadedModel, report: Dice
     if cfg.distill_epochs > 0:
         distiller = make_distiller(data, DistillConfig(epochs=cfg.distill_epochs, base=cfg.distill_base,
                                                        seed=cfg.seed), on_progress=on_progress)
-    return choose_recipe(model, data, choice_options(report.best), paper=choice_options(report.paper),
+    return choose_recipe(model, data, report.best.options, paper=report.paper.options,
                          cfg=RecipeConfig(tta=cfg.tta, refiners=cfg.refiners, refine_rules=cfg.refine_rules),
                          distiller=distiller,
                          on_progress=on_progress)
@@ -296,7 +289,7 @@ def _overlays(out: Path, arch: str, model: LoadedModel, data: Path, report: Dice
     images = [p[0] for p in pairs]
     truths = [p[1] for p in pairs]
     for tag, choice in (("paper", report.paper), ("best", report.best)):
-        res = run(model, images, choice_options(choice), truths=truths)
+        res = run(model, images, choice.options, truths=truths)
         rows = []
         for j, (i, r) in enumerate(zip(idx, res.items, strict=True)):
             assert r.mask is not None and r.dice is not None
@@ -308,20 +301,6 @@ def _overlays(out: Path, arch: str, model: LoadedModel, data: Path, report: Dice
 
 def _fmt(x: float) -> str:
     return "n/a" if x != x else f"{x:.3f}"
-
-
-def _describe(o: dict[str, Any]) -> str:
-    """A recipe's options in one line."""
-    parts = [o["method"] + (f"@{o['layer']}" if o.get("layer") else ""), f"t={o['threshold']}"]
-    if o.get("tta", 1) > 1:
-        parts.append(f"TTA x{o['tta']}")
-    if o.get("decision_threshold") is not None:
-        parts.append(f"gate p>={o['decision_threshold']:g}")
-    if o.get("refine", "none") != "none":
-        parts.append(o["refine"])
-    if o.get("largest"):
-        parts.append("largest CC")
-    return ", ".join(parts)
 
 
 def _recipe_section(res: dict[str, Any]) -> list[str]:
@@ -345,7 +324,7 @@ def _recipe_section(res: dict[str, Any]) -> list[str]:
         lines.append(f"| {arch} | {_fmt(res['dice'][arch]['paper']['mean_dice'])} | **{_fmt(final['all_tumors'])}** "
                      f"| {_fmt(final['detected'])} | {_fmt(final['false_area'])} ({_fmt(final['false_masks'])}) | "
                      f"{_fmt(final['sensitivity'])} | {_fmt(final['specificity'])} | "
-                     f"{_fmt(lf.get('all_tumors', float('nan')))} | {_describe(r['options'])} |")
+                     f"{_fmt(lf.get('all_tumors', float('nan')))} | {describe(r['options'])} |")
     seeds = res.get("seeds") or {}
     if seeds:
         lines += ["", f"The architecture whose recipe is best on val, over seeds {res['config']['seed']}, "
@@ -374,13 +353,13 @@ def _recipe_section(res: dict[str, Any]) -> list[str]:
                   "|---|:---:|---:|---:|---:|---:|---:|---:|"]
         for st in r["steps"]:
             v, t = st["select"], st["report"]
-            lines.append(f"| {st['name']} ({_describe(st['options'])}) | {'yes' if st['kept'] else ''} | "
+            lines.append(f"| {st['name']} ({describe(st['options'])}) | {'yes' if st['kept'] else ''} | "
                          f"{_fmt(v['all_tumors'])} | {_fmt(t['all_tumors'])} | {_fmt(t['detected'])} | "
                          f"{_fmt(t['false_area'])} | {_fmt(t['sensitivity'])} | {_fmt(t['specificity'])} |")
         lf = r["label_free_report"]
         if lf:
             lf_val = r["label_free_select"]["all_tumors"]
-            lines.append(f"| label-free ({_describe(r['label_free'])}) |  | {_fmt(lf_val)} | "
+            lines.append(f"| label-free ({describe(r['label_free'])}) |  | {_fmt(lf_val)} | "
                          f"{_fmt(lf['all_tumors'])} | {_fmt(lf['detected'])} | {_fmt(lf['false_area'])} | "
                          f"{_fmt(lf['sensitivity'])} | {_fmt(lf['specificity'])} |")
         lines += ["", f"![recipe overlays](figures/overlays_{arch}_recipe.png)"]
@@ -464,5 +443,5 @@ def _report(res: dict[str, Any], extra: Sequence[StepResult]) -> str:
     return "\n".join(lines)
 
 
-__all__: Sequence[str] = ["PROFILES", "DemoConfig", "DemoContext", "DemoStep", "StepResult", "choice_options",
+__all__: Sequence[str] = ["PROFILES", "DemoConfig", "DemoContext", "DemoStep", "StepResult",
                           "run_demo"]

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from camseg import figures
-from camseg.cam import METHODS, CamMethod, CamNetwork, cam_batches
+from camseg.cam import METHODS, CamMethod, CamNetwork, cam_batches, parse_method
 from camseg.data.folder import FolderDataset, atomic_directory
 from camseg.data.tensors import ArraySet, load_arrays
 from camseg.errors import InvalidInputError
@@ -38,7 +38,7 @@ from camseg.masks import parse_rule, segment_maps
 from camseg.metrics import mean_dice
 from camseg.models import Classifier
 from camseg.outputs import data_fingerprint, model_fingerprint, output_key, reusable
-from camseg.pipeline import LoadedModel
+from camseg.pipeline import LoadedModel, Options
 from camseg.progress import OnProgress, ShouldStop, Tracker
 
 DEFAULT_RULES: tuple[str, ...] = ("0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "p80", "p90", "p95", "otsu")
@@ -144,6 +144,12 @@ class Choice:
     @property
     def label(self) -> str:
         return f"{self.method}@{self.layer}, {self.rule}{', largest CC' if self.largest else ''}"
+
+    @property
+    def options(self) -> Options:
+        """The pipeline options of this setting."""
+        return Options(method=parse_method(self.method), layer=self.layer, threshold=parse_rule(self.rule),
+                       largest=self.largest)
 
 
 @dataclass(frozen=True)

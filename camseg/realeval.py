@@ -39,7 +39,6 @@ import numpy as np
 
 from camseg import __version__, figures
 from camseg.data.folder import FolderDataset, Sample
-from camseg.demo import _describe, choice_options
 from camseg.distill import DistillConfig
 from camseg.errors import InvalidInputError
 from camseg.evaluation import evaluate_dice
@@ -47,7 +46,7 @@ from camseg.export import export_model
 from camseg.modeldir import atomic_write_bytes, read_metadata, write_json
 from camseg.pipeline import LoadedModel, run
 from camseg.progress import OnProgress, ShouldStop, Tracker
-from camseg.recipe import Recipe, RecipeConfig, Views, choose_recipe, make_distiller, save_recipe
+from camseg.recipe import Recipe, RecipeConfig, Views, choose_recipe, describe, make_distiller, save_recipe
 from camseg.training import TrainConfig, train_from_folder
 
 logger = logging.getLogger(__name__)
@@ -256,7 +255,7 @@ class LocoReport:
                 f"| {c.case} | {c.n_lesion} | {c.n_normal} | {c.val_case} | {_fmt(clf.get('accuracy', math.nan))} / "
                 f"{_fmt(clf.get('auc', math.nan))} | {_fmt(c.paper.all_tumors)} | **{_fmt(r.all_tumors)}** | "
                 f"{_fmt(r.detected)} | {_fmt(r.false_area)} ({_fmt(r.false_masks)}) | {_fmt(r.sensitivity)} | "
-                f"{_fmt(r.specificity)} | {_fmt(c.label_free.all_tumors)} | {_describe(c.options)} |")
+                f"{_fmt(r.specificity)} | {_fmt(c.label_free.all_tumors)} | {describe(c.options)} |")
         m = self.means
         lines += [
             "", "| mean | lesion slices | cases | paper setting | recipe | label-free |",
@@ -425,7 +424,7 @@ def _fold(data: Path, fold: Path, case: str, val: str, train_cases: list[str], h
     if distill_epochs > 0:
         distiller = make_distiller(data, DistillConfig(epochs=distill_epochs, seed=seed), on_progress=on_progress,
                                    should_stop=should_stop)
-    recipe = choose_recipe(model, data, choice_options(protocol.best), paper=choice_options(protocol.paper),
+    recipe = choose_recipe(model, data, protocol.best.options, paper=protocol.paper.options,
                            cfg=RecipeConfig(tta=(4,), refiners=refiners), distiller=distiller,
                            on_progress=on_progress, should_stop=should_stop)
     save_recipe(model_dir, recipe)
@@ -466,7 +465,7 @@ def _overlays(path: Path, model: LoadedModel, recipe: Recipe, held_out: list[Sam
         assert r.mask is not None and r.dice is not None
         rows.append((f"{s.id}\np={r.probabilities[model.positive]:.2f} Dice={r.dice:.2f}", image, truth,
                      r.heatmap.numpy(), r.mask))
-    figures.overlay_grid(path, rows, f"held-out {case}: {_describe(recipe.options.to_record())}")
+    figures.overlay_grid(path, rows, f"held-out {case}: {describe(recipe.options.to_record())}")
 
 
 __all__ = ["CaseResult", "LocoReport", "Means", "case_of", "cases_of", "leave_one_case_out", "means_of", "val_case",

@@ -421,3 +421,17 @@ __all__ = [
     "score",
     "views",
 ]
+
+
+def describe(o: dict[str, Any]) -> str:
+    """A recipe's options in one line."""
+    parts = [o["method"] + (f"@{o['layer']}" if o.get("layer") else ""), f"t={o['threshold']}"]
+    if o.get("tta", 1) > 1:
+        parts.append(f"TTA x{o['tta']}")
+    if o.get("decision_threshold") is not None:
+        parts.append(f"gate p>={o['decision_threshold']:g}")
+    if o.get("refine", "none") != "none":
+        parts.append(o["refine"])
+    if o.get("largest"):
+        parts.append("largest CC")
+    return ", ".join(parts)

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from camseg import batch
-from camseg.demo import DemoContext, StepResult, choice_options
+from camseg.demo import DemoContext, StepResult
 from jobs.app import make_app
 from jobs.settings import JobSettings
 from jobs.submit import submit_segment
@@ -37,7 +37,7 @@ def through_workers(ctx: DemoContext) -> StepResult:
         t0 = time.perf_counter()
         submitted = {arch: submit_segment(app, settings, model=arch, version="", data=ctx.data,
                                           split=report.report_split,
-                                          options=None if arch in ctx.recipes else choice_options(report.best))
+                                          options=None if arch in ctx.recipes else report.best.options)
                      for arch, report in ctx.dice.items()}
         for arch, sub in submitted.items():
             job = out / sub.job_id
