@@ -164,7 +164,8 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
         # decoding in its own pool, so the Grad-CAM pool only computes
         with self._budget() as budget:
-            images = await self._off_loop(self.decode_pool, context, decode)
+            images = decode(lambda: False) if self._small(request.images) else \
+                await self._off_loop(self.decode_pool, context, decode)
             reply = await self._off_loop(self.cam_pool, context, work)
         self.metrics.images.labels("Explain").inc(len(reply.heatmaps))
         return reply
@@ -196,7 +197,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                 model_name=served.name, model_version=served.version, mean_dice=res.mean_dice, recipe=from_recipe)
 
         with self._budget() as budget:
-            images, truths = await self._off_loop(self.decode_pool, context, decode)
+            small = self._small([*request.images, *request.truth_masks])
+            images, truths = decode(lambda: False) if small else \
+                await self._off_loop(self.decode_pool, context, decode)
             reply = await self._off_loop(self.cam_pool, context, work)
         self.metrics.images.labels("Segment").inc(len(reply.masks))
         return reply

@@ -29,8 +29,9 @@ class ServeSettings(Settings):
     max_queue_images: int = Field(1024, ge=1, description="images waiting for a Classify batch, per model version")
     decode_workers: int = Field(2, ge=1, description="threads decoding Classify requests off the event loop")
     inline_decode_pixels: int = Field(
-        128 * 128, ge=0, description="a Classify whose images hold at most this many pixels together is decoded "
-                                     "on the event loop (cheaper than the hop to a thread); 0 = always a thread")
+        128 * 128, ge=0, description="a call whose images (and truth masks) hold at most this many pixels "
+                                     "together is decoded on the event loop (cheaper than the hop to a thread); "
+                                     "0 = always a thread")
     batching: bool = True
     max_batch: int = Field(32, ge=1)
     max_delay_ms: float = Field(2.0, ge=0)
