@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import Tensor, nn
 
+from camseg.cam import parse_method
 from camseg.errors import InvalidInputError, NotFoundError, UnsupportedError
 from camseg.inference import OnnxModel
 from camseg.lazy import LazyModule
@@ -48,8 +49,10 @@ from camseg.modelconfig import (
     OutputSpec,
     field_error,
     load_config,
+    preprocess,
 )
 from camseg.modeldir import ONNX_FILE
+from camseg.onnxgraph import GraphModule, UnsupportedOperatorError, convert, unsupported_operators
 from camseg.runtime import make_session
 
 if TYPE_CHECKING:
@@ -188,49 +191,38 @@ def bind(cfg: ModelConfig, model: onnx.ModelProto, where: Path | str) -> Bound:
     def bad(fieldname: str, msg: str) -> InvalidInputError:
         return InvalidInputError(f"{where}: {fieldname}: {msg}")
 
-    inputs, outputs = graph_inputs(model), graph_outputs(model)
-    if cfg.input.name is None:
-        if len(inputs) != 1:
-            raise bad("input.name", f"the graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
-                      "name one")
-        inp = inputs[0]
-    else:
-        match = [i for i in inputs if i.name == cfg.input.name]
+    def named(tensors: list[TensorInfo], name: str | None, kind: str) -> TensorInfo:
+        """The tensor the config names, or, where it names none, the graph's only input
+        (its first output)."""
+        if name is None:
+            if kind == "input" and len(tensors) != 1:
+                raise bad("input.name", f"the graph has {len(tensors)} inputs "
+                          f"({', '.join(t.name for t in tensors)}); name one")
+            return tensors[0]
+        match = [t for t in tensors if t.name == name]
         if not match:
-            raise bad("input.name", f"no input {cfg.input.name!r} in the graph (it has "
-                      f"{', '.join(i.name for i in inputs)})")
-        inp = match[0]
+            raise bad(f"{kind}.name", f"no {kind} {name!r} in the graph (it has {', '.join(t.name for t in tensors)})")
+        return match[0]
+
+    inp = named(graph_inputs(model), cfg.input.name, "input")
+    out = named(graph_outputs(model), cfg.output.name, "output")
     if inp.shape is not None:
         if len(inp.shape) != 4:
             raise bad("input.layout", f"the input {inp.describe()} is not 4-D")
-        want = ({1: cfg.input.channels, 2: cfg.input.height, 3: cfg.input.width}
-                if cfg.input.layout is Layout.NCHW else {3: cfg.input.channels, 1: cfg.input.height,
-                                                         2: cfg.input.width})
-        names = {1: "channels", 2: "height", 3: "width"} if cfg.input.layout is Layout.NCHW else {
-            3: "channels", 1: "height", 2: "width"}
-        for axis, value in want.items():
-            dim = inp.shape[axis]
+        axes = ({"channels": 1, "height": 2, "width": 3} if cfg.input.layout is Layout.NCHW
+                else {"channels": 3, "height": 1, "width": 2})
+        for what, axis in axes.items():
+            dim, value = inp.shape[axis], getattr(cfg.input, what)
             if isinstance(dim, int) and dim > 0 and dim != value:
-                raise bad("input.layout" if axis in (1, 3) and names[axis] == "channels" else f"input.{names[axis]}",
-                          f"{cfg.input.layout.value} with {names[axis]} {value} contradicts the graph's input "
+                raise bad("input.layout" if what == "channels" else f"input.{what}",
+                          f"{cfg.input.layout.value} with {what} {value} contradicts the graph's input "
                           f"{inp.describe()}")
-    if cfg.output.name is None:
-        out = outputs[0]
-    else:
-        match = [o for o in outputs if o.name == cfg.output.name]
-        if not match:
-            raise bad("output.name", f"no output {cfg.output.name!r} in the graph (it has "
-                      f"{', '.join(o.name for o in outputs)})")
-        out = match[0]
-    if out.shape is not None and out.shape and isinstance(out.shape[-1], int) and out.shape[-1] > 0 \
-            and out.shape[-1] != len(cfg.classes):
+    if out.shape and isinstance(out.shape[-1], int) and out.shape[-1] > 0 and out.shape[-1] != len(cfg.classes):
         raise bad("classes", f"{len(cfg.classes)} classes for the output {out.describe()}")
     layer = cfg.cam.layer
     if layer is not None and layer not in _value_names(model):
         raise bad("cam.layer", f"no tensor {layer!r} in the graph")
     if cfg.cam.method is not None:
-        from camseg.cam import parse_method
-
         try:
             parse_method(cfg.cam.method)
         except InvalidInputError as exc:
@@ -264,12 +256,9 @@ class ImportedNetwork(nn.Module):
     mean: Tensor
     std: Tensor
 
-    def __init__(self, graph: nn.Module, cfg: ModelConfig, bound: Bound, layers: Sequence[str],
+    def __init__(self, graph: GraphModule, cfg: ModelConfig, bound: Bound, layers: Sequence[str],
                  shapes: dict[str, tuple[int, ...]], cam_layer: str, positions: dict[str, int]):
         super().__init__()
-        from camseg.onnxgraph import GraphModule
-
-        assert isinstance(graph, GraphModule)
         self.graph = graph
         self.config = cfg
         self.bound = bound
@@ -349,8 +338,12 @@ class ImportedNetwork(nn.Module):
 
     def raw_output(self, x: Tensor) -> Tensor:
         """The graph's declared output, as ONNX Runtime gives it."""
-        return self.graph.run({self.bound.input_name: self._input(x)},
-                              outputs=[self.bound.output_name])[self.bound.output_name]
+        return self.raw_outputs(x, [self.bound.output_name])[0]
+
+    def raw_outputs(self, x: Tensor, names: Sequence[str]) -> list[Tensor]:
+        """Tensors of the graph (the declared output, a layer), all from one pass."""
+        out = self.graph.run({self.bound.input_name: self._input(x)}, outputs=list(names))
+        return [out[n] for n in names]
 
     def activations(self, x: Tensor, layers: Sequence[str], *, leaves: bool) -> tuple[Tensor, list[Tensor]]:
         # the shallowest layer becomes the leaf; deeper ones stay in its graph, so the
@@ -395,8 +388,6 @@ def load_imported(model_dir: Path | str, *, providers: str = "auto", threads: in
     """Load ``model.onnx`` + ``camseg-model.json`` from ``model_dir``. A bad config is
     refused (InvalidInputError naming the file and the field); an unsupported operator or
     a converted graph that differs from ONNX Runtime leaves gradients unavailable."""
-    from camseg.onnxgraph import UnsupportedOperatorError, convert
-
     model_dir = Path(model_dir)
     cfg_path = model_dir / CONFIG_FILE
     cfg = load_config(cfg_path)
@@ -404,8 +395,6 @@ def load_imported(model_dir: Path | str, *, providers: str = "auto", threads: in
     bound = bind(cfg, model, cfg_path)
     layers = candidate_layers(model)
     images = parity_images(cfg)
-    from camseg.modelconfig import preprocess
-
     example = preprocess(images.numpy(), cfg)
     probe = list(dict.fromkeys([*layers, *([bound.cam_layer] if bound.cam_layer else [])]))
     try:
@@ -445,18 +434,13 @@ def load_imported(model_dir: Path | str, *, providers: str = "auto", threads: in
 def check_parity(network: ImportedNetwork, session: OnnxModel, images: Tensor) -> dict[str, float]:
     """Max abs differences, converted module vs ONNX Runtime: the output, and the CAM
     layer's activations relative to their largest magnitude."""
-    x = images.numpy()
+    names = [network.bound.output_name, network.cam_layer]  # the session outputs the same layer
     with torch.inference_mode():
-        out = network.raw_output(images).numpy()
-        _, (acts,) = network.activations(images, [network.cam_layer], leaves=False)
-    ref_probs, ref_acts = (session.raw_output(x), None)
-    if session.cam_layer == network.cam_layer:
-        ref_acts = session.session.run([network.cam_layer], session._feed(x))[0]
-    report = {"max_abs_diff_output": float(np.abs(out.reshape(ref_probs.shape) - ref_probs).max())}
-    if ref_acts is not None:
-        scale = max(1.0, float(np.abs(ref_acts).max()))
-        report["max_rel_diff_activations"] = float(np.abs(acts.numpy() - ref_acts).max()) / scale
-    return report
+        out, acts = (t.numpy() for t in network.raw_outputs(images, names))
+    ref_out, ref_acts = session.raw_outputs(images.numpy(), names)
+    scale = max(1.0, float(np.abs(ref_acts).max()))
+    return {"max_abs_diff_output": float(np.abs(out.reshape(ref_out.shape) - ref_out).max()),
+            "max_rel_diff_activations": float(np.abs(acts - ref_acts).max()) / scale}
 
 
 # ------------------------------------------------------------------ inspect
@@ -503,8 +487,6 @@ def _guess_layout(shape: tuple[int | str | None, ...] | None) -> tuple[Layout, i
 
 def inspect_model(path: Path | str) -> Inspection:
     """The graph's inputs and outputs, a proposed config and the candidate CAM layers."""
-    from camseg.onnxgraph import unsupported_operators
-
     path = Path(path)
     model = read_onnx(path)
     inputs, outputs = graph_inputs(model), graph_outputs(model)

@@ -97,7 +97,11 @@ class OnnxModel:
 
     def raw_output(self, images: np.ndarray) -> np.ndarray:
         """The output tensor as the graph computes it (logits or probabilities)."""
-        out: np.ndarray = self.session.run([self.output_name], self._feed(images))[0]
+        return self.raw_outputs(images, [self.output_name])[0]
+
+    def raw_outputs(self, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """Outputs of the session by name (the declared output, the CAM layer), one pass."""
+        out: list[np.ndarray] = self.session.run(names, self._feed(images))
         return out
 
     def classify(self, images: np.ndarray) -> np.ndarray:

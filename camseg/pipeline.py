@@ -140,13 +140,6 @@ class Options:
         return cls(**rec)
 
 
-def positive_classes(meta: dict[str, Any], classes: Sequence[str]) -> tuple[int, ...]:
-    """The positive (tumor) class indices a camseg model's metadata names:
-    ``positive_classes`` (names or indices), else ``positive_class``, else the last class."""
-    spec = {"num_classes": len(classes), "in_channels": 1, "input_size": 16}
-    return from_metadata({**meta, "spec": spec, "classes": list(classes)}).lesion_indices
-
-
 @dataclass(frozen=True)
 class LoadedModel:
     """A model version in memory: a camseg-trained one (the torch classifier, the ONNX

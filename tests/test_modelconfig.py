@@ -147,3 +147,48 @@ def test_preprocessing_follows_the_declaration() -> None:
     np.testing.assert_allclose(preprocess(x, raw), x * 255.0, rtol=1e-6)
     assert not is_identity(raw) and not is_identity(cfg)
     assert x.base is None and np.all(preprocess(x, cfg) == got)  # the input is left alone
+
+
+# ---------------------------------------------------------------- positive classes
+CLASSES = ("normal", "tumor")
+
+
+def positive_classes(meta: dict[str, Any], classes: tuple[str, ...]) -> tuple[int, ...]:
+    """The lesion classes a camseg model's metadata names."""
+    spec = {"arch": "resnet", "in_channels": 1, "num_classes": len(classes), "input_size": 32}
+    return from_metadata({**meta, "spec": spec, "classes": list(classes)}).lesion_indices
+
+
+@pytest.mark.parametrize(
+    ("meta", "want"),
+    [
+        ({}, (1,)),
+        ({"positive_class": "tumor"}, (1,)),
+        ({"positive_class": "normal"}, (0,)),
+        ({"positive_class": 0}, (0,)),
+        ({"positive_classes": ["tumor"]}, (1,)),
+        ({"positive_classes": ["tumor", "normal"]}, (0, 1)),
+        ({"positive_classes": [1, "tumor"]}, (1,)),
+        ({"positive_classes": ["normal"], "positive_class": "tumor"}, (0,)),
+        ({"positive_classes": [], "positive_class": "normal"}, (0,)),
+        ({"positive_class": None}, (1,)),
+    ],
+)
+def test_positive_classes(meta: dict[str, Any], want: tuple[int, ...]) -> None:
+    assert positive_classes(meta, CLASSES) == want
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"positive_class": "cancer"},
+        {"positive_classes": ["tumor", "cancer"]},
+        {"positive_class": 2},
+        {"positive_class": -1},
+        {"positive_class": True},
+        {"positive_classes": [1.0]},
+    ],
+)
+def test_unknown_positive_class(meta: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInputError, match="positive class"):
+        positive_classes(meta, CLASSES)

@@ -19,7 +19,7 @@ from camseg.data.folder import BoolArray, FloatArray, FolderDataset, decode_imag
 from camseg.errors import CancelledError, InvalidInputError, NotFoundError, UnsupportedError
 from camseg.masks import parse_rule
 from camseg.metrics import dice
-from camseg.pipeline import Encoding, Engine, LoadedModel, Options, positive_classes, run
+from camseg.pipeline import Encoding, Engine, LoadedModel, Options, run
 from camseg.progress import Progress
 
 CLASSES = ("normal", "tumor")
@@ -338,44 +338,6 @@ def test_progress_events(onnx_model: LoadedModel, mixed: list[FloatArray]) -> No
     assert [p.done for p in seen] == [0, 3, 6, 7]
     assert all(p.task == "dice" and p.total == 7 for p in seen)
     assert seen[-1].done == seen[-1].total
-
-
-# ---------------------------------------------------------------- positive classes
-
-
-@pytest.mark.parametrize(
-    ("meta", "want"),
-    [
-        ({}, (1,)),
-        ({"positive_class": "tumor"}, (1,)),
-        ({"positive_class": "normal"}, (0,)),
-        ({"positive_class": 0}, (0,)),
-        ({"positive_classes": ["tumor"]}, (1,)),
-        ({"positive_classes": ["tumor", "normal"]}, (0, 1)),
-        ({"positive_classes": [1, "tumor"]}, (1,)),
-        ({"positive_classes": ["normal"], "positive_class": "tumor"}, (0,)),
-        ({"positive_classes": [], "positive_class": "normal"}, (0,)),
-        ({"positive_class": None}, (1,)),
-    ],
-)
-def test_positive_classes(meta: dict[str, Any], want: tuple[int, ...]) -> None:
-    assert positive_classes(meta, CLASSES) == want
-
-
-@pytest.mark.parametrize(
-    "meta",
-    [
-        {"positive_class": "cancer"},
-        {"positive_classes": ["tumor", "cancer"]},
-        {"positive_class": 2},
-        {"positive_class": -1},
-        {"positive_class": True},
-        {"positive_classes": [1.0]},
-    ],
-)
-def test_unknown_positive_class(meta: dict[str, Any]) -> None:
-    with pytest.raises(InvalidInputError, match="positive class"):
-        positive_classes(meta, CLASSES)
 
 
 def test_load_refuses_an_unknown_positive_class(trained_dir: Path, tmp_path: Path) -> None:
