@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 import pytest
-import redis
 import yaml
 
 from camseg.codecs import encode_png
@@ -28,7 +27,7 @@ from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from tests.deploy.test_dashboard import queries
 from tests.deploy.tools import DEPLOY, tool
-from tests.jobs.workers import free_port, start_worker
+from tests.jobs.workers import flushed_redis, free_port, start_worker
 from tests.services.servers import start_server, stop
 
 REDIS_DB = 11  # this test's own database index
@@ -60,11 +59,8 @@ def _wait(what: str, ok: Any, timeout: float = 120) -> None:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    url = f"redis://127.0.0.1:6379/{REDIS_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
+    with flushed_redis(REDIS_DB) as url:
+        yield url
 
 
 def _load(stub: pb_grpc.SegmentationStub, image: bytes, stop_event: threading.Event) -> None:

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from camseg.data.synth import SynthConfig, synthesize
-from tests.jobs.workers import TEST_DB, Worker, start_worker
+from tests.jobs.workers import TEST_DB, Worker, flushed_redis, start_worker
 
 
 @pytest.fixture(scope="session")
@@ -45,11 +44,8 @@ class JobEnv:
 
 @pytest.fixture
 def clean_redis() -> Iterator[str]:
-    url = f"redis://127.0.0.1:6379/{TEST_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
+    with flushed_redis(TEST_DB) as url:
+        yield url
 
 
 @pytest.fixture

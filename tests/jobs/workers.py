@@ -11,12 +11,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
 TEST_DB = 12  # the machine's Redis, a DB index of the job tests' own
+
+
+@contextlib.contextmanager
+def flushed_redis(db: int) -> Iterator[str]:
+    """The URL of the local Redis's database ``db``, emptied before and after."""
+    url = f"redis://127.0.0.1:6379/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
 
 
 @dataclass
