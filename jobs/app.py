@@ -5,8 +5,11 @@ one :class:`~jobs.settings.JobSettings`; nothing reads the environment at import
 A task is acknowledged only after it ends (``acks_late``) and is given back to the queue
 when its worker dies (``task_reject_on_worker_lost``); a worker takes one task at a time
 (``worker_prefetch_multiplier=1``); Redis redelivers a task whose worker vanished after
-``visibility_timeout``, set from the longest task's hard time limit. The job folders on
-disk, not Redis, are the truth (:mod:`camseg.batch`).
+``visibility_timeout``, set from the longest task's hard time limit. The redelivery is
+done by any live worker under a Redis lock (kombu's ``unacked_mutex``); a worker killed
+while it held that lock would stall every redelivery for kombu's default of 300 s, so
+the lock expires after :data:`RESTORE_LOCK_SECONDS` at most. The job folders on disk, not
+Redis, are the truth (:mod:`camseg.batch`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from celery import Celery
 from jobs.settings import JobSettings
 
 QUEUE = "camseg"
+RESTORE_LOCK_SECONDS = 30.0
+"""Longest hold of the redelivery lock: a scan of the unacknowledged tasks takes
+milliseconds."""
 
 
 def make_app(settings: JobSettings) -> Celery:
@@ -27,7 +33,10 @@ def make_app(settings: JobSettings) -> Celery:
         task_default_queue=QUEUE,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
-        broker_transport_options={"visibility_timeout": settings.redelivery_seconds},
+        broker_transport_options={
+            "visibility_timeout": settings.redelivery_seconds,
+            "unacked_mutex_expire": int(max(5.0, min(RESTORE_LOCK_SECONDS, settings.redelivery_seconds))),
+        },
         result_backend_transport_options={"visibility_timeout": settings.redelivery_seconds},
         broker_connection_retry_on_startup=True,
         result_expires=7 * 24 * 3600,
