@@ -6,10 +6,12 @@ A task is acknowledged only after it ends (``acks_late``) and is given back to t
 when its worker dies (``task_reject_on_worker_lost``); a worker takes one task at a time
 (``worker_prefetch_multiplier=1``); Redis redelivers a task whose worker vanished after
 ``visibility_timeout``, set from the longest task's hard time limit. The redelivery is
-done by any live worker under a Redis lock (kombu's ``unacked_mutex``); a worker killed
-while it held that lock would stall every redelivery for kombu's default of 300 s, so
-the lock expires after :data:`RESTORE_LOCK_SECONDS` at most. The job folders on disk, not
-Redis, are the truth (:mod:`camseg.batch`).
+done by any live worker, which sweeps the unacknowledged tasks every
+:func:`restore_interval` seconds (kombu's default sweeps only every tenth of its 10 s
+ticks: a task of a killed worker waited 100 s or more past its visibility timeout) under a
+Redis lock that expires after :data:`RESTORE_LOCK_SECONDS` at most (kombu's 300 s would
+stall every redelivery behind a worker killed while it held the lock). The job folders on
+disk, not Redis, are the truth (:mod:`camseg.batch`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ RESTORE_LOCK_SECONDS = 30.0
 milliseconds."""
 
 
+def restore_interval(settings: JobSettings) -> float:
+    """Seconds between a worker's sweeps for tasks to redeliver: half the visibility
+    timeout, within 1..10 s."""
+    return max(1.0, min(10.0, settings.redelivery_seconds / 2))
+
+
 def make_app(settings: JobSettings) -> Celery:
     app = Celery("camseg", broker=settings.redis_url, backend=settings.redis_url)
     app.conf.update(
@@ -36,6 +44,8 @@ def make_app(settings: JobSettings) -> Celery:
         broker_transport_options={
             "visibility_timeout": settings.redelivery_seconds,
             "unacked_mutex_expire": int(max(5.0, min(RESTORE_LOCK_SECONDS, settings.redelivery_seconds))),
+            "unacked_restore_interval": restore_interval(settings),
+            "unacked_restore_throttle": 1,
         },
         result_backend_transport_options={"visibility_timeout": settings.redelivery_seconds},
         broker_connection_retry_on_startup=True,
