@@ -3,7 +3,8 @@ from outside (a request, a data set, a command line) passes here.
 
 Nothing from outside is trusted; the model repository is (see ``SECURITY.md``).
 
-* **Images** are decoded only from the documented formats (PNG, JPEG, TIFF). The header
+* **Images** are decoded only from the documented formats (PNG, JPEG, TIFF, and DICOM
+  instances, recognised by their Part 10 preamble and windowed by :mod:`camseg.dicom`). The header
   is read first: format, size, page count and samples per pixel are checked before a
   single pixel is decoded, so a small file that claims a huge image (a decompression
   bomb) or a multi-page TIFF is refused for what it claims, not after it filled memory.
@@ -26,7 +27,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,10 +35,13 @@ from PIL import Image, UnidentifiedImageError
 
 from camseg.errors import InvalidInputError, ResourceExhaustedError
 
+if TYPE_CHECKING:
+    from camseg.dicom import Windowing
+
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
 
-FORMATS = ("PNG", "JPEG", "TIFF")
+FORMATS = ("PNG", "JPEG", "TIFF")  # what Pillow and tifffile decode; DICOM goes to camseg.dicom
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 DEFAULT_MAX_PIXELS = 4096 * 4096
 MAX_SAMPLES = 4  # gray, gray+alpha, RGB, RGBA
@@ -153,6 +157,20 @@ def _source(data: bytes | Path) -> Any:
     return data if isinstance(data, Path) else io.BytesIO(data)
 
 
+def is_dicom(data: bytes | Path) -> bool:
+    """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble (reads at most 132 bytes
+    of a path). Files without the preamble are not taken for DICOM."""
+    if isinstance(data, Path):
+        try:
+            with data.open("rb") as fh:
+                head = fh.read(132)
+        except OSError:
+            return False
+    else:
+        head = data[:132]
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
 def _is_tiff(data: bytes | Path) -> bool:
     if isinstance(data, Path):
         with data.open("rb") as fh:
@@ -163,7 +181,11 @@ def _is_tiff(data: bytes | Path) -> bool:
 
 
 def read_header(data: bytes | Path, name: str) -> Header:
-    """Format, size, samples per pixel and pages, from the header alone."""
+    """Format, size, samples per pixel and pages (frames, for DICOM), from the header alone."""
+    if is_dicom(data):
+        from camseg import dicom
+
+        return dicom.header(data, name)
     try:
         if _is_tiff(data):
             return _tiff_header(data, name)
@@ -176,7 +198,7 @@ def read_header(data: bytes | Path, name: str) -> Header:
     except Image.DecompressionBombError as exc:
         raise InvalidInputError(f"{name}: refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
-        raise InvalidInputError(f"{name}: not a readable image (PNG, JPEG or TIFF)") from None
+        raise InvalidInputError(f"{name}: not a readable image (PNG, JPEG, TIFF or DICOM)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidInputError(f"{name}: not a readable image ({_short(exc)})") from None
 
@@ -219,9 +241,17 @@ def check_header(header: Header, name: str, max_pixels: int) -> None:
 
 # ---------------------------------------------------------------------- decoding
 def decode_pixels(data: bytes | Path, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
-                  budget: Budget | None = None) -> npt.NDArray[Any]:
+                  budget: Budget | None = None, windowing: Windowing | None = None) -> npt.NDArray[Any]:
     """Decode a PNG/JPEG/TIFF to its stored values, unscaled, after checking its header
-    (and charging ``budget``): ``(H, W)`` or ``(H, W, C)``."""
+    (and charging ``budget``): ``(H, W)`` or ``(H, W, C)``.
+
+    A DICOM instance has no display values of its own: it comes back windowed to float32
+    in [0, 1] (``windowing``, default per modality; see :class:`camseg.dicom.Windowing`).
+    """
+    if is_dicom(data):
+        from camseg import dicom
+
+        return dicom.decode_instance(data, name=name, windowing=windowing, max_pixels=max_pixels, budget=budget)
     header = read_header(data, name)
     check_header(header, name, max_pixels)
     if budget is not None:
@@ -248,12 +278,14 @@ def decode_pixels(data: bytes | Path, *, name: str = "image", max_pixels: int = 
 
 
 def decode_image(data: bytes | Path, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 budget: Budget | None = None) -> FloatArray:
-    """Decode PNG/JPEG/TIFF (8/16-bit, gray or RGB) to float32 in [0, 1].
+                 budget: Budget | None = None, windowing: Windowing | None = None) -> FloatArray:
+    """Decode PNG/JPEG/TIFF (8/16-bit, gray or RGB) or a single-frame DICOM instance
+    (windowed) to float32 in [0, 1].
 
     Returns ``(H, W)`` for grayscale and ``(H, W, 3)`` for colour (alpha dropped).
     """
-    return array_to_float(decode_pixels(data, name=name, max_pixels=max_pixels, budget=budget), name)
+    return array_to_float(decode_pixels(data, name=name, max_pixels=max_pixels, budget=budget,
+                                        windowing=windowing), name)
 
 
 def decode_mask(data: bytes | Path, *, name: str = "mask", max_pixels: int = DEFAULT_MAX_PIXELS,

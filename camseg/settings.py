@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,3 +20,14 @@ class Settings(BaseSettings):
     )
     data_cache: Path = Field(Path.home() / ".cache" / "camseg", description="downloads and caches")
     log_level: str = Field("WARNING", description="logging level of the command-line entry point")
+    dicom_window: str = Field(
+        "auto", description="how DICOM values become [0, 1]: auto (CT soft-tissue, MR percentiles, else the "
+                            "file's window), a preset (soft-tissue, lung, bone, brain, mediastinum, liver), "
+                            "CENTER,WIDTH, percentiles:LO,HI, or dicom (the file's own window)")
+
+    @field_validator("dicom_window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        from camseg.dicom import Windowing
+
+        return str(Windowing.parse(v))

@@ -43,7 +43,7 @@ __all__ = ["CLASSES", "SPLITS", "BoolArray", "FloatArray", "FolderDataset", "Rec
            "write_dataset"]
 
 CLASSES: tuple[str, ...] = ("normal", "tumor")
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".dcm")
 SPLITS = ("train", "val", "test")
 
 

@@ -98,7 +98,8 @@ def _format(path: Path) -> str:
     )
 
 
-def _stem(path: Path) -> str:
+def volume_stem(path: Path) -> str:
+    """A volume file's name without its suffix (``.nii.gz`` counts as one)."""
     name = path.name
     for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr"):
         if name.lower().endswith(suffix):
@@ -113,10 +114,13 @@ def read_volume(path: Path) -> tuple[npt.NDArray[Any], dict[str, Any]]:
     a JSON-friendly header summary::
 
         {"format": "nrrd" | "nifti", "shape": [i, j, k], "spacing": [si, sj, sk],
-         "directions": [[x, y, z] per index axis, in LPS] | None}
+         "directions": [[x, y, z] per index axis, in LPS] | None,
+         "origin": [x, y, z] in LPS}
 
     ``spacing`` is the length of each index axis's step (mm for the usual files);
-    ``directions`` is None where the file carries no world orientation. A 4-D volume
+    ``directions`` is None where the file carries no world orientation. ``origin`` is
+    voxel (0, 0, 0)'s position (NRRD ``space origin``, NIfTI ``affine[:3, 3]``), taken to
+    LPS like the directions; ``[0, 0, 0]`` where the file has none. A 4-D volume
     with a single trailing component is squeezed to 3-D.
 
     Raises:
@@ -128,7 +132,7 @@ def read_volume(path: Path) -> tuple[npt.NDArray[Any], dict[str, Any]]:
         raise NotFoundError(f"{path}: no such volume file")
     fmt = _format(path)
     try:
-        arr, spacing, directions = _read_nrrd(path) if fmt == "nrrd" else _read_nifti(path)
+        arr, spacing, directions, origin = _read_nrrd(path) if fmt == "nrrd" else _read_nifti(path)
     except _READ_ERRORS as exc:
         raise InvalidInputError(
             f"{path}: not a readable {fmt.upper()} volume ({_one_line(exc)})"
@@ -148,6 +152,7 @@ def read_volume(path: Path) -> tuple[npt.NDArray[Any], dict[str, Any]]:
         "directions": None
         if directions is None
         else [[float(v) for v in row] for row in directions[:3]],
+        "origin": [float(v) for v in origin],
     }
     return arr, info
 
@@ -156,7 +161,9 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _read_nrrd(path: Path) -> tuple[npt.NDArray[Any], list[float], npt.NDArray[np.float64] | None]:
+def _read_nrrd(
+    path: Path,
+) -> tuple[npt.NDArray[Any], list[float], npt.NDArray[np.float64] | None, npt.NDArray[np.float64]]:
     try:
         arr, header = nrrd.read(str(path))
     except NRRDError as exc:
@@ -180,10 +187,18 @@ def _read_nrrd(path: Path) -> tuple[npt.NDArray[Any], list[float], npt.NDArray[n
         directions = directions * np.asarray(_TO_LPS[space])
     elif directions is not None:
         directions = None  # unknown world frame: no orientation we can trust
-    return arr, spacing, directions
+    origin = np.zeros(3)
+    origin_raw = header.get("space origin")
+    if origin_raw is not None and space in _TO_LPS:
+        values = np.asarray(origin_raw, dtype=np.float64).reshape(-1)
+        if values.size >= 3 and np.isfinite(values[:3]).all():
+            origin = values[:3] * np.asarray(_TO_LPS[space])
+    return arr, spacing, directions, origin
 
 
-def _read_nifti(path: Path) -> tuple[npt.NDArray[Any], list[float], npt.NDArray[np.float64] | None]:
+def _read_nifti(
+    path: Path,
+) -> tuple[npt.NDArray[Any], list[float], npt.NDArray[np.float64] | None, npt.NDArray[np.float64]]:
     try:
         img = nib.load(str(path))
         if not isinstance(img, SpatialImage):  # e.g. a CIFTI file: no voxel grid
@@ -195,7 +210,8 @@ def _read_nifti(path: Path) -> tuple[npt.NDArray[Any], list[float], npt.NDArray[
         raise _Unreadable(str(exc)) from exc
     # The affine's columns are the index axes' steps in RAS; LPS negates x and y.
     directions = (affine[:3, :3] * np.array([[-1.0], [-1.0], [1.0]])).T
-    return arr, spacing, directions
+    origin = affine[:3, 3] * np.array([-1.0, -1.0, 1.0])
+    return arr, spacing, directions, origin
 
 
 def display_flip(info: Mapping[str, Any], axis: int) -> bool:
@@ -329,7 +345,7 @@ def _volume_ids(pairs: Sequence[tuple[Path, Path]]) -> list[str]:
     ids: list[str] = []
     seen: dict[str, int] = {}
     for image_path, label_path in pairs:
-        a, b = _stem(Path(image_path)), _stem(Path(label_path))
+        a, b = volume_stem(Path(image_path)), volume_stem(Path(label_path))
         n = 0
         while n < min(len(a), len(b)) and a[n] == b[n]:
             n += 1
