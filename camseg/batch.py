@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from camseg.data.folder import FolderDataset, atomic_directory
-from camseg.errors import CamsegError, InvalidInputError, NotFoundError
+from camseg.errors import CamsegError, CancelledError, InvalidInputError, NotFoundError
 from camseg.evaluation import REPORT_FILE
 from camseg.inputs import ID_PATTERN, path_under
 from camseg.modeldir import atomic_write_bytes
@@ -49,6 +49,10 @@ from camseg.segment import check_classes, result_row
 logger = logging.getLogger(__name__)
 
 MANIFEST = "job.json"
+SERIES = "segment-series"
+"""The kind of job that segments whole DICOM series and NRRD/NIfTI volumes, one part each."""
+MODEL_KINDS = ("segment", SERIES)
+"""Kinds whose parts run the served model (a worker keeps it loaded)."""
 CANCELLED = "cancelled"
 SUMMARY = "summary.json"
 RESULTS = "results.csv"
@@ -183,6 +187,10 @@ def _chunk_dir(job_dir: Path, index: int) -> Path:
     return Path(job_dir) / "chunks" / f"{index:06d}"
 
 
+def _series_dir(job_dir: Path, index: int) -> Path:
+    return Path(job_dir) / "series" / f"{index:06d}"
+
+
 def _marker(job_dir: Path, m: Manifest, index: int) -> Path:
     """The file whose presence says part ``index`` of the job is done."""
     if m.kind == "retrain":
@@ -190,6 +198,8 @@ def _marker(job_dir: Path, m: Manifest, index: int) -> Path:
         return Path(job_dir) / "retrain" / "runs" / f"{kind}-t{float(t):g}.json"
     if m.kind == "evaluate":
         return Path(job_dir) / "report" / REPORT_FILE
+    if m.kind == SERIES:
+        return _series_dir(job_dir, index) / "row.json"
     return _chunk_dir(job_dir, index) / "rows.json"
 
 
@@ -386,11 +396,13 @@ def list_jobs(out_root: Path) -> list[JobStatus]:
     return out
 
 
-def run_local(job_dir: Path, model: LoadedModel, *, should_stop: ShouldStop | None = None) -> dict[str, Any]:
-    """Every pending chunk in this process, then the results: the in-process reference."""
+def run_local(job_dir: Path, model: LoadedModel, *, should_stop: ShouldStop | None = None,
+              on_progress: OnProgress | None = None) -> dict[str, Any]:
+    """Every pending part of a segmentation job in this process, then the results: the
+    in-process reference (and what ``camseg segment`` runs for series)."""
     for i in pending_chunks(job_dir):
-        run_segment_chunk(job_dir, i, model, should_stop=should_stop)
-    return finish_segment_job(job_dir)
+        run_part(job_dir, i, model=model, should_stop=should_stop, on_progress=on_progress)
+    return finish(job_dir)
 
 
 # ---------------------------------------------------------------------- other kinds
@@ -460,6 +472,9 @@ def run_part(job_dir: Path, index: int, *, model: LoadedModel | None = None, sho
     if m.kind == "segment":
         return run_segment_chunk(job_dir, index, model or LoadedModel.load(m.model), should_stop=should_stop,
                                  on_progress=on_progress)
+    if m.kind == SERIES:
+        return run_series_part(job_dir, index, model or LoadedModel.load(m.model), should_stop=should_stop,
+                               on_progress=on_progress)
     if m.kind == "evaluate":
         from camseg.evaluation import evaluate_dice
 
@@ -486,6 +501,8 @@ def finish(job_dir: Path) -> dict[str, Any]:
     if m.kind == "segment":
         return finish_segment_job(job_dir)
     with _finishing(job_dir):
+        if m.kind == SERIES:
+            return _finish_series_job(job_dir, m)
         return _finish_other(job_dir, m)
 
 
@@ -515,3 +532,137 @@ def _finish_other(job_dir: Path, m: Manifest) -> dict[str, Any]:
         summary = {**base, "results": [asdict(r) for r in results]}
     _write_json(done, summary)
     return summary
+
+
+# ---------------------------------------------------------------------- series and volumes
+def create_series_job(out_root: Path, model_dir: Path, data: Path, *, options: Options | None = None,
+                      output: str = "auto", heatmaps: bool = False, windowing: str = "auto",
+                      job_id: str | None = None, labels: dict[str, str] | None = None) -> Path:
+    """Plan the segmentation of every DICOM series and NRRD/NIfTI image volume under
+    ``data`` (a folder or one file): one part per series, each writing one SEG or mask
+    volume (:mod:`camseg.series`). Files that are DICOM but unreadable are recorded in the
+    plan and reported in the summary; the series go on."""
+    from camseg import series as ser
+    from camseg.dicom import Windowing
+
+    ser.check_output(output)
+    window = str(Windowing.parse(windowing))
+    model = LoadedModel.load(model_dir, onnx=False)
+    opts = options or model.default_options()
+    if opts.threshold is None:
+        raise InvalidInputError("bulk segmentation needs a threshold rule")
+    model.engine_for(opts)
+    data = Path(data)
+    if not data.exists():
+        raise NotFoundError(f"{data}: no such file or folder")
+    entries, unreadable = ser.plan(data)
+    if not entries:
+        raise InvalidInputError(f"{data}: no DICOM series and no NRRD/NIfTI volumes"
+                                + (f" ({len(unreadable)} unreadable DICOM files)" if unreadable else ""))
+    job_dir = _claim(out_root, job_id)
+    base = data if data.is_dir() else data.parent
+    manifest = Manifest(job_dir.name, SERIES, time.time(), str(Path(model_dir).resolve()), str(base.resolve()),
+                        None, {"pipeline": opts.to_record(), "output": output, "windowing": window,
+                               "series": entries, "unreadable": unreadable},
+                        [[i] for i in range(len(entries))], heatmaps, dict(labels or {}))
+    (job_dir / "series").mkdir(parents=True, exist_ok=True)
+    _write_json(job_dir / MANIFEST, asdict(manifest))
+    logger.info("job %s: %d series (%d unreadable files)", job_dir.name, len(entries), len(unreadable))
+    return job_dir
+
+
+def run_series_part(job_dir: Path, index: int, model: LoadedModel, *, should_stop: ShouldStop | None = None,
+                    on_progress: OnProgress | None = None) -> bool:
+    """Segment series ``index`` of the job into ``series/<index>/`` (built aside, renamed
+    into place) with ``row.json``, its completion marker. A series that cannot be read
+    (no pixel data, inconsistent spacing, mixed series, an unsupported transfer syntax)
+    gets a row with the reason and no mask; the job goes on."""
+    from camseg import series as ser
+    from camseg.dicom import Windowing
+
+    job_dir = Path(job_dir)
+    m = read_manifest(job_dir)
+    if chunk_done(job_dir, index, m):
+        return False
+    if not 0 <= index < len(m.chunks):
+        raise NotFoundError(f"job {m.job_id} has no part {index}")
+    entry = m.options["series"][index]
+
+    def stop() -> bool:
+        return is_cancelled(job_dir) or (should_stop is not None and should_stop())
+
+    opts = Options.from_record(m.options["pipeline"])
+    with atomic_directory(_series_dir(job_dir, index), overwrite=True) as tmp:
+        try:
+            s = ser.load(entry, Path(m.data))
+            result = ser.segment_series(model, s, opts, windowing=Windowing.parse(m.options["windowing"]),
+                                        on_progress=on_progress, should_stop=stop)
+            row = ser.write_outputs(result, tmp, m.options["output"], ser.algorithm(model, opts, m.labels),
+                                    heatmaps=m.heatmaps)
+        except CamsegError as exc:
+            if isinstance(exc, CancelledError):
+                raise
+            logger.warning("job %s: series %s failed: %s", m.job_id, entry["name"], exc.message)
+            row = ser.row(None, error=exc.message, name=entry["name"], uid=entry["uid"])
+        row["index"] = index
+        (tmp / "row.json").write_text(json.dumps(row) + "\n")
+    return True
+
+
+def _finish_series_job(job_dir: Path, m: Manifest) -> dict[str, Any]:
+    from camseg import series as ser
+
+    done = job_dir / SUMMARY
+    if done.is_file():
+        summary: dict[str, Any] = json.loads(done.read_text())
+        return summary
+    missing = pending_chunks(job_dir)
+    if missing:
+        raise InvalidInputError(f"job {m.job_id}: {len(missing)} series are not done")
+    rows = []
+    out = job_dir / "outputs"
+    out.mkdir(exist_ok=True)
+    for i in range(len(m.chunks)):
+        sdir = _series_dir(job_dir, i)
+        row = json.loads((sdir / "row.json").read_text())
+        for key in ("output", "heatmap"):
+            if row[key]:
+                name = f"{row['name']}.{'heatmap' if key == 'heatmap' else 'mask'}{_suffixes(row[key])}"
+                target = out / name
+                if not target.exists():
+                    with contextlib.suppress(FileExistsError):  # another finisher linked it first
+                        os.link(sdir / row[key], target)
+                row[key] = f"outputs/{name}"
+        rows.append(row)
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=ser.COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(job_dir / RESULTS, buf.getvalue().encode())
+    failures = [{"id": r["name"], "error": r["error"]} for r in rows if r["error"]]
+    failures += [{"id": path, "error": reason} for path, reason in m.options.get("unreadable", [])]
+    ok = [r for r in rows if not r["error"]]
+    summary = {
+        "job_id": m.job_id, "kind": m.kind, "model": m.model, "labels": m.labels, "data": m.data,
+        "options": m.options["pipeline"], "output": m.options["output"], "windowing": m.options["windowing"],
+        "series": len(rows), "segmented": len(ok), "failed": len(failures), "failures": failures[:1000],
+        "images": sum(int(r["slices"]) for r in ok), "tumor_series": sum(1 for r in ok if int(r["tumor_slices"])),
+        "mean_dice": math.nan, "outputs": {r["name"]: r["output"] for r in ok},
+        "created": m.created, "finished": time.time(), "seconds": round(time.time() - m.created, 3),
+    }
+    _write_json(done, summary)
+    return summary
+
+
+def part_images(job_dir: Path, index: int, m: Manifest) -> int:
+    """Images (slices, for series) a done part segmented: what the image counters add."""
+    if m.kind == "segment":
+        return len(m.chunks[index])
+    if m.kind == SERIES:
+        row = json.loads((_series_dir(job_dir, index) / "row.json").read_text())
+        return int(row["slices"] or 0) if not row["error"] else 0
+    return 0
+
+
+def _suffixes(name: str) -> str:
+    return name[name.index("."):] if "." in name else ""

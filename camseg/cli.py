@@ -94,9 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--overwrite", action="store_true", help="with --write, replace an existing config")
     ins.add_argument("--json", action="store_true", help="print the inspection as JSON")
 
-    g = sub.add_parser("segment", help="heatmap masks for every image of a data set")
+    g = sub.add_parser("segment", help="heatmap masks for every image of a data set, or for every DICOM series "
+                                       "and NRRD/NIfTI volume under a path")
     g.add_argument("--model", type=Path, required=True)
-    g.add_argument("--data", type=Path, required=True)
+    g.add_argument("--data", type=Path, required=True,
+                   help="a folder data set (labels.csv), or DICOM files / NRRD / NIfTI volumes (a file or a folder)")
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--method", default=None, choices=(*METHODS, "scorecam", "distilled"),
                    help="default: the model's recipe (recipe.json), else its config's method, else gradcam")
@@ -114,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--largest", action="store_true", help="keep the largest connected component")
     g.add_argument("--fill-holes", action="store_true")
     g.add_argument("--overlays", action="store_true", help="write heatmap overlays")
+    g.add_argument("--format", default="auto", choices=("auto", "seg", "nifti", "nrrd"),
+                   help="series: DICOM SEG or a mask volume with the source's geometry (auto: SEG for DICOM, the "
+                        "source's format for volumes)")
+    g.add_argument("--window", default=None, help="series: DICOM windowing (default: CAMSEG_DICOM_WINDOW, auto)")
+    g.add_argument("--heatmaps", action="store_true", help="series: the heatmaps as a float volume beside the mask")
     g.add_argument("--overwrite", action="store_true")
 
     ev = sub.add_parser("evaluate", help="Dice over methods, layers and thresholds: chosen on one split, "
@@ -234,6 +241,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _segment_series(args: argparse.Namespace, model: Any, opts: Any, settings: Settings, progress: bool) -> int:
+    """``camseg segment`` of DICOM series and volumes: the bulk job's plan and parts, run here."""
+    import shutil
+
+    from camseg import batch
+    from camseg.console import progress_bars
+    from camseg.errors import InvalidInputError
+
+    out: Path = args.out
+    if out.exists() and any(out.iterdir()):
+        if not (args.overwrite and (out / batch.MANIFEST).is_file()):
+            raise InvalidInputError(f"{out}: already exists and is not empty"
+                                    + (" (pass --overwrite to replace it)" if (out / batch.MANIFEST).is_file()
+                                       else ""))
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    job = batch.create_series_job(out.parent, args.model, args.data, options=opts, output=args.format,
+                                  heatmaps=args.heatmaps, windowing=args.window or settings.dicom_window,
+                                  job_id=out.name)
+    with progress_bars(progress) as bars:
+        summary = batch.run_local(job, model, on_progress=bars)
+    print(f"{out / batch.RESULTS}: {summary['segmented']} of {summary['series']} series segmented "
+          f"({summary['images']} slices, {summary['tumor_series']} with tumor), {summary['failed']} failed")
+    for f in summary["failures"][:20]:
+        print(f"  {f['id']}: {f['error']}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
@@ -317,6 +352,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
                            refine=parse_refiner(args.refine or "none"),
                            decision_threshold=args.decision_threshold, gate=not args.no_gate, largest=args.largest,
                            fill_holes=args.fill_holes)
+        if not (args.data / "labels.csv").is_file():
+            return _segment_series(args, model, opts, settings, progress)
         with progress_bars(progress) as bars:
             summary = segment_folder(model, args.data, args.out, opts, split=args.split, overlays=args.overlays,
                                      overwrite=args.overwrite, on_progress=bars)

@@ -26,7 +26,8 @@ def register(sub: Any) -> None:
     j = sub.add_parser("jobs", help="submit and follow bulk jobs")
     cmds = j.add_subparsers(dest="jobs_cmd", required=True, metavar="ACTION")
     s = cmds.add_parser("submit", help="submit a bulk segmentation, a Dice evaluation or a filtered retraining")
-    s.add_argument("--kind", default="segment", choices=("segment", "evaluate", "retrain"))
+    s.add_argument("--kind", default="segment", choices=("segment", "series", "evaluate", "retrain"),
+                   help="series: every DICOM series and NRRD/NIfTI volume under --data, one SEG or mask volume each")
     s.add_argument("--model", required=True, help="model name in the repository")
     s.add_argument("--version", default="", help="model version (default: the latest)")
     s.add_argument("--data", type=Path, default=None, help="folder data set under a configured data root")
@@ -40,7 +41,12 @@ def register(sub: Any) -> None:
     s.add_argument("--threshold", default=None, help="default: the model's recipe, else otsu")
     s.add_argument("--largest", action="store_true")
     s.add_argument("--no-gate", action="store_true")
-    s.add_argument("--heatmaps", action="store_true", help="keep each heatmap (float16 .npy)")
+    s.add_argument("--heatmaps", action="store_true",
+                   help="keep each heatmap (float16 .npy; for series a float volume beside the mask)")
+    s.add_argument("--format", default="auto", choices=("auto", "seg", "nifti", "nrrd"),
+                   help="series: DICOM SEG, or a mask volume with the source's geometry (auto: SEG for DICOM, "
+                        "the source's format for volumes)")
+    s.add_argument("--window", default=None, help="series: DICOM windowing (default: CAMSEG_DICOM_WINDOW, auto)")
     s.add_argument("--chunk-size", type=int, default=None)
     s.add_argument("--thresholds", nargs="+", type=float, default=[0.5], help="retrain: filter thresholds")
     s.add_argument("--filters", nargs="+", default=None, help="retrain: filters (default: all four)")
@@ -138,8 +144,17 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
     s = _settings()
     app = make_app(s)
     if args.jobs_cmd == "submit" and args.kind != "segment" and args.data is None:
-        print("camseg: error: --kind evaluate and retrain need --data", file=sys.stderr)
+        print("camseg: error: --kind series, evaluate and retrain need --data", file=sys.stderr)
         return 2
+    opts = None  # the model's recipe where it has one, recorded in the job's manifest
+    if args.jobs_cmd == "submit" and (args.method or args.layer or args.threshold or args.largest or args.no_gate):
+        opts = Options(method=parse_method(args.method or "gradcam"), layer=args.layer,
+                       threshold=parse_rule(args.threshold or "otsu"), largest=args.largest, gate=not args.no_gate)
+    if args.jobs_cmd == "submit" and args.kind == "series":
+        sub = submit.submit_series(app, s, model=args.model, version=args.version, data=args.data,
+                                   output=args.format, heatmaps=args.heatmaps, windowing=args.window, options=opts)
+        print(f"{sub.job_id}\t{sub.chunks} series")
+        return _watch(s, sub.job_id) if args.watch else 0
     if args.jobs_cmd == "submit" and args.kind != "segment":
         if args.kind == "evaluate":
             sub = submit.submit_evaluate(app, s, model=args.model, version=args.version, data=args.data)
@@ -149,11 +164,6 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{sub.job_id}\t{args.kind} in {sub.chunks} parts")
         return _watch(s, sub.job_id) if args.watch else 0
     if args.jobs_cmd == "submit":
-        opts = None  # the model's recipe where it has one, recorded in the job's manifest
-        if args.method or args.layer or args.threshold or args.largest or args.no_gate:
-            opts = Options(method=parse_method(args.method or "gradcam"), layer=args.layer,
-                           threshold=parse_rule(args.threshold or "otsu"), largest=args.largest,
-                           gate=not args.no_gate)
         sub = submit.submit_segment(app, s, model=args.model, version=args.version, data=args.data,
                                     volumes=[tuple(v) for v in args.volumes], axis=args.axis, split=args.split,
                                     options=opts, heatmaps=args.heatmaps, chunk_size=args.chunk_size)

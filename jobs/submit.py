@@ -57,6 +57,19 @@ def submit_segment(app: Celery, settings: JobSettings, *, model: str, version: s
     return _enqueue(app, settings, job)
 
 
+def submit_series(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
+                  output: str = "auto", heatmaps: bool = False, windowing: str | None = None,
+                  options: Options | None = None, job_id: str | None = None) -> Submitted:
+    """Plan the segmentation of every DICOM series and NRRD/NIfTI volume under ``data``
+    (one SEG or mask volume each, :func:`camseg.batch.create_series_job`), then enqueue one
+    task per series."""
+    path, data_dir, labels = _prepare(settings, model, version, data)
+    job = batch.create_series_job(settings.output_root, path, data_dir, options=options, output=output,
+                                  heatmaps=heatmaps, windowing=windowing or settings.dicom_window, job_id=job_id,
+                                  labels=labels)
+    return _enqueue(app, settings, job)
+
+
 def _model(settings: JobSettings, model: str, version: str) -> tuple[Path, dict[str, str]]:
     ref = ModelStore(settings.model_repo).resolve(model, version)
     settings.output_root.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def register(app: Celery, settings: JobSettings) -> None:
         try:
             m = batch.read_manifest(job)
             model = None
-            if m.kind == "segment":
+            if m.kind in batch.MODEL_KINDS:
                 model = cached_model(m.model, settings.threads_per_process(), settings.ort_providers)
             ran = batch.run_part(job, index, model=model)
         except CancelledError:
@@ -97,8 +97,8 @@ def register(app: Celery, settings: JobSettings) -> None:
             batch.fail(job, f"part {index}: {exc.message}")
             raise
         out: dict[str, Any] = {"job": job_id, "part": index, "ran": ran}
-        if ran and m.kind == "segment":
-            out["images"] = len(m.chunks[index])
+        if ran and m.kind in batch.MODEL_KINDS:
+            out["images"] = batch.part_images(job, index, m)
         if not batch.pending_chunks(job):
             out["summary"] = _brief(batch.finish(job))
         return out

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 
 from camseg import batch
@@ -22,7 +24,7 @@ from camseg.masks import parse_rule
 from camseg.pipeline import LoadedModel, Options
 from camseg.segment import segment_folder
 from jobs.app import make_app
-from jobs.submit import resume, submit_segment
+from jobs.submit import resume, submit_segment, submit_series
 from tests.jobs.conftest import JobEnv
 from tests.jobs.workers import RedisServer, Worker, free_port, start_worker
 
@@ -297,3 +299,40 @@ def test_bulk_jobs_of_imported_models(job_env: JobEnv, workers: list[Worker], tm
     wait_for(job, {batch.JobState.SUCCEEDED})
     assert batch.read_manifest(job).options["method"] == "scorecam"  # the config's method, recorded
     assert json.loads((job / "summary.json").read_text())["segmented"] == 240
+
+
+def test_dicom_series_jobs_write_one_seg_per_series(job_env: JobEnv, workers: list[Worker], tmp_path: Path) -> None:
+    """A folder of DICOM series as a job: one task per series on a real worker, one SEG each
+    that validates and equals the in-process run; a series that cannot be read fails alone
+    with its reason, and the job succeeds."""
+    from camseg.data.synth import SynthConfig, generate
+    from tests.dicomdata import write_series
+
+    images, _, _, _ = generate(SynthConfig(n=6, size=32, seed=2))
+    values = np.round(864 + 400 * np.clip(images, 0, 1)).astype(np.uint16)
+    archive = job_env.data_root / f"pacs-{tmp_path.name}"
+    write_series(archive / "one", values[:3])
+    write_series(archive / "two", values[3:], row_cosines=(0.0, 1.0, 0.0), column_cosines=(0.0, 0.0, -1.0))
+    bad = write_series(archive / "three", values[:3], prefix="BAD")
+    ds = pydicom.dcmread(bad[0])
+    del ds.PixelData
+    ds.save_as(bad[0])
+    workers.append(start_worker(job_env.env(), concurrency=1))
+    s = job_env.settings()
+    sub = submit_series(make_app(s), s, model="tiny", version="", data=archive, options=OPTS)
+    assert sub.chunks == 3
+    job = s.output_root / sub.job_id
+    wait_for(job, {batch.JobState.SUCCEEDED})
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["segmented"] == 2 and summary["failed"] == 1
+    assert "no pixel data" in summary["failures"][0]["error"] and bad[0].name in summary["failures"][0]["error"]
+    local = batch.create_series_job(tmp_path, job_env.repo / "tiny" / "1", archive, options=OPTS, job_id="local")
+    expected = batch.run_local(local, LoadedModel.load(job_env.repo / "tiny" / "1"))
+    assert set(summary["outputs"]) == set(expected["outputs"])
+    for name, seg_file in summary["outputs"].items():
+        got = pydicom.dcmread(job / seg_file)
+        want = pydicom.dcmread(local / expected["outputs"][name])
+        assert got.Modality == "SEG" and got.NumberOfFrames == want.NumberOfFrames == 3
+        assert got.PixelData == want.PixelData
+        check = subprocess.run(["dciodvfy", str(job / seg_file)], capture_output=True, text=True)
+        assert not [ln for ln in check.stderr.splitlines() if ln.startswith("Error")], check.stderr
