@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,7 @@ from camseg.inputs import (
     array_to_float,
     decode_image,
     decode_mask,
+    is_dicom,
     mask_from_array,
     read_header,
     shown,
@@ -29,6 +30,9 @@ from camseg.masks import ThresholdRule
 from camseg.pipeline import Encoding, ImageResult, LoadedModel, Options
 from camseg.refine import Refiner
 from services.gen.camseg.v1 import camseg_pb2 as pb
+
+if TYPE_CHECKING:
+    from camseg.dicom import Windowing
 
 METHOD_FROM_PB: dict[int, CamMethod] = {
     pb.CAM_METHOD_UNSPECIFIED: CamMethod.GRADCAM,
@@ -95,6 +99,8 @@ def encodings_from_pb(values: Sequence[int]) -> frozenset[Encoding]:
     """Requested mask encodings; none means packed bits only."""
     out = set()
     for v in values or [pb.MASK_ENCODING_PACKED_BITS]:
+        if v == pb.MASK_ENCODING_DICOM_SEG:
+            continue  # made at the edge from the mask and the source instance (wants_dicom_seg)
         if v not in ENCODING_FROM_PB:
             raise InvalidInputError(f"unknown mask encoding {v}")
         out.add(ENCODING_FROM_PB[v])
@@ -107,11 +113,12 @@ def image_name(what: str, i: int, img: pb.Image) -> str:
 
 
 def _decode_one(img: pb.Image, name: str, max_pixels: int, budget: Budget | None, *,
-                mask: bool) -> npt.NDArray[Any]:
+                mask: bool, windowing: Windowing | None = None) -> npt.NDArray[Any]:
     kind = img.WhichOneof("data")
     if kind == "encoded":
-        decode = decode_mask if mask else decode_image
-        arr: npt.NDArray[Any] = decode(img.encoded, name=name, max_pixels=max_pixels, budget=budget)
+        arr: npt.NDArray[Any] = (decode_mask(img.encoded, name=name, max_pixels=max_pixels, budget=budget) if mask
+                                 else decode_image(img.encoded, name=name, max_pixels=max_pixels, budget=budget,
+                                                   windowing=windowing))
         return arr
     if kind == "raw":
         try:
@@ -124,19 +131,33 @@ def _decode_one(img: pb.Image, name: str, max_pixels: int, budget: Budget | None
 
 
 def _decode_all(images: Sequence[pb.Image], *, max_images: int, max_pixels: int, budget: Budget | None, what: str,
-                mask: bool) -> list[npt.NDArray[Any]]:
+                mask: bool, windowing: Windowing | None = None) -> list[npt.NDArray[Any]]:
     if not images:
         raise InvalidInputError("the request holds no images")
     if len(images) > max_images:
         raise InvalidInputError(f"{len(images)} images exceed the limit of {max_images} per request")
-    return [_decode_one(img, image_name(what, i, img), max_pixels, budget, mask=mask) for i, img in enumerate(images)]
+    return [_decode_one(img, image_name(what, i, img), max_pixels, budget, mask=mask, windowing=windowing)
+            for i, img in enumerate(images)]
 
 
 def decode_images(images: Sequence[pb.Image], *, max_images: int, max_pixels: int, budget: Budget | None = None,
-                  what: str = "image") -> list[FloatArray]:
+                  what: str = "image", windowing: Windowing | None = None) -> list[FloatArray]:
     """Decoded ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], each checked once (header
-    first, then the budget, then the pixels)."""
-    return _decode_all(images, max_images=max_images, max_pixels=max_pixels, budget=budget, what=what, mask=False)
+    first, then the budget, then the pixels); DICOM instances windowed by ``windowing``
+    (default: per modality)."""
+    return _decode_all(images, max_images=max_images, max_pixels=max_pixels, budget=budget, what=what, mask=False,
+                       windowing=windowing)
+
+
+def wants_dicom_seg(request: pb.SegmentRequest) -> bool:
+    """Whether the masks are asked for as DICOM SEGs: every image must then be a DICOM instance."""
+    if pb.MASK_ENCODING_DICOM_SEG not in request.mask_encodings:
+        return False
+    for i, img in enumerate(request.images):
+        if img.WhichOneof("data") != "encoded" or not is_dicom(img.encoded):
+            raise InvalidInputError(f"{image_name('image', i, img)}: a DICOM SEG mask needs a DICOM instance "
+                                    "as the image")
+    return True
 
 
 def claimed_shapes(images: Sequence[pb.Image]) -> list[tuple[int, int]]:

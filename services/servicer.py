@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -32,19 +32,27 @@ from services.metrics import ServiceMetrics
 from services.repository import ModelRepository, ServedModel
 from services.settings import ServeSettings
 
+if TYPE_CHECKING:
+    from camseg.dicom import Windowing
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
 def reply_size(shapes: Sequence[tuple[int, int]], *, heat_bytes: int = 0, mask_bits: bool = False, png: bool = False,
-               rle: bool = False, overlay: bool = False) -> int:
+               rle: bool = False, overlay: bool = False, dicom_seg: bool = False) -> int:
     """An upper estimate of a reply's bytes from the image sizes alone, before any work:
     heatmaps at ``heat_bytes`` a pixel, packed bits, worst-case PNG and run lengths (a
-    checkerboard), RGB overlays."""
+    checkerboard), RGB overlays, and DICOM SEGs (packed bits plus their header)."""
     per_pixel = heat_bytes + (0.125 if mask_bits else 0) + (1.01 if png else 0) + (1.0 if rle else 0) + (
-        3.01 if overlay else 0)
-    return int(sum(h * w * per_pixel + 512 for h, w in shapes))
+        3.01 if overlay else 0) + (0.125 if dicom_seg else 0)
+    return int(sum(h * w * per_pixel + 512 + (SEG_HEADER_BYTES if dicom_seg else 0) for h, w in shapes))
+
+
+SEG_HEADER_BYTES = 64 * 1024
+"""What a SEG adds to its frame's bits, at most: its attributes and the copied patient and
+study module of the source."""
 
 
 class SegmentationServicer(pb_grpc.SegmentationServicer):
@@ -60,6 +68,12 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         self.inflight = Budget(settings.max_inflight_values, "server's budget of decoded values in flight")
         # one batcher per loaded model: a version reloaded in place gets a new one
         self._batchers: dict[tuple[str, str, tuple[Any, ...]], DynamicBatcher] = {}
+        # DICOM images: windowed per modality unless the settings say otherwise
+        self.windowing: Windowing | None = None
+        if settings.dicom_window != "auto":
+            from camseg.dicom import Windowing
+
+            self.windowing = Windowing.parse(settings.dicom_window)
 
     async def close(self) -> None:
         for b in self._batchers.values():
@@ -79,7 +93,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
     def _decode(self, images: Any, budget: Budget, what: str = "image") -> list[FloatArray]:
         return codec.decode_images(images, max_images=self.settings.max_images, max_pixels=self.settings.max_pixels,
-                                   budget=budget, what=what)
+                                   budget=budget, what=what, windowing=self.windowing)
 
     def _batcher(self, served: ServedModel) -> DynamicBatcher:
         key = (served.name, served.version, served.signature)
@@ -179,11 +193,12 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         rule = options.threshold
         assert rule is not None
         enc = options.encodings
+        seg = codec.wants_dicom_seg(request)
 
         def decode(should_stop: Callable[[], bool]) -> tuple[list[FloatArray], list[BoolArray] | None]:
             self._check_reply(reply_size(codec.claimed_shapes(request.images), mask_bits=Encoding.MASK_BITS in enc,
                                          png=Encoding.MASK_PNG in enc, rle=Encoding.MASK_RLE in enc,
-                                         overlay=Encoding.OVERLAY_PNG in enc))
+                                         overlay=Encoding.OVERLAY_PNG in enc, dicom_seg=seg))
             images = self._decode(request.images, budget)
             truths = codec.decode_truths(request.truth_masks, len(images), max_images=self.settings.max_images,
                                          max_pixels=self.settings.max_pixels, budget=budget)
@@ -191,10 +206,18 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
 
         def work(should_stop: Callable[[], bool]) -> pb.SegmentResponse:
             res = run(served.model, images, options, truths=truths, should_stop=should_stop)
-            return pb.SegmentResponse(
-                masks=[codec.mask(served.model, r, img.id, rule) for r, img in zip(res.items, request.images,
-                                                                                   strict=True)],
-                model_name=served.name, model_version=served.version, mean_dice=res.mean_dice, recipe=from_recipe)
+            masks = [codec.mask(served.model, r, img.id, rule) for r, img in zip(res.items, request.images,
+                                                                                   strict=True)]
+            if seg:
+                from camseg.series import algorithm, instance_segmentation
+
+                algo = algorithm(served.model, options, {"model": served.name, "version": served.version})
+                for i, (m, r, img) in enumerate(zip(masks, res.items, request.images, strict=True)):
+                    assert r.mask is not None
+                    m.dicom_seg = instance_segmentation(img.encoded, r.mask, algo,
+                                                        name=codec.image_name("image", i, img))
+            return pb.SegmentResponse(masks=masks, model_name=served.name, model_version=served.version,
+                                      mean_dice=res.mean_dice, recipe=from_recipe)
 
         with self._budget() as budget:
             small = self._small([*request.images, *request.truth_masks])

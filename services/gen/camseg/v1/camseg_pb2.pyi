@@ -39,6 +39,7 @@ class MaskEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MASK_ENCODING_PACKED_BITS: _ClassVar[MaskEncoding]
     MASK_ENCODING_PNG: _ClassVar[MaskEncoding]
     MASK_ENCODING_RLE: _ClassVar[MaskEncoding]
+    MASK_ENCODING_DICOM_SEG: _ClassVar[MaskEncoding]
 
 class ThresholdKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -83,6 +84,7 @@ MASK_ENCODING_UNSPECIFIED: MaskEncoding
 MASK_ENCODING_PACKED_BITS: MaskEncoding
 MASK_ENCODING_PNG: MaskEncoding
 MASK_ENCODING_RLE: MaskEncoding
+MASK_ENCODING_DICOM_SEG: MaskEncoding
 THRESHOLD_KIND_UNSPECIFIED: ThresholdKind
 THRESHOLD_KIND_FIXED: ThresholdKind
 THRESHOLD_KIND_PERCENTILE: ThresholdKind
@@ -249,7 +251,7 @@ class SegmentRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., truth_masks: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., overlay_png: _Optional[bool] = ..., mask_encodings: _Optional[_Iterable[_Union[MaskEncoding, str]]] = ..., refine: _Optional[_Union[Refinement, str]] = ..., tta: _Optional[int] = ..., decision_threshold: _Optional[float] = ..., no_recipe: _Optional[bool] = ...) -> None: ...
 
 class Mask(_message.Message):
-    __slots__ = ("png", "packed_bits", "rle", "shape", "area", "threshold", "threshold_value", "gated", "dice", "classification", "overlay_png")
+    __slots__ = ("png", "packed_bits", "rle", "shape", "area", "threshold", "threshold_value", "gated", "dice", "classification", "overlay_png", "dicom_seg")
     PNG_FIELD_NUMBER: _ClassVar[int]
     PACKED_BITS_FIELD_NUMBER: _ClassVar[int]
     RLE_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +263,7 @@ class Mask(_message.Message):
     DICE_FIELD_NUMBER: _ClassVar[int]
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    DICOM_SEG_FIELD_NUMBER: _ClassVar[int]
     png: bytes
     packed_bits: bytes
     rle: _containers.RepeatedScalarFieldContainer[int]
@@ -272,7 +275,8 @@ class Mask(_message.Message):
     dice: float
     classification: Classification
     overlay_png: bytes
-    def __init__(self, png: _Optional[bytes] = ..., packed_bits: _Optional[bytes] = ..., rle: _Optional[_Iterable[int]] = ..., shape: _Optional[_Iterable[int]] = ..., area: _Optional[int] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., threshold_value: _Optional[float] = ..., gated: _Optional[bool] = ..., dice: _Optional[float] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., overlay_png: _Optional[bytes] = ...) -> None: ...
+    dicom_seg: bytes
+    def __init__(self, png: _Optional[bytes] = ..., packed_bits: _Optional[bytes] = ..., rle: _Optional[_Iterable[int]] = ..., shape: _Optional[_Iterable[int]] = ..., area: _Optional[int] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., threshold_value: _Optional[float] = ..., gated: _Optional[bool] = ..., dice: _Optional[float] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., dicom_seg: _Optional[bytes] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
     __slots__ = ("masks", "model_name", "model_version", "mean_dice", "recipe")
