@@ -1,4 +1,4 @@
-"""The service's subcommands of ``camseg`` (``serve``, ``client``) and its demo step.
+"""The service's subcommands of ``camseg`` (``serve``, ``client``, ``dicom-listen``) and its demo step.
 
 :mod:`camseg.cli` finds this module when the ``serve`` extra is installed; nothing here
 imports grpc until a command runs, so ``camseg --help`` stays fast.
@@ -38,6 +38,19 @@ def register(sub: Any) -> None:
     hc.add_argument("--plaintext", action="store_true")
     hc.add_argument("--ca", type=Path, default=None)
     hc.set_defaults(handler=health_check)
+
+    dl = sub.add_parser("dicom-listen", help="a DICOM C-STORE receiver: each series it is sent is segmented by the "
+                                             "workers and its SEG sent on (CAMSEG_DICOM_* settings; flags override)")
+    dl.add_argument("--ae-title", default=None, help="the listener's AE title (default CAMSEG)")
+    dl.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    dl.add_argument("--port", type=int, default=None, help="0 picks a free port (default 11112)")
+    dl.add_argument("--model", default=None, help="model name in the repository that segments")
+    dl.add_argument("--version", default=None, help="its version (default: the latest)")
+    dl.add_argument("--destination", default=None, help="AE@host:port for the SEGs; empty: file them under the "
+                                                        "output root")
+    dl.add_argument("--spool", type=Path, default=None, help="folder for received instances")
+    dl.add_argument("--metrics-port", type=int, default=None)
+    dl.set_defaults(handler=dicom_listen)
 
     cl = sub.add_parser("client", help="call a running camseg service")
     rpcs = cl.add_subparsers(dest="client_cmd", required=True, metavar="RPC")
@@ -86,6 +99,37 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         asyncio.run(run_server(serve_settings))
     except (ValueError, OSError) as exc:
+        print(f"camseg: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def dicom_listen(args: argparse.Namespace, settings: Settings) -> int:
+    """The DICOM receiver until SIGTERM or SIGINT (:mod:`services.dicom_listener`)."""
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from services.dicom_listener import ListenerSettings, serve
+
+    overrides: dict[str, Any] = {k: v for k, v in {
+        "dicom_ae_title": args.ae_title, "dicom_host": args.host, "dicom_port": args.port,
+        "dicom_model": args.model, "dicom_model_version": args.version, "dicom_destination": args.destination,
+        "dicom_spool": args.spool, "dicom_metrics_port": args.metrics_port,
+    }.items() if v is not None}
+    try:
+        listen_settings = ListenerSettings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        print(f"camseg: error: {problems}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve(listen_settings, stop)
+    except OSError as exc:
         print(f"camseg: error: {exc}", file=sys.stderr)
         return 2
     return 0
