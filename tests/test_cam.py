@@ -143,7 +143,7 @@ def x64() -> Tensor:
 
 
 # ------------------------------------------------------------------ the analytic identity
-@pytest.mark.parametrize("arch", ["densenet", "resnet", "mobilenet", "xception", "inception"])
+@pytest.mark.parametrize("arch", ["densenet", "resnet", "mobilenet", "xception", "inception", "nasnet"])
 def test_gradcam_equals_cam_up_to_scale(make_model: ModelFactory, arch: str) -> None:
     """GAP + linear head: dy_c/dA_k = W[c, k] / (h w), so Grad-CAM = CAM / (h w)."""
     model = make_model(arch, size=SIZE, seed=1)

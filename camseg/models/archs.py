@@ -1,9 +1,10 @@
 """Compact versions of the paper's architecture families, in plain torch.
 
 Guan & Loew compared Xception, InceptionV3, DenseNet121, ResNet50V2, NASNetMobile and
-MobileNetV2 on mammogram ROIs. These keep each family's defining block (pre-activation
-residuals, inverted residuals, dense connectivity, depthwise-separable residual flows,
-multi-branch inception modules) at a size that trains on two CPU cores in minutes.
+MobileNetV2 on mammogram ROIs; all six families are here. These keep each family's
+defining block (pre-activation residuals, inverted residuals, dense connectivity,
+depthwise-separable residual flows, multi-branch inception modules, NASNet-A normal and
+reduction cells) at a size that trains on two CPU cores in minutes.
 
 Every network downsamples 16x and keeps the last stage at that resolution (8x8 for a
 128-pixel ROI), so the default Grad-CAM layer, the last stage, is as sharp as the
@@ -12,7 +13,10 @@ family allows. ``width`` scales every channel count.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camseg.models.base import Classifier, ModelSpec, conv_bn_act, init_weights
@@ -132,9 +136,11 @@ def densenet(spec: ModelSpec) -> Classifier:
 
 # ---------------------------------------------------------------- Xception-style
 class SeparableConv(nn.Sequential):
-    def __init__(self, cin: int, cout: int):
-        super().__init__(nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=False),
-                         nn.BatchNorm2d(cout))
+    """Depthwise k x k (strided when asked), pointwise 1x1, BN."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1):
+        super().__init__(nn.Conv2d(cin, cin, k, stride, k // 2, groups=cin, bias=False),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
 
 
 class XceptionBlock(nn.Module):
@@ -217,12 +223,159 @@ def inception(spec: ModelSpec) -> Classifier:
     return Classifier(spec, stages, w * 16, cam_layer="stage4")
 
 
+# ---------------------------------------------------------------- NASNetMobile-style
+# The NASNet-A cells (Zoph et al., 2018, Fig. 4; tensorflow/models research/slim
+# nets/nasnet/nasnet_utils.py): ten ops and the hidden states they read, two per block.
+# Hidden state 0 is the cell's adjusted input h, 1 the adjusted h_prev, 2.. the blocks.
+NORMAL_OPS = ("sep5x5", "sep3x3", "sep5x5", "sep3x3", "avg3x3", "identity", "avg3x3", "avg3x3", "sep3x3",
+              "identity")
+NORMAL_INPUTS = (0, 1, 1, 1, 0, 1, 1, 1, 0, 0)
+REDUCTION_OPS = ("sep5x5", "sep7x7", "max3x3", "sep7x7", "avg3x3", "sep5x5", "identity", "avg3x3", "sep3x3",
+                 "max3x3")
+REDUCTION_INPUTS = (0, 1, 0, 1, 0, 1, 3, 2, 2, 0)
+
+
+class FactorizedReduction(nn.Module):
+    """Halve the resolution without discarding pixels: two strided 1x1 convolutions, one on
+    the even and one on the odd (shifted by one) pixel grid, concatenated, then BN
+    (NASNet's ``factorized_reduction``). ReLU first, as NASNet applies to h_prev."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.path1 = nn.Conv2d(cin, cout // 2, 1, 2, bias=False)
+        self.path2 = nn.Conv2d(cin, cout - cout // 2, 1, 2, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(x)
+        # shift by one pixel, zero-padded at the bottom/right, so path2 samples the odd grid
+        shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+        return self.bn(torch.cat([self.path1(x), self.path2(shifted)], dim=1))
+
+
+def _nasnet_op(name: str, channels: int, stride: int) -> nn.Module:
+    if name.startswith("sep"):
+        k = int(name[3])
+        # NASNet stacks ReLU-sepconv-BN twice per separable op; only the first one strides.
+        # The first ReLU must not be in place: the cell's hidden states feed several ops.
+        return nn.Sequential(nn.ReLU(), SeparableConv(channels, channels, k, stride),
+                             nn.ReLU(inplace=True), SeparableConv(channels, channels, k))
+    if name == "avg3x3":  # TF's SAME average pooling ignores the padding
+        return nn.AvgPool2d(3, stride, 1, count_include_pad=False)
+    if name == "max3x3":
+        return nn.MaxPool2d(3, stride, 1)
+    if name == "identity":
+        if stride == 1:
+            return nn.Identity()
+        return nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1, stride, bias=False),
+                             nn.BatchNorm2d(channels))
+    raise ValueError(f"unknown NASNet op {name!r}")
+
+
+class NasNetCell(nn.Module):
+    """One NASNet-A cell (Zoph et al., "Learning Transferable Architectures for Scalable
+    Image Recognition", CVPR 2018): h and h_prev are adjusted to ``channels`` with
+    ReLU-1x1 conv-BN (a factorized reduction where h_prev has twice h's resolution), five
+    blocks each add two ops of the hidden states, and the hidden states no block reads
+    are concatenated. Ops reading the cell's inputs (states 0 and 1) use ``stride``.
+
+    Use :class:`NormalCell` / :class:`ReductionCell`; ``out_channels`` is the width of the
+    concatenation."""
+
+    def __init__(self, ops: Sequence[str], inputs: Sequence[int], concat: Sequence[int], cin: int,
+                 cin_prev: int, channels: int, stride: int, prev_reduced: bool):
+        super().__init__()
+        self.adjust: nn.Module = nn.Sequential(nn.ReLU(), nn.Conv2d(cin, channels, 1, bias=False),
+                                               nn.BatchNorm2d(channels))
+        self.adjust_prev: nn.Module
+        if prev_reduced:
+            self.adjust_prev = FactorizedReduction(cin_prev, channels)
+        elif cin_prev != channels:
+            self.adjust_prev = nn.Sequential(nn.ReLU(), nn.Conv2d(cin_prev, channels, 1, bias=False),
+                                             nn.BatchNorm2d(channels))
+        else:
+            self.adjust_prev = nn.Identity()
+        self.inputs = tuple(inputs)
+        self.concat = tuple(concat)
+        self.ops = nn.ModuleList(
+            _nasnet_op(op, channels, stride if i < 2 else 1) for op, i in zip(ops, inputs, strict=True)
+        )
+        self.out_channels = len(self.concat) * channels
+
+    def forward(self, h: Tensor, h_prev: Tensor) -> Tensor:
+        states = [self.adjust(h), self.adjust_prev(h_prev)]
+        for b in range(0, len(self.ops), 2):
+            left, right = self.inputs[b], self.inputs[b + 1]
+            states.append(self.ops[b](states[left]) + self.ops[b + 1](states[right]))
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class NormalCell(NasNetCell):
+    """The NASNet-A normal cell (Zoph et al., 2018): stride 1, output h_prev and the five
+    blocks concatenated, ``6 * channels`` wide."""
+
+    def __init__(self, cin: int, cin_prev: int, channels: int, prev_reduced: bool = False):
+        super().__init__(NORMAL_OPS, NORMAL_INPUTS, (1, 2, 3, 4, 5, 6), cin, cin_prev, channels, 1, prev_reduced)
+
+
+class ReductionCell(NasNetCell):
+    """The NASNet-A reduction cell (Zoph et al., 2018): stride 2, output the four blocks no
+    other block reads concatenated, ``4 * channels`` wide."""
+
+    def __init__(self, cin: int, cin_prev: int, channels: int, prev_reduced: bool = False):
+        super().__init__(REDUCTION_OPS, REDUCTION_INPUTS, (3, 4, 5, 6), cin, cin_prev, channels, 2, prev_reduced)
+
+
+class NasNetStage(nn.Module):
+    """Cells in sequence, each reading the two previous outputs; a stage starts from
+    h_prev = h = its one input, so stages still pass a single tensor."""
+
+    def __init__(self, cin: int, plan: Sequence[tuple[str, int]]):
+        super().__init__()
+        cells: list[nn.Module] = []
+        prev, cur, reduced = cin, cin, False  # reduced: h_prev has twice h's resolution
+        for kind, channels in plan:
+            cell = (ReductionCell if kind == "reduction" else NormalCell)(cur, prev, channels, reduced)
+            cells.append(cell)
+            prev, cur, reduced = cur, cell.out_channels, kind == "reduction"
+        self.cells = nn.ModuleList(cells)
+        self.out_channels = cur
+
+    def forward(self, x: Tensor) -> Tensor:
+        h_prev, h = x, x
+        for cell in self.cells:
+            h_prev, h = h, cell(h, h_prev)
+        return h
+
+
+def nasnet(spec: ModelSpec) -> Classifier:
+    w = spec.width
+    f = max(2, w // 2)
+    # NASNet-A Mobile's layout (stem conv, two stem reduction cells, then stacks of normal
+    # cells separated by reduction cells, filters doubling at each reduction), with one
+    # or two normal cells per stack instead of four
+    s1 = NasNetStage(w, [("reduction", f)])
+    s2 = NasNetStage(s1.out_channels, [("reduction", 2 * f), ("normal", 2 * f)])
+    s3 = NasNetStage(s2.out_channels, [("reduction", 4 * f), ("normal", 4 * f)])
+    s4 = NasNetStage(s3.out_channels, [("normal", 4 * f), ("normal", 4 * f)])
+    stages = [
+        ("stem", nn.Sequential(nn.Conv2d(spec.in_channels, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w))),
+        ("stage1", s1),
+        ("stage2", s2),
+        ("stage3", s3),
+        # NASNet ends with a ReLU before the global pool: the cells' outputs are BN outputs
+        ("stage4", nn.Sequential(s4, nn.ReLU(inplace=True))),
+    ]
+    return Classifier(spec, stages, s4.out_channels, cam_layer="stage4")
+
+
 ARCHITECTURES = {
     "resnet": resnet,
     "mobilenet": mobilenet,
     "densenet": densenet,
     "xception": xception,
     "inception": inception,
+    "nasnet": nasnet,
 }
 
 PAPER_NAMES = {
@@ -231,6 +384,7 @@ PAPER_NAMES = {
     "densenet": "DenseNet121",
     "xception": "Xception",
     "inception": "InceptionV3",
+    "nasnet": "NASNetMobile",
 }
 
 
