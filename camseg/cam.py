@@ -470,6 +470,18 @@ def compute_cam(
     return CamResult(raw.render(out_size, normalise=normalise), raw.logits, raw.targets, raw.layers)
 
 
+def lesion_targets(model: CamNetwork, images: Tensor, positives: Sequence[int]) -> int | Tensor:
+    """The class each heatmap of ``images`` explains: the one lesion class for all, or with
+    several lesion classes (``positives``) each image's most probable of them."""
+    pos = tuple(positives)
+    if len(pos) == 1:
+        return pos[0]
+    with torch.inference_mode():
+        probs = torch.cat([torch.softmax(model(images[i : i + 64]), dim=1) for i in range(0, len(images), 64)])
+    lesion = torch.tensor(pos, device=probs.device)
+    return lesion[probs[:, lesion].argmax(1)]
+
+
 def cam_batches(
     model: CamNetwork, images: Tensor, *, batch_size: int = 64, method: str | CamMethod = CamMethod.GRADCAM,
     targets: Targets = None, layer: str | None = None,

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from camseg import figures
-from camseg.cam import METHODS, CamMethod, CamNetwork, cam_batches, parse_method
+from camseg.cam import METHODS, CamMethod, CamNetwork, cam_batches, lesion_targets, parse_method
 from camseg.data.folder import FolderDataset, atomic_directory
 from camseg.data.tensors import ArraySet, load_arrays
 from camseg.errors import InvalidInputError
@@ -95,13 +95,7 @@ def dice_sweep(
         raise InvalidInputError("the Dice sweep needs tumor ROIs with truth masks in the split")
     # the mean is over tumor ROIs and each mask depends on its own image only
     data = data.select(torch.nonzero(data.has_mask).flatten())
-    targets: int | torch.Tensor = pos[0]
-    if len(pos) > 1:  # each heatmap explains the most probable of the lesion classes
-        with torch.inference_mode():
-            probs = torch.cat([torch.softmax(model(data.images[i : i + 64]), dim=1)
-                               for i in range(0, len(data), 64)])
-        lesion = torch.tensor(pos)
-        targets = lesion[probs[:, lesion].argmax(1)]
+    targets = lesion_targets(model, data.images, pos)
     combos = [(m, lay) for m in methods for lay in (layer_names if m != CamMethod.FUSED else [model.cam_layer])]
     rows: list[SweepRow] = []
     tracker = Tracker(task, len(combos) * len(data), on_progress=on_progress, should_stop=should_stop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,6 +14,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 from scipy import ndimage
+
+if TYPE_CHECKING:  # camseg.location imports torch; figures needs it for the annotation only
+    from camseg.location import LocationRow
 
 _JET = matplotlib.colormaps["jet"]
 
@@ -127,6 +131,58 @@ def training_curves(path: Path, histories: Mapping[str, Sequence[Mapping[str, fl
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------- heat location
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def heat_location(path: Path, rows: Mapping[str, Sequence[LocationRow]], *,
+                  names: Mapping[str, str] | None = None) -> None:
+    """Share of heat on the ROI border (x) against share inside the mass (y), one point
+    per architecture (colour) and CAM method (marker), with the mean chance levels of a
+    uniform heatmap dashed (:mod:`camseg.location`). ``names`` maps architecture keys to
+    paper names (default :data:`camseg.models.PAPER_NAMES`); a row with a NaN share
+    (every map flat) is left out."""
+    from matplotlib.lines import Line2D
+
+    if names is None:
+        from camseg.models import PAPER_NAMES  # lazily: figures stays free of torch
+
+        names = PAPER_NAMES
+    methods = list(dict.fromkeys(r.method for arch_rows in rows.values() for r in arch_rows))
+    marker = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(methods)}
+    colours = matplotlib.colormaps["tab10"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    arch_handles = []
+    for i, (arch, arch_rows) in enumerate(rows.items()):
+        colour = colours(i % 10)
+        label = names.get(arch, arch)
+        arch_handles.append(Line2D([], [], color=colour, marker="o", ls="", label=label))
+        for r in arch_rows:
+            if np.isfinite(r.border) and np.isfinite(r.inside):
+                ax.scatter(r.border, r.inside, color=colour, marker=marker[r.method], s=36, edgecolors="black",
+                           linewidths=0.4, zorder=3)
+    every = [r for arch_rows in rows.values() for r in arch_rows]
+    chance_border = [r.chance_border for r in every if np.isfinite(r.chance_border)]
+    chance_inside = [r.chance_inside for r in every if np.isfinite(r.chance_inside)]
+    if chance_border:
+        ax.axvline(float(np.mean(chance_border)), color="gray", lw=0.9, ls="--")
+    if chance_inside:
+        ax.axhline(float(np.mean(chance_inside)), color="gray", lw=0.9, ls="--")
+    method_handles = [Line2D([], [], color="gray", marker=marker[m], ls="", label=m) for m in methods]
+    chance_handle = [Line2D([], [], color="gray", lw=0.9, ls="--", label="chance (uniform heatmap)")]
+    ax.legend(handles=arch_handles + method_handles + chance_handle, fontsize=7, loc="center left",
+              bbox_to_anchor=(1.02, 0.5))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("share of heat on the ROI border")
+    ax.set_ylabel("share of heat inside the mass")
+    ax.grid(alpha=0.3)
+    ax.set_title("Where the heatmaps sit (tumor ROIs, test split)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
