@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo quality test lint bench data-real redis tools protos clean
+.PHONY: demo quality paper test lint bench data-real redis tools protos clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: $(STAMP) redis
 quality: $(STAMP) redis
 	$(BIN)/camseg demo --profile quality --out quality-out
 
+# the paper's comparison alone: all six architectures, where their heatmaps sit, and the
+# filtered retraining of each (no recipes)
+paper: $(STAMP) redis
+	$(BIN)/camseg demo --profile paper --out paper-out --no-service
+
 test: $(STAMP) redis tools
 	PATH="$(CURDIR)/.tools/node_modules/.bin:$$PATH" $(BIN)/python -m pytest -q
 
@@ -53,4 +58,4 @@ bench: $(BENCH_STAMP) redis
 	$(BIN)/python bench/imported_bench.py
 
 clean:
-	rm -rf $(VENV) .tools demo-out quality-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools demo-out quality-out paper-out .pytest_cache .mypy_cache .ruff_cache

@@ -176,9 +176,10 @@ def _parser() -> argparse.ArgumentParser:
     lo.add_argument("--overwrite", action="store_true")
 
     d = sub.add_parser("demo", help="the whole method on synthetic data, with a report")
-    d.add_argument("--profile", default="demo", choices=("demo", "quality"),
-                   help="quality: more ROIs and epochs and three seeds (make quality); flags below override")
-    d.add_argument("--out", type=Path, default=None, help="default: demo-out, or quality-out")
+    d.add_argument("--profile", default="demo", choices=("demo", "quality", "paper"),
+                   help="quality: all six architectures, more ROIs and epochs and three seeds (make quality); paper: "
+                        "the paper's comparison alone, all six with no recipes (make paper); flags below override")
+    d.add_argument("--out", type=Path, default=None, help="default: demo-out, quality-out or paper-out")
     d.add_argument("--n", type=int, default=None)
     d.add_argument("--size", type=int, default=None)
     d.add_argument("--epochs", type=int, default=None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from camseg.data.synth import SynthConfig, synthesize
 from camseg.distill import DistillConfig
 from camseg.evaluation import DiceReport, evaluate_dice
 from camseg.export import export_model
+from camseg.location import LocationRow, evaluate_location, finding_markdown
 from camseg.modeldir import write_json
 from camseg.models import PAPER_NAMES
 from camseg.pipeline import LoadedModel, run
@@ -47,6 +48,8 @@ class DemoConfig:
     seed: int = 0
     filter_threshold: float = 0.5
     filter_arch: str | None = None  # default: the first architecture
+    filter_archs: tuple[str, ...] = ()  # retrain these instead of the one filter_arch (the paper's table: all)
+    location: bool = True  # where each model's heatmaps sit: inside the mass or along the ROI border
     dilated: bool = False  # dilation instead of stride in the last stage: a finer CAM layer, 2-4x the compute
     recipe: bool = True  # choose each model's recipe (TTA, gate, refinement, distillation) on val
     # the random walk, the slowest refiner (about a minute per model here), is measured by the quality run
@@ -62,10 +65,17 @@ class DemoConfig:
 
 # ``camseg demo --profile``: the demo within 15 minutes on two cores; the quality run
 # (``make quality``) with more ROIs, more epochs and two more seeds
+ALL_ARCHS = ("resnet", "inception", "densenet", "mobilenet", "xception", "nasnet")
+"""The paper's six families, in camseg's order."""
+
 PROFILES: dict[str, DemoConfig] = {
     "demo": DemoConfig(),
     "quality": DemoConfig(out=Path("quality-out"), n=4000, epochs=25, distill_epochs=10, seeds=(1, 2), real=True,
-                          refiners=("crf", "randomwalk", "watershed", "grabcut"), tta=(4, 8)),
+                          refiners=("crf", "randomwalk", "watershed", "grabcut"), tta=(4, 8), archs=ALL_ARCHS,
+                          filter_archs=ALL_ARCHS),
+    # the paper's comparison alone: all six classifiers, where their heatmaps sit, and the filtered
+    # retraining of each; no recipes
+    "paper": DemoConfig(out=Path("paper-out"), archs=ALL_ARCHS, filter_archs=ALL_ARCHS, recipe=False),
 }
 
 
@@ -136,6 +146,15 @@ def run_demo(cfg: DemoConfig, *, on_progress: OnProgress | None = None, say: Cal
         _overlays(out, arch, loaded[arch], data, reports[arch])
     step("dice")
 
+    locations: dict[str, list[LocationRow]] = {}
+    if cfg.location:
+        say(f"[3/{total}] where the heatmaps sit: heat inside the mass and along the ROI border, on the test "
+            "split's tumor ROIs")
+        for arch in cfg.archs:
+            locations[arch] = evaluate_location(loaded[arch], data, split="test", on_progress=on_progress)
+        figures.heat_location(out / "figures" / "heat_location.png", locations)
+        step("location")
+
     recipes: dict[str, Recipe] = {}
     if cfg.recipe:
         say(f"[3/{total}] recipes: test-time augmentation, gate, refinement and distillation, each kept where it "
@@ -153,11 +172,17 @@ def run_demo(cfg: DemoConfig, *, on_progress: OnProgress | None = None, say: Cal
                                      split="test", overlays=True, on_progress=on_progress) for arch in cfg.archs}
     step("segment")
 
-    farch = cfg.filter_arch or cfg.archs[0]
-    say(f"[5/{total}] filtered retraining of {farch} at t={cfg.filter_threshold}")
-    fres = filtered_retrain(dirs[farch], data, out / "filtered", thresholds=[cfg.filter_threshold],
-                            cfg=replace(train_cfg), seed=cfg.seed, on_progress=on_progress)
-    shutil.copy(out / "filtered" / "filtered_retraining.png", out / "figures" / "filtered_retraining.png")
+    farchs = cfg.filter_archs or (cfg.filter_arch or cfg.archs[0],)
+    filtered: dict[str, list[dict[str, Any]]] = {}
+    for k, farch in enumerate(farchs):
+        say(f"[5/{total}] filtered retraining of {farch} at t={cfg.filter_threshold}"
+            + (f" ({k + 1}/{len(farchs)})" if len(farchs) > 1 else ""))
+        fout = out / "filtered" if len(farchs) == 1 else out / "filtered" / farch
+        fres = filtered_retrain(dirs[farch], data, fout, thresholds=[cfg.filter_threshold],
+                                cfg=replace(train_cfg), seed=cfg.seed, on_progress=on_progress)
+        filtered[farch] = [asdict(r) for r in fres]
+        name = "filtered_retraining.png" if k == 0 else f"filtered_retraining_{farch}.png"
+        shutil.copy(fout / "filtered_retraining.png", out / "figures" / name)
     figures.training_curves(out / "figures" / "training.png", {a: m["history"] for a, m in models.items()})
     step("filtered")
 
@@ -187,13 +212,15 @@ def run_demo(cfg: DemoConfig, *, on_progress: OnProgress | None = None, say: Cal
     results = {"config": {**asdict(cfg), "out": str(cfg.out)},
                "models": {a: _model_summary(m) for a, m in models.items()},
                "dice": {a: r.to_dict() for a, r in reports.items()}, "segment": segments,
-               "filtered": [asdict(r) for r in fres], "steps": {s.title: s.data for s in extra},
+               "filtered": filtered[farchs[0]], "filtered_by_arch": filtered,
+               "location": {a: [asdict(r) for r in rows] for a, rows in locations.items()},
+               "steps": {s.title: s.data for s in extra},
                "recipes": {a: r.to_dict() for a, r in recipes.items()},
                "seeds": {str(k): v for k, v in seeds.items()}, "real": real,
                "timings_seconds": timings, "camseg_version": __version__}
     write_json(out / "results.json", results)
     report = out / "report.md"
-    report.write_text(_report(results, extra))
+    report.write_text(_report(results, extra, locations))
     say(f"done in {time.perf_counter() - t0:.0f} s")
     return report
 
@@ -366,7 +393,8 @@ def _recipe_section(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _report(res: dict[str, Any], extra: Sequence[StepResult]) -> str:
+def _report(res: dict[str, Any], extra: Sequence[StepResult],
+            locations: Mapping[str, Sequence[LocationRow]] | None = None) -> str:
     cfg = res["config"]
     lines = [
         "# camseg demo report",
@@ -425,8 +453,12 @@ def _report(res: dict[str, Any], extra: Sequence[StepResult]) -> str:
             lines += [("#" + ln if ln.startswith("#") else ln).replace("](figures/", "](real/figures/")
                       for ln in real["markdown"].splitlines()[1:]]
             lines += ["", "Figures and folds: `real/`."]
+    if locations:
+        lines += ["", "## The paper's finding", "", finding_markdown(locations), "",
+                  "![where the heatmaps sit](figures/heat_location.png)"]
     for step_result in extra:
         lines += ["", f"## {step_result.title}", "", step_result.markdown]
+    lines += _filtered_by_arch(res)
     lines += ["", "## Filtered retraining", "",
               "A fresh classifier of the same architecture is trained on heatmap-filtered train/val images and "
               "tested on filtered test images (Guan & Loew, Sec. III-C). *random* removes as many pixels as the hot "
@@ -443,5 +475,25 @@ def _report(res: dict[str, Any], extra: Sequence[StepResult]) -> str:
     return "\n".join(lines)
 
 
-__all__: Sequence[str] = ["PROFILES", "DemoConfig", "DemoContext", "DemoStep", "StepResult",
+def _filtered_by_arch(res: dict[str, Any]) -> list[str]:
+    """The paper's filtered-retraining table across architectures: test accuracy of a fresh
+    classifier per filter, the unfiltered model beside it."""
+    by_arch = res.get("filtered_by_arch") or {}
+    if len(by_arch) < 2:
+        return []
+    filters = list(dict.fromkeys(r["filter"] for rows in by_arch.values() for r in rows if r["filter"] != "none"))
+    t = next((r["threshold"] for rows in by_arch.values() for r in rows if r["threshold"] is not None), None)
+    lines = ["", "## Filtered retraining, every architecture", "",
+             f"Test accuracy of a fresh classifier trained and tested on heatmap-filtered images (t={t:g}); "
+             "*none* is the original model on the plain test set, *random* the ROAR control (as many pixels as the "
+             "hot area, removed at random).", "",
+             "| architecture | none | " + " | ".join(filters) + " |", "|---|" + "---:|" * (len(filters) + 1)]
+    for arch, rows in by_arch.items():
+        acc = {r["filter"]: r["accuracy"] for r in rows}
+        lines.append(f"| {arch} ({PAPER_NAMES[arch]}-style) | {_fmt(acc.get('none', float('nan')))} | "
+                     + " | ".join(_fmt(acc.get(f, float("nan"))) for f in filters) + " |")
+    return lines
+
+
+__all__: Sequence[str] = ["ALL_ARCHS", "PROFILES", "DemoConfig", "DemoContext", "DemoStep", "StepResult",
                           "run_demo"]

@@ -29,11 +29,18 @@ def test_demo_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         redis.Redis.from_url(url).flushdb()
     text = report.read_text()
     assert "## Mean Dice" in text and "## Filtered retraining" in text and "keep-cold" in text
+    # where the heatmaps sit, measured for the paper's claim about DenseNet121
+    assert "## The paper's finding" in text and "DenseNet121" in text
+    assert "holds" in text or "does not hold" in text
     figs = {p.name for p in (tmp_path / "demo" / "figures").iterdir()}
     assert {"training.png", "filtered_retraining.png", "dice_vs_threshold_densenet.png",
-            "overlays_densenet_paper.png", "overlays_densenet_best.png", "overlays_densenet_recipe.png"} <= figs
+            "overlays_densenet_paper.png", "overlays_densenet_best.png", "overlays_densenet_recipe.png",
+            "heat_location.png"} <= figs
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(res["dice"]["densenet"]["by_method"]) == {"gradcam", "gradcam++", "hirescam", "layercam", "fused"}
+    loc = {r["method"]: r for r in res["location"]["densenet"]}
+    assert set(loc) == set(res["dice"]["densenet"]["by_method"])
+    assert loc["gradcam"]["n"] == res["dice"]["densenet"]["n_report"] and 0 <= loc["gradcam"]["inside"] <= 1
     assert lines[0].startswith("[1/8]") and lines[-1].startswith("done")
     # the recipe: chosen on val, recorded with the model, its ablation in the report
     assert "## Recipes: each step chosen on val, reported on test" in text and "### Ablation: densenet" in text
