@@ -28,7 +28,8 @@ tools:
 demo: $(STAMP) redis
 	$(BIN)/camseg demo --out demo-out
 
-# the full segmentation-quality run: more ROIs and epochs, three seeds (under an hour on two cores)
+# the full segmentation-quality run: all six architectures, more ROIs and epochs, three seeds, each
+# architecture retrained on filtered images (hours on two cores)
 quality: $(STAMP) redis
 	$(BIN)/camseg demo --profile quality --out quality-out
 
