@@ -76,7 +76,7 @@ def test_heatmap_equal_to_mask() -> None:
     assert loc.peak_px == pytest.approx(math.hypot(3 - 2, 4.5 - 3))
     assert loc.peak_frac == pytest.approx(math.hypot(1, 1.5) / 10)
     assert loc.centroid_px == pytest.approx(0.0, abs=1e-12) and loc.centroid_frac == pytest.approx(0.0, abs=1e-12)
-    assert loc.hit and not loc.flat
+    assert loc.hit and not loc.flat and not loc.peak_border
 
 
 def test_heatmap_on_the_border_band() -> None:
@@ -85,6 +85,7 @@ def test_heatmap_on_the_border_band() -> None:
     mask = rect((20, 20), 8, 12, 8, 12)
     loc = locate(ring.double(), mask, band=0.1)
     assert loc.border == 1.0 and loc.inside == 0.0 and not loc.hit
+    assert loc.peak_border  # its peak is on the ring
     assert loc.chance_border == 144 / 400  # 400 - 16 x 16, exactly
     assert loc.border_enrichment == pytest.approx(400 / 144)
     assert torch.equal(border_band((20, 20), 0.1), ring)
@@ -234,7 +235,7 @@ def row_with(inside_e: float, border_e: float, method: str = "gradcam", **kw: fl
     """A row whose enrichments are ``inside_e`` and ``border_e`` (chance levels 0.1 and 0.4)."""
     base = dict(method=method, layer="stage4", n=10, flat=0, inside=0.1 * inside_e, border=0.4 * border_e,
                 chance_inside=0.1, chance_border=0.4, inside_enrichment=inside_e, border_enrichment=border_e,
-                peak_px=3.0, peak_frac=0.1, centroid_px=2.0, centroid_frac=0.0625, pointing=0.7)
+                peak_px=3.0, peak_frac=0.1, centroid_px=2.0, centroid_frac=0.0625, pointing=0.7, peak_on_border=0.2)
     base.update(kw)
     return LocationRow(**base)  # type: ignore[arg-type]
 
@@ -272,16 +273,16 @@ def test_finding_markdown() -> None:
     first_table = md.split("Every method:")[0]
     lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in first_table.splitlines() if ln.startswith("| ")}
     assert lines["ResNet50V2"].endswith("| border | holds |")
-    assert "| 0.050 (0.100) | 0.800 (0.400) | 0.500 / 2.000 | 3.000 px (10.0%) | 2.000 px (6.2%) | 0.700 |" \
-        in lines["ResNet50V2"]
+    assert ("| 0.050 (0.100) | 0.800 (0.400) | 0.500 / 2.000 | 3.000 px (10.0%) | 2.000 px (6.2%) | 0.700 (0.100) | "
+            "0.200 (0.400) | border | holds |") in lines["ResNet50V2"]
     assert lines["InceptionV3"].endswith("| neither | does not hold |")
     assert lines["Xception"].endswith("| mass | no claim |")
     assert "| 2.000 / 1.000 | - | 2.000 px (6.2%) |" in lines["Xception"]  # NaN peak distance
     assert lines["DenseNet121"].endswith("| not measured |")
     # the second table has every method
-    assert "| ResNet50V2 | layercam | stage4 | 0.300 | 0.400 | 0.700 | mass |" in md
-    assert "| DenseNet121 | layercam | stage4 | 0.050 | 1.200 | 0.700 | border |" in md
-    assert md.rstrip().endswith("The claim holds for 1 of 2 architectures with a claim (gradcam).")
+    assert "| ResNet50V2 | layercam | stage4 | 0.300 | 0.400 | 0.700 | 0.200 | mass |" in md
+    assert "| DenseNet121 | layercam | stage4 | 0.050 | 1.200 | 0.700 | 0.200 | border |" in md
+    assert "The claim holds for 1 of 2 architectures with a claim (gradcam)." in md
 
 
 def test_finding_markdown_at_another_method() -> None:
@@ -291,7 +292,7 @@ def test_finding_markdown_at_another_method() -> None:
     # names replace the paper names; an architecture without one keeps its key (NASNet its paper name)
     assert "| R | border | 10 (0) |" in md and "| inception | mass | 10 (0) |" in md
     assert "R" in md.splitlines()[0] and "NASNetMobile" in md.splitlines()[0]
-    assert md.rstrip().endswith("The claim holds for 3 of 3 architectures with a claim (layercam).")
+    assert "The claim holds for 3 of 3 architectures with a claim (layercam)." in md
 
 
 # ------------------------------------------------------------------ the sweep
@@ -447,3 +448,17 @@ def test_module_examples_and_claims() -> None:
     assert PAPER_CLAIMS == {"inception": "mass", "nasnet": "mass", "densenet": "border", "resnet": "border",
                             "mobilenet": "border", "xception": None}
     assert BORDER_BAND == 0.1
+
+
+def test_peaks_on_the_border_are_counted_against_the_bands_chance() -> None:
+    """Two 20x20 maps: one peaks on the 2-px ring, one in the middle; half the peaks are
+    on the border, whose chance is the ring's area, 144/400."""
+    ring, middle = torch.zeros(20, 20), torch.zeros(20, 20)
+    ring[0, 7] = 1.0
+    middle[10, 10] = 1.0
+    mask = torch.zeros(2, 20, 20, dtype=torch.bool)
+    mask[:, 8:12, 8:12] = True
+    items = locate_batch(torch.stack([ring, middle]), mask)
+    assert [it.peak_border for it in items] == [True, False]
+    row = summarize("gradcam", "stage4", items)
+    assert row.peak_on_border == 0.5 and row.chance_border == 144 / 400
