@@ -47,7 +47,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEnd
 
 import camseg
 from camseg.errors import InvalidInputError, NotFoundError, UnsupportedError
-from camseg.inputs import DEFAULT_MAX_PIXELS, Budget, Header, check_header, shown
+from camseg.inputs import DEFAULT_MAX_PIXELS, Budget, Header, check_header, is_dicom, shown
 
 logger = logging.getLogger(__name__)
 
@@ -228,20 +228,6 @@ def apply_window(values: npt.NDArray[Any], windowing: Windowing, *, modality: st
 
 
 # ---------------------------------------------------------------------- reading
-def is_dicom(data: bytes | Path) -> bool:
-    """A DICOM Part 10 file: ``DICM`` at byte 128 (reads at most 132 bytes of a path;
-    an unreadable path is not DICOM)."""
-    if isinstance(data, Path):
-        try:
-            with data.open("rb") as fh:
-                head = fh.read(132)
-        except OSError:
-            return False
-    else:
-        head = bytes(data[:132])
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 class _Truncated(Exception):
     """The file ends inside a data element."""
 
@@ -365,7 +351,8 @@ def _int(ds: Dataset, keyword: str, default: int | None, name: str) -> int:
         raise InvalidInputError(f"{name}: {keyword} {shown(value)} is not a number") from None
 
 
-def _header(ds: Dataset, name: str) -> Header:
+def dataset_header(ds: Dataset, name: str) -> Header:
+    """:func:`header` of a dataset already parsed (with or without its pixel data)."""
     if "Rows" not in ds or "Columns" not in ds:
         raise InvalidInputError(f"{name}: no pixel data (no Rows or Columns: not an image)")
     return Header(format="DICOM", height=_int(ds, "Rows", None, name), width=_int(ds, "Columns", None, name),
@@ -379,7 +366,7 @@ def header(data: bytes | Path, name: str) -> Header:
     Raises:
         InvalidInputError: as :func:`read_dataset`, or no Rows/Columns (not an image).
     """
-    return _header(read_dataset(data, name, pixels=False), name)
+    return dataset_header(read_dataset(data, name, pixels=False), name)
 
 
 # ---------------------------------------------------------------------- pixels
@@ -534,7 +521,7 @@ def decode_instance(data: bytes | Path, *, name: str = "image", windowing: Windo
         ResourceExhaustedError: the budget is spent.
     """
     head = read_dataset(data, name, pixels=False)
-    hdr = _header(head, name)
+    hdr = dataset_header(head, name)
     check_header(hdr, name, max_pixels)
     if budget is not None:
         palette = head.get("PhotometricInterpretation") == "PALETTE COLOR"
@@ -861,7 +848,7 @@ def load_series(files: Sequence[Path], name: str | None = None) -> Series:
                                 f"{examples}{more}; load one series at a time (scan() groups them)")
     uid = distinct[0]
     label = f"series {shown(name, quoted=False)}" if name else f"series {uid or '(no SeriesInstanceUID)'}"
-    shapes = [_header(ds, str(p)) for p, ds in zip(paths, headers, strict=True)]
+    shapes = [dataset_header(ds, str(p)) for p, ds in zip(paths, headers, strict=True)]
     first = shapes[0]
     for hdr, p in zip(shapes[1:], paths[1:], strict=True):
         if (hdr.height, hdr.width, hdr.samples) != (first.height, first.width, first.samples):

@@ -167,7 +167,7 @@ def is_dicom(data: bytes | Path) -> bool:
         except OSError:
             return False
     else:
-        head = data[:132]
+        head = bytes(data[:132])
     return len(head) == 132 and head[128:] == b"DICM"
 
 

@@ -145,7 +145,7 @@ def instance_segmentation(data: bytes | Path, mask: npt.NDArray[np.bool_], algo:
     """A DICOM SEG (Part 10 bytes) of one single-frame instance's ``(R, C)`` mask: what the
     service answers for an image that was a DICOM instance."""
     ds = dicom.read_dataset(data, name, pixels=False)
-    h = dicom.header(data, name)
+    h = dicom.dataset_header(ds, name)
     if h.pages != 1:
         raise InvalidInputError(f"{name}: a DICOM SEG of one image needs a single-frame instance, not {h.pages} frames")
     source = dicom.Series(uid=str(ds.get("SeriesInstanceUID", "")), name=name, modality=str(ds.get("Modality", "")),
