@@ -297,6 +297,19 @@ def _finishing(job_dir: Path) -> Any:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _finished_or_ready(job_dir: Path, m: Manifest, parts: str) -> dict[str, Any] | None:
+    """The summary of a job already finished; None when every part is done and the results
+    are still to write; raises when ``parts`` (chunks, series, ...) are missing."""
+    done = job_dir / SUMMARY
+    if done.is_file():
+        summary: dict[str, Any] = json.loads(done.read_text())
+        return summary
+    missing = pending_chunks(job_dir)
+    if missing:
+        raise InvalidInputError(f"job {m.job_id}: {len(missing)} {parts} are not done")
+    return None
+
+
 def finish_segment_job(job_dir: Path) -> dict[str, Any]:
     """Merge every chunk into ``results.csv`` and ``summary.json`` (written last) and
     gather the masks under ``masks/``; idempotent. Raises when chunks are missing."""
@@ -306,14 +319,9 @@ def finish_segment_job(job_dir: Path) -> dict[str, Any]:
 
 
 def _finish_segment_job(job_dir: Path) -> dict[str, Any]:
-    done = job_dir / SUMMARY
-    if done.is_file():
-        summary: dict[str, Any] = json.loads(done.read_text())
-        return summary
     m = read_manifest(job_dir)
-    missing = pending_chunks(job_dir)
-    if missing:
-        raise InvalidInputError(f"job {m.job_id}: {len(missing)} chunks are not done")
+    if (finished := _finished_or_ready(job_dir, m, "chunks")) is not None:
+        return finished
     rows: list[dict[str, Any]] = []
     masks = job_dir / "masks"
     masks.mkdir(exist_ok=True)
@@ -341,7 +349,7 @@ def _finish_segment_job(job_dir: Path) -> dict[str, Any]:
         "accuracy": float(np.mean([bool(r["correct"]) for r in ok])) if ok else math.nan,
         "created": m.created, "finished": time.time(), "seconds": round(time.time() - m.created, 3),
     }
-    _write_json(done, summary)
+    _write_json(job_dir / SUMMARY, summary)
     return summary
 
 
@@ -507,13 +515,8 @@ def finish(job_dir: Path) -> dict[str, Any]:
 
 
 def _finish_other(job_dir: Path, m: Manifest) -> dict[str, Any]:
-    done = job_dir / SUMMARY
-    if done.is_file():
-        summary: dict[str, Any] = json.loads(done.read_text())
-        return summary
-    missing = pending_chunks(job_dir)
-    if missing:
-        raise InvalidInputError(f"job {m.job_id}: {len(missing)} parts are not done")
+    if (finished := _finished_or_ready(job_dir, m, "parts")) is not None:
+        return finished
     base = {"job_id": m.job_id, "kind": m.kind, "model": m.model, "labels": m.labels, "data": m.data,
             "options": m.options, "created": m.created, "finished": time.time(),
             "seconds": round(time.time() - m.created, 3)}
@@ -530,7 +533,7 @@ def _finish_other(job_dir: Path, m: Manifest) -> dict[str, Any]:
         results = filtered_retrain(Path(m.model), Path(m.data), job_dir / "retrain", thresholds=thresholds,
                                    filters=filters, **_retrain_args(m))
         summary = {**base, "results": [asdict(r) for r in results]}
-    _write_json(done, summary)
+    _write_json(job_dir / SUMMARY, summary)
     return summary
 
 
@@ -612,13 +615,8 @@ def run_series_part(job_dir: Path, index: int, model: LoadedModel, *, should_sto
 def _finish_series_job(job_dir: Path, m: Manifest) -> dict[str, Any]:
     from camseg import series as ser
 
-    done = job_dir / SUMMARY
-    if done.is_file():
-        summary: dict[str, Any] = json.loads(done.read_text())
-        return summary
-    missing = pending_chunks(job_dir)
-    if missing:
-        raise InvalidInputError(f"job {m.job_id}: {len(missing)} series are not done")
+    if (finished := _finished_or_ready(job_dir, m, "series")) is not None:
+        return finished
     rows = []
     out = job_dir / "outputs"
     out.mkdir(exist_ok=True)
@@ -650,7 +648,7 @@ def _finish_series_job(job_dir: Path, m: Manifest) -> dict[str, Any]:
         "mean_dice": math.nan, "outputs": {r["name"]: r["output"] for r in ok},
         "created": m.created, "finished": time.time(), "seconds": round(time.time() - m.created, 3),
     }
-    _write_json(done, summary)
+    _write_json(job_dir / SUMMARY, summary)
     return summary
 
 
