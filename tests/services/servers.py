@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
 from services.process import ServeProcess, spawn
+
+T = TypeVar("T")
+WITHIN = 15.0  # seconds a change may take to show (polling every 0.3 s, plus a load and warm-up on a busy CPU)
+
+
+def wait_until(what: str, probe: Callable[[], T | None], within: float = WITHIN, *,
+               logs: Callable[[], str] | None = None) -> T:
+    """``probe()``'s first truthy value; AssertionError naming ``what`` (and the last value,
+    and ``logs()`` where given) after ``within`` s."""
+    deadline = time.monotonic() + within
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {within} s (last {last!r})" + (f"\n{logs()}" if logs else ""))
 
 
 @dataclass

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
@@ -36,12 +35,19 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, SegmentationStor
 from camseg.data.synth import SynthConfig, generate
 from tests.dicomdata import write_series
 from tests.jobs.workers import Worker, flushed_redis, free_port, start_worker
+from tests.services.servers import wait_until
 
 DB = 10  # the machine's Redis: a DB index of these tests' own
 READY = re.compile(r"camseg dicom-listen: (\S+) on (\S+):(\d+) \(metrics on (\d+|None)\)")
 
-pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("storescu", "storescp", "echoscu", "dciodvfy")),
-                                reason="dcmtk (storescu, storescp, echoscu) and dicom3tools (dciodvfy) are needed")
+
+
+@pytest.fixture(autouse=True)
+def dicom_tools() -> None:
+    """dcmtk and dicom3tools, which `make tools` installs: missing, these tests fail, never skip."""
+    missing = [t for t in ("storescu", "storescp", "echoscu", "dciodvfy") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: `make tools` (deploy/ensure-tools.sh) installs them")
 
 
 @dataclass
@@ -143,23 +149,13 @@ def worker(env: Env) -> Iterator[Worker]:
         w.log.unlink(missing_ok=True)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, logs: Callable[[], str] = str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{logs()}")
-
-
 def wait_port(port: int, timeout: float = 20.0) -> None:
     def accepting() -> bool:
         with socket.socket() as s:
             s.settimeout(0.5)
             return s.connect_ex(("127.0.0.1", port)) == 0
 
-    wait_for(f"port {port}", accepting, timeout)
+    wait_until(f"port {port}", accepting, timeout)
 
 
 def ct_volume(n: int = 4, size: int = 32) -> npt.NDArray[np.uint16]:
@@ -253,7 +249,7 @@ def test_quiet_period_completes_a_series_whose_association_stays_open(env: Env, 
         assert assoc.is_established
         try:
             assert [int(assoc.send_c_store(dcmread(f)).Status) for f in files[:2]] == [0, 0]
-            state = wait_for("the job", lambda: (st := env.state(series_uid)).get("submitted") and st, 30)
+            state = wait_until("the job", lambda: (st := env.state(series_uid)).get("submitted") and st, 30)
             assert state["state"] == "queued"
             job = env.out / state["job_id"]
             assert batch.read_manifest(job).kind == batch.SERIES
@@ -289,8 +285,8 @@ def test_series_is_segmented_sent_and_survives_restarts(env: Env, worker: Worker
         return (f"state {env.state(series_uid)}\n--- listener\n{first.log.read_text()[-3000:]}\n--- worker\n"
                 f"{worker.log.read_text(errors='replace')[-3000:]}")
 
-    state = wait_for("a failed send", lambda: (st := env.state(series_uid)).get("state") == "sending"
-                     and st.get("attempts", 0) >= 1 and st, 120, logs)
+    state = wait_until("a failed send", lambda: (st := env.state(series_uid)).get("state") == "sending"
+                       and st.get("attempts", 0) >= 1 and st, 120, logs=logs)
     assert state["job_id"] and "association" in state["reason"]
     assert first.value("camseg_dicom_instances_received_total", result="stored") == 4
     assert first.value("camseg_dicom_associations_total", result="accepted") == 1
@@ -308,8 +304,8 @@ def test_series_is_segmented_sent_and_survives_restarts(env: Env, worker: Worker
     try:
         wait_port(dest_port)
         second = launch(lenv)
-        wait_for("the SEG sent", lambda: env.state(series_uid).get("state") == "sent", 60,
-                 lambda: second.log.read_text()[-3000:])
+        wait_until("the SEG sent", lambda: env.state(series_uid).get("state") == "sent", 60,
+                   logs=lambda: second.log.read_text()[-3000:])
         assert second.value("camseg_dicom_sends_total", result="success") == 1
         assert second.value("camseg_dicom_series_pending") == 0
         received = sorted(dest_dir.iterdir())
@@ -327,8 +323,8 @@ def test_series_is_segmented_sent_and_survives_restarts(env: Env, worker: Worker
         third = launch(env.listener_env())
         again = storescu(third.port, [*files, *late])
         assert again.returncode == 0, again.stderr
-        wait_for("generation 2 filed", lambda: env.state(series_uid, 2).get("state") == "filed", 60,
-                 lambda: third.log.read_text()[-3000:])
+        wait_until("generation 2 filed", lambda: env.state(series_uid, 2).get("state") == "filed", 60,
+                   logs=lambda: third.log.read_text()[-3000:])
         assert sorted(p.name for p in (env.spool / series_uid).iterdir()) == ["1", "2"]
         assert len(list((env.spool / series_uid / "2" / "instances").iterdir())) == 6
         assert (env.spool / series_uid / "1" / "state.json").read_text() == sent_state

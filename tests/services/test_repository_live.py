@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -26,11 +26,9 @@ from camseg.modeldir import METADATA_FILE, MODEL_FILE, ONNX_FILE
 from camseg.pipeline import LoadedModel
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
-from tests.services.servers import Launcher, Server
+from tests.services.servers import Launcher, Server, wait_until
 
 Exported = tuple[Path, dict[str, Any]]
-T = TypeVar("T")
-WITHIN = 15.0  # seconds a change may take to show (polling every 0.3 s, plus a load and warm-up on a busy CPU)
 MIN_CALLS = 100
 FILES = (ONNX_FILE, MODEL_FILE, METADATA_FILE)
 
@@ -47,18 +45,6 @@ def add_version(exported: Exported, root: Path, name: str, version: str,
     dest = root / name / version
     staging.rename(dest)
     return dest
-
-
-def wait_until(what: str, probe: Callable[[], T | None], within: float = WITHIN) -> T:
-    """``probe()``'s first truthy value; AssertionError naming ``what`` after ``within`` s."""
-    deadline = time.monotonic() + within
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {within} s (last {last!r})")
 
 
 def listed(stub: pb_grpc.SegmentationStub) -> dict[str, tuple[list[str], str]]:
