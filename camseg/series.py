@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from camseg import dicom
 from camseg.errors import InvalidInputError, UnsupportedError
+from camseg.modeldir import atomic_write_bytes
 from camseg.pipeline import Encoding, LoadedModel, Options, run
 from camseg.progress import OnProgress, ShouldStop
 
@@ -125,9 +126,7 @@ def write_outputs(result: SeriesResult, out_dir: Path, output: str, algo: dicom.
     mask_file = out_dir / f"mask{SUFFIX[fmt]}"
     if fmt == "seg":
         seg = dicom.segmentation(result.mask, s, algo)
-        tmp = mask_file.with_name(f".{mask_file.name}.tmp")
-        tmp.write_bytes(dicom.to_bytes(seg))
-        tmp.replace(mask_file)
+        atomic_write_bytes(mask_file, dicom.to_bytes(seg))
     else:
         dicom.write_volume(mask_file, result.mask, s.geometry)
     heat_file = ""
