@@ -44,6 +44,7 @@ test: $(STAMP) redis tools
 lint: $(STAMP)
 	$(BIN)/ruff check camseg services jobs tests bench deploy
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 data-real: $(STAMP)
 	$(BIN)/camseg data real --out data/real --overwrite

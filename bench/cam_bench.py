@@ -7,7 +7,7 @@ trained one from ``--weights MODEL_DIR``), in eval mode, explains class 1 (tumor
 every image of a batch with three Grad-CAM implementations (Selvaraju et al., ICCV
 2017):
 
-* camseg: ``camseg.cam.compute_cam(..., size=(h, w), normalise=True)``; at the last
+* camseg: ``camseg.heat.cam.compute_cam(..., size=(h, w), normalise=True)``; at the last
   stage it takes the closed-form gradient of the GAP + linear head (no backward pass),
   elsewhere it runs the stages before the layer without autograd and differentiates
   only the tail;
@@ -18,7 +18,7 @@ every image of a batch with three Grad-CAM implementations (Selvaraju et al., IC
 
 Every call goes from images ``(N, C, S, S)`` in [0, 1] to heatmaps ``(N, h, w)`` at
 the layer's own resolution, ReLU'd and min-max normalised per map with
-``camseg.cam.normalise_maps`` (camseg does both inside ``compute_cam``), so the timed
+``camseg.heat.cam.normalise_maps`` (camseg does both inside ``compute_cam``), so the timed
 work and the compared output are the same for all three. ``model(x)`` normalises the
 input inside ``forward``, so every library sees the same contract.
 
@@ -87,8 +87,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from camseg.cam import compute_cam, normalise_maps
-from camseg.errors import CamsegError
+from camseg.core.errors import CamsegError
+from camseg.heat.cam import compute_cam, normalise_maps
 from camseg.models import Classifier, ModelSpec, build
 
 logger = logging.getLogger("cam_bench")
@@ -161,11 +161,11 @@ def _captum_session(model: Classifier, layer: str) -> Iterator[Runner]:
 def _camseg_onnx_session(model: Classifier, layer: str) -> Iterator[Runner]:
     """camseg's served path at the exported layer: one ONNX Runtime pass gives the
     probabilities and the layer's activations; the closed-form gradient of the GAP +
-    linear head weighs them (``camseg.cam.cam_from_activations``)."""
+    linear head weighs them (``camseg.heat.cam.cam_from_activations``)."""
     import onnxruntime as ort
 
-    from camseg.cam import cam_from_activations
-    from camseg.export import to_onnx
+    from camseg.heat.cam import cam_from_activations
+    from camseg.models.export import to_onnx
 
     if not model.has_linear_gap_head(layer):
         raise ValueError(f"the one-pass ONNX path exists only at the last stage, not {layer}")
@@ -276,7 +276,7 @@ def _load_average() -> float | None:
 # ------------------------------------------------------------------ inputs
 def load_model(args: argparse.Namespace) -> Classifier:
     if args.weights is not None:
-        from camseg.modeldir import load_model as load_dir
+        from camseg.models.modeldir import load_model as load_dir
 
         model, _ = load_dir(args.weights)
         if model.spec.arch != args.arch or model.spec.input_size != args.size:
@@ -548,7 +548,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-sample-ms", type=float, default=25.0, help="shortest timing sample (calls repeat)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh model's weights and the images")
-    p.add_argument("--weights", type=Path, default=None, help="a trained model directory (camseg.modeldir)")
+    p.add_argument("--weights", type=Path, default=None, help="a trained model directory (camseg.models.modeldir)")
     p.add_argument("--data", type=Path, default=None, help="a folder data set to take images from")
     p.add_argument(
         "--no-autograd-row",
@@ -616,7 +616,7 @@ def run(args: argparse.Namespace) -> int:
     speed = speedups(timings)
 
     report: dict[str, Any] = {
-        "benchmark": "Grad-CAM: camseg.cam.compute_cam vs torchcam.methods.GradCAM vs captum.attr.LayerGradCam",
+        "benchmark": "Grad-CAM: camseg.heat.cam.compute_cam vs torchcam.methods.GradCAM vs captum.attr.LayerGradCam",
         "environment": env,
         "config": {
             "arch": model.spec.arch,

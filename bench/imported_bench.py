@@ -7,9 +7,9 @@ One camseg classifier is trained briefly on synthetic ROIs (or taken from ``--we
 MODEL_DIR``, a camseg model directory) and exported to ONNX. Its ``model.onnx`` is then
 copied into a second folder with a ``camseg-model.json`` and no ``model.pt``, so camseg
 loads it as an imported model: ONNX Runtime classifies, and the graph converted node
-by node into torch (``camseg.onnxgraph``) gives Grad-CAM real gradients. Both load
-through ``camseg.pipeline.LoadedModel.load`` and explain through
-``camseg.pipeline.run(..., Options(threshold=None))``: the work of one Explain call
+by node into torch (``camseg.models.onnxgraph``) gives Grad-CAM real gradients. Both load
+through ``camseg.pipeline.run.LoadedModel.load`` and explain through
+``camseg.pipeline.run.run(..., Options(threshold=None))``: the work of one Explain call
 (prepare, heatmaps at each image's size), without the transport.
 
 Rows (images per second, ``--batch`` images per call):
@@ -54,14 +54,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from camseg.cam import CamMethod
 from camseg.data.folder import FolderDataset
 from camseg.data.synth import SynthConfig, synthesize
-from camseg.export import export_model
-from camseg.modelconfig import CONFIG_FILE, from_metadata
-from camseg.modeldir import ONNX_FILE, read_metadata
-from camseg.pipeline import Engine, LoadedModel, Options, run
-from camseg.training import TrainConfig, train_from_folder
+from camseg.heat.cam import CamMethod
+from camseg.models.export import export_model
+from camseg.models.modelconfig import CONFIG_FILE, from_metadata
+from camseg.models.modeldir import ONNX_FILE, read_metadata
+from camseg.models.training import TrainConfig, train_from_folder
+from camseg.pipeline.options import Engine, Options
+from camseg.pipeline.run import LoadedModel, run
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "imported_bench.json"
 

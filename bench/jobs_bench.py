@@ -5,7 +5,7 @@ What is measured
 One model (an exported camseg classifier with random weights: speed does not depend on
 them) segments ``--n`` synthetic 64 px ROIs as a bulk job:
 
-* in process: :func:`camseg.batch.run_local`, torch on every core (the baseline);
+* in process: :func:`camseg.bulk.batch.run_local`, torch on every core (the baseline);
 * through ``camseg worker --concurrency 1`` (one process, every core);
 * through ``camseg worker --concurrency 2`` (two processes, the cores split).
 
@@ -42,13 +42,14 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from camseg import batch  # noqa: E402
+from camseg.bulk import batch  # noqa: E402
 from camseg.data.synth import SynthConfig, synthesize  # noqa: E402
-from camseg.export import export_model  # noqa: E402
-from camseg.masks import parse_rule  # noqa: E402
-from camseg.modeldir import save_model  # noqa: E402
+from camseg.heat.masks import parse_rule  # noqa: E402
 from camseg.models import ModelSpec, build  # noqa: E402
-from camseg.pipeline import LoadedModel, Options  # noqa: E402
+from camseg.models.export import export_model  # noqa: E402
+from camseg.models.modeldir import save_model  # noqa: E402
+from camseg.pipeline.options import Options  # noqa: E402
+from camseg.pipeline.run import LoadedModel  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 OPTS = Options(threshold=parse_rule("p90"), gate=False)  # random weights: the gate would empty every mask
@@ -141,7 +142,8 @@ def in_process(root: Path, repo: Path, data: Path, chunk: int) -> dict[str, Any]
     job = batch.create_segment_job(root / "out-local", repo / "resnet" / "1", data, options=OPTS, chunk_size=chunk)
     summary = batch.run_local(job, model)
     seconds = time.perf_counter() - t0
-    return {"path": "camseg.batch.run_local (in process)", "images": summary["images"], "seconds": round(seconds, 2),
+    return {"path": "camseg.bulk.batch.run_local (in process)", "images": summary["images"],
+            "seconds": round(seconds, 2),
             "images_per_s": summary["images"] / seconds, "mean_dice": summary["mean_dice"]}
 
 

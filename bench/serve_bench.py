@@ -52,10 +52,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from camseg.data.synth import SynthConfig, synthesize  # noqa: E402
-from camseg.export import export_model  # noqa: E402
-from camseg.modeldir import save_model  # noqa: E402
 from camseg.models import ModelSpec, build  # noqa: E402
-from camseg.runtime import make_session  # noqa: E402
+from camseg.models.export import export_model  # noqa: E402
+from camseg.models.modeldir import save_model  # noqa: E402
+from camseg.models.runtime import make_session  # noqa: E402
 from services.gen.camseg.v1 import camseg_pb2 as pb  # noqa: E402
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc  # noqa: E402
 from services.process import spawn  # noqa: E402

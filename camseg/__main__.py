@@ -1,5 +1,5 @@
 import sys
 
-from camseg.cli import main
+from camseg.app.cli import main
 
 sys.exit(main())

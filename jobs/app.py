@@ -11,7 +11,7 @@ done by any live worker, which sweeps the unacknowledged tasks every
 ticks: a task of a killed worker waited 100 s or more past its visibility timeout) under a
 Redis lock that expires after :data:`RESTORE_LOCK_SECONDS` at most (kombu's 300 s would
 stall every redelivery behind a worker killed while it held the lock). The job folders on
-disk, not Redis, are the truth (:mod:`camseg.batch`).
+disk, not Redis, are the truth (:mod:`camseg.bulk.batch`).
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from camseg.cam import METHODS
-from camseg.demo import DemoStep
-from camseg.settings import Settings
+from camseg.app.demo import DemoStep
+from camseg.core.settings import Settings
+from camseg.heat.cam import METHODS
 
 
 def register(sub: Any) -> None:
@@ -135,9 +135,9 @@ def beat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from camseg.cam import parse_method
-    from camseg.masks import parse_rule
-    from camseg.pipeline import Options
+    from camseg.heat.cam import parse_method
+    from camseg.heat.masks import parse_rule
+    from camseg.pipeline.options import Options
     from jobs import submit
     from jobs.app import make_app
 
@@ -170,7 +170,7 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{sub.job_id}\t{sub.images} images in {sub.chunks} chunks")
         return _watch(s, sub.job_id) if args.watch else 0
     if args.jobs_cmd == "list":
-        from camseg import batch
+        from camseg.bulk import batch
 
         for st in batch.list_jobs(s.output_root):
             print(f"{st.job_id}\t{st.kind}\t{st.state.value}\t{st.images_done}/{st.images}")
@@ -194,7 +194,7 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
 def _watch(s: Any, job_id: str) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from camseg.batch import JobState
+    from camseg.bulk.batch import JobState
     from jobs import submit
 
     with Progress(TextColumn(f"[bold]{job_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[state]}"),

@@ -11,8 +11,8 @@ import sys
 import time
 from typing import Any
 
-from camseg import batch
-from camseg.demo import DemoContext, StepResult
+from camseg.app.demo import DemoContext, StepResult
+from camseg.bulk import batch
 from jobs.app import make_app
 from jobs.settings import JobSettings
 from jobs.submit import submit_segment

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from camseg.settings import Settings
+from camseg.core.settings import Settings
 
 
 class JobSettings(Settings):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from celery import Celery
 
-from camseg import batch
-from camseg.errors import InvalidInputError
-from camseg.pipeline import Options
-from camseg.repository import ModelStore
+from camseg.bulk import batch
+from camseg.core.errors import InvalidInputError
+from camseg.models.repository import ModelStore
+from camseg.pipeline.options import Options
 from jobs.settings import JobSettings
 from jobs.tasks import enqueue_pending, job_dir
 
@@ -61,7 +61,7 @@ def submit_series(app: Celery, settings: JobSettings, *, model: str, version: st
                   output: str = "auto", heatmaps: bool = False, windowing: str | None = None,
                   options: Options | None = None, job_id: str | None = None) -> Submitted:
     """Plan the segmentation of every DICOM series and NRRD/NIfTI volume under ``data``
-    (one SEG or mask volume each, :func:`camseg.batch.create_series_job`), then enqueue one
+    (one SEG or mask volume each, :func:`camseg.bulk.batch.create_series_job`), then enqueue one
     task per series."""
     path, data_dir, labels = _prepare(settings, model, version, data)
     job = batch.create_series_job(settings.output_root, path, data_dir, options=options, output=output,

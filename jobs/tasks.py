@@ -1,4 +1,4 @@
-"""The Celery tasks: thin adapters over :mod:`camseg.batch`.
+"""The Celery tasks: thin adapters over :mod:`camseg.bulk.batch`.
 
 Every task has an explicit name, takes a job id (and a chunk index), never pixels, and
 is idempotent: a chunk that is already done returns at once, a chunk run twice writes
@@ -19,10 +19,10 @@ import redis.exceptions
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
-from camseg import batch
-from camseg.errors import CamsegError, CancelledError, InvalidInputError
-from camseg.pipeline import LoadedModel
-from camseg.repository import signature
+from camseg.bulk import batch
+from camseg.core.errors import CamsegError, CancelledError, InvalidInputError
+from camseg.models.repository import signature
+from camseg.pipeline.run import LoadedModel
 from jobs.settings import JobSettings
 
 logger = logging.getLogger(__name__)

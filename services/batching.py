@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from camseg.errors import ResourceExhaustedError
+from camseg.core.errors import ResourceExhaustedError
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The service's subcommands of ``camseg`` (``serve``, ``client``, ``dicom-listen``) and its demo step.
 
-:mod:`camseg.cli` finds this module when the ``serve`` extra is installed; nothing here
+:mod:`camseg.app.cli` finds this module when the ``serve`` extra is installed; nothing here
 imports grpc until a command runs, so ``camseg --help`` stays fast.
 """
 
@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from camseg.cam import METHODS
-from camseg.demo import DemoStep
-from camseg.settings import Settings
+from camseg.app.demo import DemoStep
+from camseg.core.settings import Settings
+from camseg.heat.cam import METHODS
 
 
 def register(sub: Any) -> None:

@@ -20,8 +20,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from camseg import codecs
-from camseg.errors import (
+from camseg.core.errors import (
     CamsegError,
     CancelledError,
     InvalidInputError,
@@ -30,7 +29,8 @@ from camseg.errors import (
     UnavailableError,
     UnsupportedError,
 )
-from camseg.masks import parse_rule
+from camseg.heat.masks import parse_rule
+from camseg.io import codecs
 from services.codec import method_to_pb, rule_to_pb
 from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
 

@@ -1,5 +1,5 @@
 """The one place where ``camseg.v1`` messages meet the core's values: requests become
-decoded arrays and :class:`camseg.pipeline.Options`, results become messages. The
+decoded arrays and :class:`camseg.pipeline.options.Options`, results become messages. The
 servicer and :mod:`services.client` both use it."""
 
 from __future__ import annotations
@@ -11,28 +11,20 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from camseg import codecs
-from camseg.cam import CamMethod, parse_method
-from camseg.errors import InvalidInputError
-from camseg.inputs import (
-    BoolArray,
-    Budget,
-    FloatArray,
-    array_to_float,
-    decode_image,
-    decode_mask,
-    is_dicom,
-    mask_from_array,
-    read_header,
-    shown,
-)
-from camseg.masks import ThresholdRule
-from camseg.pipeline import Encoding, ImageResult, LoadedModel, Options
-from camseg.refine import Refiner
+from camseg.core.errors import InvalidInputError, shown
+from camseg.core.types import BoolArray, FloatArray
+from camseg.heat.cam import CamMethod, parse_method
+from camseg.heat.masks import ThresholdRule
+from camseg.heat.refine import Refiner
+from camseg.io import codecs
+from camseg.io.guards import Budget, array_to_float, is_dicom
+from camseg.io.inputs import decode_image, decode_mask, mask_from_array, read_header
+from camseg.pipeline.options import Encoding, Options
+from camseg.pipeline.run import ImageResult, LoadedModel
 from services.gen.camseg.v1 import camseg_pb2 as pb
 
 if TYPE_CHECKING:
-    from camseg.dicom import Windowing
+    from camseg.core.windowing import Windowing
 
 METHOD_FROM_PB: dict[int, CamMethod] = {
     pb.CAM_METHOD_UNSPECIFIED: CamMethod.GRADCAM,

@@ -8,8 +8,8 @@ import time
 import urllib.request
 from typing import Any
 
+from camseg.app.demo import DemoContext, StepResult
 from camseg.data.folder import FolderDataset
-from camseg.demo import DemoContext, StepResult
 from services.client import SegmentationClient
 from services.process import spawn
 

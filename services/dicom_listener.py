@@ -72,11 +72,10 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from camseg import batch
-from camseg.errors import CamsegError
-from camseg.inputs import shown
-from camseg.modeldir import atomic_write_bytes
-from camseg.repository import ModelStore
+from camseg.bulk import batch
+from camseg.core.errors import CamsegError, shown
+from camseg.models.modeldir import atomic_write_bytes
+from camseg.models.repository import ModelStore
 from jobs.settings import JobSettings
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from camseg.errors import CamsegError
+from camseg.core.errors import CamsegError
 from services.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)

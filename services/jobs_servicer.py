@@ -1,7 +1,7 @@
 """``camseg.v1.Jobs``: submitting and following the workers' bulk jobs over gRPC.
 
 A thin adapter over :mod:`jobs.submit` (which checks every input before anything is
-read and queues the parts) and :mod:`camseg.batch` (a job's state, read from its
+read and queues the parts) and :mod:`camseg.bulk.batch` (a job's state, read from its
 folder). Blocking work runs in a thread pool, never on the event loop.
 """
 
@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from camseg import batch
-from camseg.errors import InvalidInputError
-from camseg.pipeline import Options
+from camseg.bulk import batch
+from camseg.core.errors import InvalidInputError
+from camseg.pipeline.options import Options
 from jobs import submit
 from jobs.settings import JobSettings
 from services import codec

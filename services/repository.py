@@ -16,10 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from camseg.errors import CamsegError, InvalidInputError, NotFoundError, UnavailableError
-from camseg.inputs import shown
-from camseg.pipeline import LoadedModel
-from camseg.repository import ModelStore, Signature, signature, version_key
+from camseg.core.errors import CamsegError, InvalidInputError, NotFoundError, UnavailableError, shown
+from camseg.models.repository import ModelStore, Signature, signature, version_key
+from camseg.pipeline.run import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ Snapshot = Mapping[str, Mapping[str, ServedModel]]
 
 
 class ModelRepository:
-    """The served snapshot of a :class:`camseg.repository.ModelStore`, refreshed by polling."""
+    """The served snapshot of a :class:`camseg.models.repository.ModelStore`, refreshed by polling."""
 
     def __init__(self, root: Path | str, *, providers: str = "auto", ort_threads: int = 0, ort_spinning: bool = True,
                  on_load: Callable[[ServedModel], None] | None = None,

@@ -2,7 +2,7 @@
 
 Each RPC decodes its request (:mod:`services.codec`), calls one core function
 (:func:`camseg.pipeline.run`, or the model's classifier through the dynamic batcher)
-and encodes the answer. Errors are raised as :class:`~camseg.errors.CamsegError` and
+and encodes the answer. Errors are raised as :class:`~camseg.core.errors.CamsegError` and
 turned into status codes by the interceptor.
 """
 
@@ -20,10 +20,12 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from camseg.errors import CancelledError, ResourceExhaustedError
-from camseg.inputs import BoolArray, Budget, FloatArray
-from camseg.pipeline import Encoding, run
-from camseg.repository import version_key
+from camseg.core.errors import CancelledError, ResourceExhaustedError
+from camseg.core.types import BoolArray, FloatArray
+from camseg.io.guards import Budget
+from camseg.models.repository import version_key
+from camseg.pipeline.options import Encoding
+from camseg.pipeline.run import run
 from services import codec
 from services.batching import DynamicBatcher
 from services.gen.camseg.v1 import camseg_pb2 as pb
@@ -33,7 +35,7 @@ from services.repository import ModelRepository, ServedModel
 from services.settings import ServeSettings
 
 if TYPE_CHECKING:
-    from camseg.dicom import Windowing
+    from camseg.core.windowing import Windowing
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         # DICOM images: windowed per modality unless the settings say otherwise
         self.windowing: Windowing | None = None
         if settings.dicom_window != "auto":
-            from camseg.dicom import Windowing
+            from camseg.core.windowing import Windowing
 
             self.windowing = Windowing.parse(settings.dicom_window)
 
@@ -209,7 +211,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             masks = [codec.mask(served.model, r, img.id, rule) for r, img in zip(res.items, request.images,
                                                                                    strict=True)]
             if seg:
-                from camseg.series import algorithm, instance_segmentation
+                from camseg.bulk.series import algorithm, instance_segmentation
 
                 algo = algorithm(served.model, options, {"model": served.name, "version": served.version})
                 for i, (m, r, img) in enumerate(zip(masks, res.items, request.images, strict=True)):

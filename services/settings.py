@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from camseg.settings import Settings
+from camseg.core.settings import Settings
 
 MiB = 1024 * 1024
 

@@ -89,7 +89,7 @@ def trained_dir(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
     Shared: tests that write into a model directory copy it first.
     """
-    from camseg.training import TrainConfig, train_from_folder
+    from camseg.models.training import TrainConfig, train_from_folder
 
     out = tmp_path_factory.mktemp("models") / "tiny-densenet"
     train_from_folder(
@@ -109,7 +109,7 @@ def exported(trained_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     """A copy of :func:`trained_dir` exported to ONNX, with the metadata export wrote."""
     import shutil
 
-    from camseg.export import export_model
+    from camseg.models.export import export_model
 
     model_dir = tmp_path_factory.mktemp("export") / "m"
     shutil.copytree(trained_dir, model_dir)

@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from camseg.codecs import encode_png
+from camseg.io.codecs import encode_png
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from camseg.data.synth import SynthConfig, synthesize
-from camseg.export import export_model
-from camseg.modeldir import load_model
 from camseg.models import ARCHITECTURES, PAPER_NAMES
-from camseg.training import TrainConfig, train_from_folder
+from camseg.models.export import export_model
+from camseg.models.modeldir import load_model
+from camseg.models.training import TrainConfig, train_from_folder
 
 SIZE = 64
 

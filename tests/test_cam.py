@@ -1,7 +1,7 @@
-"""camseg.cam: the analytic CAM identity, autograd vs independent references, purity,
+"""camseg.heat.cam: the analytic CAM identity, autograd vs independent references, purity,
 thread safety and argument errors.
 
-References here are written independently of ``camseg.cam``: activations come from a
+References here are written independently of ``camseg.heat.cam``: activations come from a
 forward hook on ``model.forward`` (not ``run_until``/``run_from``), gradients from
 ``torch.autograd.grad`` on the full graph, and the four combination rules are
 re-implemented from their papers.
@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camseg.cam import (
+from camseg.core.errors import InvalidInputError, NotFoundError
+from camseg.heat.cam import (
     METHODS,
     CamMethod,
     RawCam,
@@ -32,7 +33,6 @@ from camseg.cam import (
     tta_cam,
     undo_dihedral,
 )
-from camseg.errors import InvalidInputError, NotFoundError
 from camseg.models import Classifier
 
 ModelFactory = Callable[..., Classifier]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from camseg.cli import main
+from camseg.app.cli import main
 
 
 def camseg(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""camseg.codecs: PNG, packed-bit, run-length and raw-array encodings."""
+"""camseg.io.codecs: PNG, packed-bit, run-length and raw-array encodings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from camseg.codecs import (
+from camseg.core.errors import InvalidInputError
+from camseg.io.codecs import (
     encode_png,
     from_run_lengths,
     packed_bits,
@@ -21,7 +22,6 @@ from camseg.codecs import (
     unpack_bits,
     write_png,
 )
-from camseg.errors import InvalidInputError
 
 masks = hnp.arrays(np.bool_, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=24))
 

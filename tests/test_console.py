@@ -1,9 +1,9 @@
-"""camseg.console: the command line's rich bars over the core's progress callbacks."""
+"""camseg.app.console: the command line's rich bars over the core's progress callbacks."""
 
 from __future__ import annotations
 
-from camseg.console import progress_bars
-from camseg.progress import Progress, Tracker
+from camseg.app.console import progress_bars
+from camseg.core.progress import Progress, Tracker
 
 
 def test_disabled_gives_no_callback() -> None:

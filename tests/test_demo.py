@@ -1,4 +1,4 @@
-"""camseg.demo: the whole method on a tiny synthetic set, with the service step handed in."""
+"""camseg.app.demo: the whole method on a tiny synthetic set, with the service step handed in."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from camseg.settings import Settings
+from camseg.core.settings import Settings
 
 
 def test_demo_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import redis
 
-    from camseg.demo import DemoConfig, run_demo
+    from camseg.app.demo import DemoConfig, run_demo
     from jobs.cli import demo_steps as job_steps
     from services.cli import demo_steps
 

@@ -1,4 +1,4 @@
-"""camseg.dicom on pydicom's bundled test files and on small series written by tests.dicomdata.
+"""camseg.io.dicom on pydicom's bundled test files and on small series written by tests.dicomdata.
 
 Nothing is downloaded: pydicom's files come from its wheel (``get_testdata_file`` with
 ``download=False``); every other instance is written in ``tmp_path``.
@@ -25,11 +25,13 @@ from pydicom.pixels import apply_rescale
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
-from camseg import dicom
-from camseg.data.volumes import read_volume
-from camseg.dicom import Algorithm, Geometry, Windowing
-from camseg.errors import InvalidInputError, NotFoundError, ResourceExhaustedError, UnsupportedError
-from camseg.inputs import Budget
+from camseg.core import windowing as win
+from camseg.core.errors import InvalidInputError, NotFoundError, ResourceExhaustedError, UnsupportedError
+from camseg.core.windowing import Windowing
+from camseg.io import dicom, guards
+from camseg.io.dicom import Algorithm, Geometry
+from camseg.io.guards import Budget
+from camseg.io.volume import read_volume
 from tests.dicomdata import normal, write_multiframe, write_series
 
 with warnings.catch_warnings():  # nibabel warns on import that its DICOM readers are experimental
@@ -144,9 +146,9 @@ def test_rgb_multiframe_loads_frames_without_geometry() -> None:
 
 
 def test_header_reads_size_samples_and_frames_without_pixels() -> None:
-    assert dicom.header(pydicom_file("CT_small.dcm"), "ct") == dicom.Header("DICOM", 128, 128, 1, 1)
-    assert dicom.header(pydicom_file("rtdose.dcm").read_bytes(), "dose") == dicom.Header("DICOM", 10, 10, 1, 15)
-    assert dicom.header(pydicom_file("SC_rgb_rle_2frame.dcm"), "sc") == dicom.Header("DICOM", 100, 100, 3, 2)
+    assert dicom.header(pydicom_file("CT_small.dcm"), "ct") == guards.Header("DICOM", 128, 128, 1, 1)
+    assert dicom.header(pydicom_file("rtdose.dcm").read_bytes(), "dose") == guards.Header("DICOM", 10, 10, 1, 15)
+    assert dicom.header(pydicom_file("SC_rgb_rle_2frame.dcm"), "sc") == guards.Header("DICOM", 100, 100, 3, 2)
 
 
 def test_no_pixel_data_names_the_instance() -> None:
@@ -175,10 +177,10 @@ def test_transfer_syntax_without_a_decoder_is_unsupported(tmp_path: Path, uid: s
 # --------------------------------------------------------------------- reading hostile input
 def test_is_dicom_reads_the_magic() -> None:
     raw = pydicom_file("CT_small.dcm").read_bytes()
-    assert dicom.is_dicom(raw) and dicom.is_dicom(pydicom_file("CT_small.dcm"))
-    assert not dicom.is_dicom(raw[:131])
-    assert not dicom.is_dicom(b"\0" * 128 + b"DICX")
-    assert not dicom.is_dicom(Path("/nonexistent/file.dcm"))
+    assert guards.is_dicom(raw) and guards.is_dicom(pydicom_file("CT_small.dcm"))
+    assert not guards.is_dicom(raw[:131])
+    assert not guards.is_dicom(b"\0" * 128 + b"DICX")
+    assert not guards.is_dicom(Path("/nonexistent/file.dcm"))
 
 
 def test_read_dataset_refuses_non_dicom_truncated_and_missing(tmp_path: Path) -> None:
@@ -267,7 +269,7 @@ def test_windowing_parse_values() -> None:
     assert Windowing.parse("brain") == Windowing("window", center=40.0, width=80.0)
     assert str(Windowing.parse("bone")) == "400,1800"
     assert Windowing.parse("PERCENTILES: 2, 98") == Windowing("percentiles", low=2.0, high=98.0)
-    assert dicom.PRESETS["mediastinum"] == (50, 350) and dicom.DEFAULT_PERCENTILES == (0.5, 99.5)
+    assert win.PRESETS["mediastinum"] == (50, 350) and win.DEFAULT_PERCENTILES == (0.5, 99.5)
 
 
 @pytest.mark.parametrize(("text", "why"), [("", "expected auto"), ("bright", "expected auto"), ("40", "expected"),
@@ -283,9 +285,9 @@ def test_windowing_parse_errors_name_the_text(text: str, why: str) -> None:
 
 def test_apply_window_edges() -> None:
     flat = np.full((3, 4), 7.0)
-    assert not dicom.apply_window(flat, Windowing.parse("percentiles:1,99")).any()
-    np.testing.assert_array_equal(dicom.apply_window(flat, Windowing.parse("7,10")), 0.5)
-    out = dicom.apply_window(np.array([np.nan, 0.0, 10.0, np.inf]), Windowing.parse("percentiles:0,100"))
+    assert not win.apply_window(flat, Windowing.parse("percentiles:1,99")).any()
+    np.testing.assert_array_equal(win.apply_window(flat, Windowing.parse("7,10")), 0.5)
+    out = win.apply_window(np.array([np.nan, 0.0, 10.0, np.inf]), Windowing.parse("percentiles:0,100"))
     np.testing.assert_array_equal(out, [0.0, 0.0, 1.0, 0.0])
     with pytest.raises(InvalidInputError):
         Windowing("window", center=1.0)
@@ -295,7 +297,7 @@ def test_monochrome1_is_mirrored_so_bright_is_dense() -> None:
     ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     ds.WindowCenter, ds.WindowWidth = "40", "400"
     mono2 = dicom.frames(ds, "m2")
-    as_mono2 = dicom.apply_window(mono2, Windowing("dicom"), voi=dicom.voi(ds))
+    as_mono2 = win.apply_window(mono2, Windowing("dicom"), voi=dicom.voi(ds))
     ds.PhotometricInterpretation = "MONOCHROME1"
     mono1 = dicom.frames(ds, "m1")
     # int16 stored range [-32768, 32767] through the -1024 rescale: mirror -33792 + 31743 = -2049.
@@ -303,12 +305,12 @@ def test_monochrome1_is_mirrored_so_bright_is_dense() -> None:
     stored = ds.pixel_array
     assert np.unravel_index(np.argmax(mono1[0]), stored.shape) == np.unravel_index(np.argmin(stored), stored.shape)
     assert dicom.voi(ds) == (-2049.0 - 40.0, 400.0)
-    as_mono1 = dicom.apply_window(mono1, Windowing("dicom"), voi=dicom.voi(ds))
+    as_mono1 = win.apply_window(mono1, Windowing("dicom"), voi=dicom.voi(ds))
     np.testing.assert_allclose(as_mono1, 1.0 - as_mono2, atol=1e-6)  # the VOI window selects the same tissue
     data = io.BytesIO()
     ds.save_as(data, enforce_file_format=True)
     percent = dicom.decode_instance(data.getvalue(), name="m1", windowing=Windowing.parse("percentiles:1,99"))
-    np.testing.assert_allclose(percent, 1.0 - dicom.apply_window(mono2, Windowing.parse("percentiles:1,99"))[0],
+    np.testing.assert_allclose(percent, 1.0 - win.apply_window(mono2, Windowing.parse("percentiles:1,99"))[0],
                                atol=1e-6)
 
 

@@ -1,4 +1,4 @@
-"""camseg.distill: pseudo-labels with an ignored band, a student that learns from them,
+"""camseg.study.distill: pseudo-labels with an ignored band, a student that learns from them,
 truth masks never read, and an ONNX student that matches torch."""
 
 from __future__ import annotations
@@ -13,28 +13,25 @@ import numpy as np
 import pytest
 import torch
 
-from camseg.codecs import write_png
+from camseg.core.errors import InvalidInputError
+from camseg.core.metrics import dice
 from camseg.data.folder import FolderDataset, read_mask
-from camseg.distill import (
+from camseg.io.codecs import write_png
+from camseg.models.export import ExportParityError
+from camseg.models.unet import UNet
+from camseg.pipeline.run import LoadedModel
+from camseg.pipeline.student import DistillConfig, Student, load_student, student_heatmaps
+from camseg.study.distill import (
     IGNORE,
-    DistillConfig,
-    Student,
     augment_pair,
     dilate,
     distill,
     distill_inputs,
     distill_loss,
-    load_student,
     pseudo_labels,
     save_student,
-    student_heatmaps,
     train_student,
 )
-from camseg.errors import InvalidInputError
-from camseg.export import ExportParityError
-from camseg.metrics import dice
-from camseg.models.unet import UNet
-from camseg.pipeline import LoadedModel
 
 SIZE = 32
 CPU = "CPUExecutionProvider"

@@ -1,10 +1,10 @@
-"""camseg.errors: every error names the status code an adapter maps it to."""
+"""camseg.core.errors: every error names the status code an adapter maps it to."""
 
 from __future__ import annotations
 
 import pytest
 
-from camseg import errors
+from camseg.core import errors
 
 
 @pytest.mark.parametrize(

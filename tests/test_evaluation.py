@@ -1,4 +1,4 @@
-"""camseg.evaluation: the Dice sweep and the protocol (chosen on val, reported on test)."""
+"""camseg.study.evaluation: the Dice sweep and the protocol (chosen on val, reported on test)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from camseg.core.errors import InvalidInputError
 from camseg.data.folder import Record, write_dataset
 from camseg.data.tensors import ArraySet
-from camseg.errors import InvalidInputError
-from camseg.evaluation import DiceReport, best_row, dice_sweep, evaluate_dice, paper_rows, split_arrays
-from camseg.modeldir import load_model
+from camseg.models.modeldir import load_model
+from camseg.study.evaluation import DiceReport, best_row, dice_sweep, evaluate_dice, paper_rows, split_arrays
 
 SIZE = 32
 

@@ -1,4 +1,4 @@
-"""camseg.export: ONNX with a dynamic batch, parity recorded, one-pass heatmaps,
+"""camseg.models.export: ONNX with a dynamic batch, parity recorded, one-pass heatmaps,
 and nothing left behind when parity fails."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from camseg.cam import cam_from_activations, compute_cam
-from camseg.errors import InvalidInputError
-from camseg.export import PARITY_TOLERANCE, ExportParityError, export_model
-from camseg.modeldir import load_model
+from camseg.core.errors import InvalidInputError
+from camseg.heat.cam import cam_from_activations, compute_cam
 from camseg.models import Classifier
-from camseg.runtime import make_session
+from camseg.models.export import PARITY_TOLERANCE, ExportParityError, export_model
+from camseg.models.modeldir import load_model
+from camseg.models.runtime import make_session
 
 SIZE = 32
 

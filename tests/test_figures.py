@@ -1,4 +1,4 @@
-"""camseg.figures: overlays and PNG figures."""
+"""camseg.study.figures: overlays and PNG figures."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from camseg import figures
+from camseg.heat.overlay import overlay
+from camseg.study import figures
 
 
 def test_overlay_draws_mask_in_red_and_truth_in_green() -> None:
@@ -16,7 +17,7 @@ def test_overlay_draws_mask_in_red_and_truth_in_green() -> None:
     mask[2:6, 2:6] = True
     truth = np.zeros((16, 16), bool)
     truth[9:14, 9:14] = True
-    out = figures.overlay(image, None, mask, truth)
+    out = overlay(image, None, mask, truth)
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
     assert tuple(out[2, 2]) == (255, 25, 25)  # the mask's outline
     assert tuple(out[9, 9]) == (25, 255, 25)  # the truth's outline

@@ -12,14 +12,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from camseg.cam import FUSED_LAYERS, CamMethod, TorchNetwork, compute_cam
-from camseg.cli import main
-from camseg.errors import InvalidInputError, NotFoundError, UnsupportedError
-from camseg.evaluation import evaluate_dice
-from camseg.imported import ImportedNetwork, candidate_layers, inspect_model
-from camseg.modelconfig import CONFIG_FILE, Layout, OutputKind, Source
-from camseg.pipeline import Engine, LoadedModel, Options, run
-from camseg.segment import segment_folder
+from camseg.app.cli import main
+from camseg.bulk.segment import segment_folder
+from camseg.core.errors import InvalidInputError, NotFoundError, UnsupportedError
+from camseg.heat.cam import FUSED_LAYERS, CamMethod, TorchNetwork, compute_cam
+from camseg.models.imported import ImportedNetwork, candidate_layers, inspect_model
+from camseg.models.modelconfig import CONFIG_FILE, Layout, OutputKind, Source
+from camseg.pipeline.options import Engine, Options
+from camseg.pipeline.run import LoadedModel, run
+from camseg.study.evaluation import evaluate_dice
 from tests.foreign import BUILDERS, Foreign, cumsum_net, gray_net, tf_like
 
 GRADIENT_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")

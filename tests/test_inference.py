@@ -1,4 +1,4 @@
-"""camseg.inference: ONNX Runtime classification and one-pass heatmaps."""
+"""camseg.models.inference: ONNX Runtime classification and one-pass heatmaps."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from camseg.cam import compute_cam
-from camseg.errors import InvalidInputError, UnsupportedError
-from camseg.inference import OnnxModel
-from camseg.modeldir import load_model
+from camseg.core.errors import InvalidInputError, UnsupportedError
+from camseg.heat.cam import compute_cam
+from camseg.models.inference import OnnxModel
+from camseg.models.modeldir import load_model
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""camseg.inputs: formats, headers before pixels, budgets, ids and paths — and a fuzz test
+"""camseg.io.inputs: formats, headers before pixels, budgets, ids and paths — and a fuzz test
 of the whole decode path of a request."""
 
 from __future__ import annotations
@@ -14,17 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from camseg.codecs import encode_png
-from camseg.errors import CamsegError, InvalidInputError, ResourceExhaustedError, StatusCode
-from camseg.inputs import (
-    Budget,
-    check_id,
-    decode_image,
-    decode_mask,
-    path_under,
-    read_header,
-    shown,
-)
+from camseg.core.errors import CamsegError, InvalidInputError, ResourceExhaustedError, StatusCode, shown
+from camseg.io.codecs import encode_png
+from camseg.io.guards import Budget, check_id, path_under
+from camseg.io.inputs import decode_image, decode_mask, read_header
 from tests.hostile import formats, png_bomb, tiff, tiff_pages
 
 

@@ -1,4 +1,4 @@
-"""camseg.location: where the heat sits, on heatmaps whose answers are known by hand.
+"""camseg.study.location: where the heat sits, on heatmaps whose answers are known by hand.
 
 Every expected number below is computed here from the construction (rectangle
 centroids, ring areas, Euclidean distances), never by calling the code under test.
@@ -21,11 +21,13 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from camseg import figures, location
-from camseg.cam import METHODS, TorchNetwork, compute_cam
+from camseg.core.errors import CancelledError, InvalidInputError, NotFoundError
+from camseg.core.progress import Progress
 from camseg.data.tensors import ArraySet
-from camseg.errors import CancelledError, InvalidInputError, NotFoundError
-from camseg.location import (
+from camseg.heat.cam import METHODS, TorchNetwork, compute_cam
+from camseg.models import Classifier
+from camseg.study import figures, location
+from camseg.study.location import (
     BORDER_BAND,
     PAPER_CLAIMS,
     ImageLocation,
@@ -38,8 +40,6 @@ from camseg.location import (
     summarize,
     verdict,
 )
-from camseg.models import Classifier
-from camseg.progress import Progress
 
 ModelFactory = Callable[..., Classifier]
 NAN = math.nan

@@ -1,12 +1,12 @@
-"""camseg.masks: threshold rules, the classifier gate, connected components."""
+"""camseg.heat.masks: threshold rules, the classifier gate, connected components."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from camseg.errors import InvalidInputError
-from camseg.masks import ThresholdRule, largest_component, parse_rule, thresholds, to_masks
+from camseg.core.errors import InvalidInputError
+from camseg.heat.masks import ThresholdRule, largest_component, parse_rule, thresholds, to_masks
 
 
 # ------------------------------------------------------------------ parse_rule

@@ -1,4 +1,4 @@
-"""camseg.metrics: Dice with its edge cases, mean Dice, ROC AUC, accuracy, confusion."""
+"""camseg.core.metrics: Dice with its edge cases, mean Dice, ROC AUC, accuracy, confusion."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from camseg.metrics import accuracy, confusion, dice, mean_dice, roc_auc
+from camseg.core.metrics import accuracy, confusion, dice, mean_dice, roc_auc
 
 
 def m(rows: list[list[int]]) -> torch.Tensor:

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from camseg.errors import InvalidInputError, NotFoundError
-from camseg.modelconfig import (
+from camseg.core.errors import InvalidInputError, NotFoundError
+from camseg.models.modelconfig import (
     SCHEMA_PATH,
     Layout,
     ModelConfig,
@@ -51,7 +51,7 @@ _DROP = object()
 
 def test_published_schema_is_current() -> None:
     """camseg/schemas/camseg-model.schema.json is what the model generates
-    (``python -m camseg.modelconfig`` rewrites it)."""
+    (``python -m camseg.models.modelconfig`` rewrites it)."""
     assert SCHEMA_PATH.read_text() == schema_text()
     schema = json.loads(SCHEMA_PATH.read_text())
     assert set(schema["required"]) == {"input", "classes", "lesion_classes"}

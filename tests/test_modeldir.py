@@ -1,4 +1,4 @@
-"""camseg.modeldir: atomic writes, metadata and checkpoints."""
+"""camseg.models.modeldir: atomic writes, metadata and checkpoints."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from camseg.errors import InvalidInputError, NotFoundError
-from camseg.modeldir import METADATA_FILE, MODEL_FILE, atomic_write_bytes, load_model, read_metadata, save_model
+from camseg.core.errors import InvalidInputError, NotFoundError
 from camseg.models import Classifier
+from camseg.models.modeldir import METADATA_FILE, MODEL_FILE, atomic_write_bytes, load_model, read_metadata, save_model
 
 
 def test_atomic_write_leaves_no_temporary(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from camseg.errors import NotFoundError
+from camseg.core.errors import NotFoundError
 from camseg.models import ARCHITECTURES, PAPER_NAMES, ModelSpec, build, count_parameters
 
 STAGES = ["stem", "stage1", "stage2", "stage3", "stage4"]

@@ -1,5 +1,5 @@
 """camseg.models.archs.nasnet: NASNet-A cells wired as published, a 16x network that
-learns, localises, and exports to ONNX (and back through camseg.onnxgraph) exactly."""
+learns, localises, and exports to ONNX (and back through camseg.models.onnxgraph) exactly."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from camseg.cam import compute_cam
 from camseg.data.folder import FolderDataset
 from camseg.data.synth import SynthConfig, synthesize
 from camseg.data.tensors import ArraySet, load_arrays
-from camseg.export import export_model
-from camseg.modeldir import load_model
+from camseg.heat.cam import compute_cam
 from camseg.models import Classifier, ModelSpec, build
 from camseg.models.archs import FactorizedReduction, NasNetCell, NormalCell, ReductionCell
-from camseg.onnxgraph import convert
-from camseg.training import TrainConfig, train_from_folder
+from camseg.models.export import export_model
+from camseg.models.modeldir import load_model
+from camseg.models.onnxgraph import convert
+from camseg.models.training import TrainConfig, train_from_folder
 
 SIZE = 64
 # Zoph et al. (2018), Fig. 4 / nasnet_utils.py: (op, hidden state it reads) per op

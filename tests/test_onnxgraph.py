@@ -1,4 +1,4 @@
-"""camseg.onnxgraph: every operator against ONNX Runtime (old and new opset forms), the
+"""camseg.models.onnxgraph: every operator against ONNX Runtime (old and new opset forms), the
 dynamic-batch shape arithmetic of a torch.onnx export, leaves and gradients against torch,
 constant folding, pruning, thread safety and the errors."""
 
@@ -19,8 +19,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
-from camseg.errors import InvalidInputError, NotFoundError
-from camseg.onnxgraph import (
+from camseg.core.errors import InvalidInputError, NotFoundError
+from camseg.models.onnxgraph import (
     SUPPORTED_OPERATORS,
     GraphModule,
     UnsupportedOperatorError,
@@ -752,7 +752,7 @@ def test_convert_reads_files(tmp_path: Path, exported_net: tuple[_Net, onnx.Mode
 
 def test_the_dtype_codes_are_onnx_s() -> None:
     """The converter names tensor types by their ONNX codes, so importing it loads no onnx."""
-    from camseg.onnxgraph import _DTYPES
+    from camseg.models.onnxgraph import _DTYPES
 
     names = {1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 9: "BOOL",
              10: "FLOAT16", 11: "DOUBLE", 12: "UINT32", 13: "UINT64", 16: "BFLOAT16"}

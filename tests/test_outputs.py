@@ -1,4 +1,4 @@
-"""camseg.outputs: output keys, model and data fingerprints, and reuse of complete outputs."""
+"""camseg.pipeline.outputs: output keys, model and data fingerprints, and reuse of complete outputs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import camseg
+from camseg.core.errors import InvalidInputError
 from camseg.data.folder import FolderDataset
-from camseg.errors import InvalidInputError
-from camseg.outputs import data_fingerprint, model_fingerprint, output_key, reusable
+from camseg.pipeline.outputs import data_fingerprint, model_fingerprint, output_key, reusable
 
 MARKER = "DONE.json"
 

@@ -1,4 +1,4 @@
-"""camseg.pipeline: loading, engine choice, and the one segmentation run of every caller."""
+"""camseg.pipeline.run: loading, engine choice, and the one segmentation run of every caller."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from camseg.cam import CamMethod
-from camseg.codecs import from_run_lengths, unpack_bits
-from camseg.data.folder import BoolArray, FloatArray, FolderDataset, decode_image, read_mask
-from camseg.errors import CancelledError, InvalidInputError, NotFoundError, UnsupportedError
-from camseg.masks import parse_rule
-from camseg.metrics import dice
-from camseg.pipeline import Encoding, Engine, LoadedModel, Options, run
-from camseg.progress import Progress
+from camseg.core.errors import CancelledError, InvalidInputError, NotFoundError, UnsupportedError
+from camseg.core.metrics import dice
+from camseg.core.progress import Progress
+from camseg.core.types import BoolArray, FloatArray
+from camseg.data.folder import FolderDataset, decode_image, read_mask
+from camseg.heat.cam import CamMethod
+from camseg.heat.masks import parse_rule
+from camseg.io.codecs import from_run_lengths, unpack_bits
+from camseg.pipeline.options import Encoding, Engine, Options
+from camseg.pipeline.run import LoadedModel, run
 
 CLASSES = ("normal", "tumor")
 ALL_MASK_ENCODINGS = frozenset({Encoding.MASK_PNG, Encoding.MASK_BITS, Encoding.MASK_RLE})

@@ -1,4 +1,4 @@
-"""camseg.progress: the Tracker's reports, clamping, finish and cancellation."""
+"""camseg.core.progress: the Tracker's reports, clamping, finish and cancellation."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from camseg.errors import CancelledError, StatusCode
-from camseg.progress import Progress, Tracker
+from camseg.core.errors import CancelledError, StatusCode
+from camseg.core.progress import Progress, Tracker
 
 
 def test_reports_the_start_and_every_advance() -> None:

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from camseg.core.errors import InvalidInputError
 from camseg.data.folder import Record, write_dataset
 from camseg.data.synth import SynthConfig, generate
-from camseg.errors import InvalidInputError
-from camseg.modeldir import load_model
-from camseg.pipeline import LoadedModel, Options, run
-from camseg.realeval import LocoReport, case_of, leave_one_case_out, means_of, val_case
-from camseg.training import TrainConfig, train_from_folder
+from camseg.models.modeldir import load_model
+from camseg.models.training import TrainConfig, train_from_folder
+from camseg.pipeline.options import Options
+from camseg.pipeline.run import LoadedModel, run
+from camseg.study.realeval import LocoReport, case_of, leave_one_case_out, means_of, val_case
 
 # (case, lesion slices, normal slices, image size): caseC has no lesion, caseD is larger
 CASES = (("caseA", 3, 7, 32), ("caseB", 5, 5, 32), ("caseC", 0, 8, 32), ("caseD", 4, 6, 48))

@@ -14,27 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from camseg import batch
-from camseg.cam import CamMethod
+from camseg.bulk import batch
+from camseg.bulk.segment import segment_folder
+from camseg.core.errors import InvalidInputError
 from camseg.data.synth import SynthConfig, synthesize
-from camseg.distill import DistillConfig
-from camseg.errors import InvalidInputError
-from camseg.masks import parse_rule
-from camseg.pipeline import LoadedModel, Options
-from camseg.recipe import (
-    RECIPE_FILE,
-    Recipe,
-    RecipeConfig,
-    Views,
-    choose_decision_threshold,
-    choose_recipe,
-    load_recipe,
-    make_distiller,
-    save_recipe,
-    views,
-)
-from camseg.refine import Refiner
-from camseg.segment import segment_folder
+from camseg.heat.cam import CamMethod
+from camseg.heat.masks import parse_rule
+from camseg.heat.refine import Refiner
+from camseg.pipeline.options import Options
+from camseg.pipeline.recipe_record import RECIPE_FILE, Recipe, Views, load_recipe, save_recipe
+from camseg.pipeline.run import LoadedModel
+from camseg.pipeline.student import DistillConfig
+from camseg.study.recipe import RecipeConfig, choose_decision_threshold, choose_recipe, make_distiller, views
 
 
 def test_views_count_missed_tumors_as_zero_and_measure_false_area() -> None:

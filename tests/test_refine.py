@@ -1,4 +1,4 @@
-"""camseg.refine: mask refinement from the image (dense CRF, random walker, watershed, GrabCut)."""
+"""camseg.heat.refine: mask refinement from the image (dense CRF, random walker, watershed, GrabCut)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from camseg.errors import InvalidInputError
-from camseg.metrics import dice
-from camseg.refine import REFINERS, RefineParams, Refiner, calibrate, parse_refiner, refine_masks, seeds
+from camseg.core.errors import InvalidInputError
+from camseg.core.metrics import dice
+from camseg.heat.refine import REFINERS, RefineParams, Refiner, calibrate, parse_refiner, refine_masks, seeds
 
 SEEDED = (Refiner.RANDOM_WALK, Refiner.WATERSHED, Refiner.GRABCUT)
 REFINING = (Refiner.CRF, *SEEDED)
@@ -126,7 +126,7 @@ def test_grabcut_too_small_a_mask_for_its_colour_model_is_unchanged() -> None:
 
 
 def test_importing_refine_stays_light() -> None:
-    code = "import sys, camseg.refine; print(sorted({'cv2', 'skimage.segmentation'} & set(sys.modules)))"
+    code = "import sys, camseg.heat.refine; print(sorted({'cv2', 'skimage.segmentation'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
 

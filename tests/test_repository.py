@@ -1,4 +1,4 @@
-"""camseg.repository: version order, the scan of a model repository and name resolution."""
+"""camseg.models.repository: version order, the scan of a model repository and name resolution."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from camseg.errors import InvalidInputError, NotFoundError
-from camseg.repository import REQUIRED_FILES, ModelStore, VersionRef, signature, valid_name, version_key
+from camseg.core.errors import InvalidInputError, NotFoundError
+from camseg.models.repository import REQUIRED_FILES, ModelStore, VersionRef, signature, valid_name, version_key
 
 
 def _version(root: Path, name: str, version: str, files: tuple[str, ...] = REQUIRED_FILES) -> Path:
@@ -69,7 +69,7 @@ def test_missing_root(tmp_path: Path) -> None:
 
 
 def test_scan_finds_complete_versions_only(store_root: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="camseg.repository"):
+    with caplog.at_level(logging.WARNING, logger="camseg.models.repository"):
         found = ModelStore(store_root).scan()
     assert found == {"densenet": ["7"], "resnet": ["alpha", "beta", "1", "2", "10"]}
     warned = caplog.text

@@ -1,4 +1,4 @@
-"""camseg.retraining: the heatmap filters and filtered retraining, resumable."""
+"""camseg.study.retraining: the heatmap filters and filtered retraining, resumable."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from camseg.errors import CancelledError, InvalidInputError
-from camseg.retraining import FILTERS, filter_images, filtered_retrain
-from camseg.training import TrainConfig
+from camseg.core.errors import CancelledError, InvalidInputError
+from camseg.models.training import TrainConfig
+from camseg.study.retraining import FILTERS, filter_images, filtered_retrain
 
 
 def _images_and_heat(n: int = 6, c: int = 1, s: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""camseg.runtime: ONNX Runtime providers chosen quietly."""
+"""camseg.models.runtime: ONNX Runtime providers chosen quietly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import onnxruntime as ort
 import pytest
 
-from camseg.runtime import CPU, CUDA, cuda_available, make_session, select_providers
+from camseg.models.runtime import CPU, CUDA, cuda_available, make_session, select_providers
 
 
 def test_auto_picks_cuda_only_where_it_loads() -> None:

@@ -1,4 +1,4 @@
-"""camseg.segment: bulk masks, overlays and results.csv over a folder data set."""
+"""camseg.bulk.segment: bulk masks, overlays and results.csv over a folder data set."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from camseg.bulk.segment import segment_folder
+from camseg.core.errors import CancelledError, InvalidInputError, NotFoundError
+from camseg.core.metrics import dice
 from camseg.data.folder import FolderDataset, Record, read_mask, write_dataset
 from camseg.data.tensors import load_arrays
-from camseg.errors import CancelledError, InvalidInputError, NotFoundError
-from camseg.masks import parse_rule
-from camseg.metrics import dice
-from camseg.modeldir import load_model, save_model
-from camseg.pipeline import Options
-from camseg.segment import segment_folder
+from camseg.heat.masks import parse_rule
+from camseg.models.modeldir import load_model, save_model
+from camseg.pipeline.options import Options
 
 
 def _rows(out: Path) -> list[dict[str, str]]:

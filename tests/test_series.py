@@ -21,9 +21,11 @@ import numpy.typing as npt
 import pydicom
 import pytest
 
-from camseg import batch, dicom
+from camseg.bulk import batch
 from camseg.data.synth import SynthConfig, generate
-from camseg.pipeline import LoadedModel, Options, run
+from camseg.io import dicom
+from camseg.pipeline.options import Options
+from camseg.pipeline.run import LoadedModel, run
 from tests.conftest import TINY_SIZE
 from tests.dicomdata import write_series
 

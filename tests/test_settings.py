@@ -1,11 +1,11 @@
-"""camseg.settings: one settings object, read from CAMSEG_ variables when built."""
+"""camseg.core.settings: one settings object, read from CAMSEG_ variables when built."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from camseg.settings import Settings
+from camseg.core.settings import Settings
 
 
 def test_environment_is_read_when_built_not_at_import(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""camseg.training: it learns, it is deterministic, it writes a complete model directory."""
+"""camseg.models.training: it learns, it is deterministic, it writes a complete model directory."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import camseg
+from camseg.core.errors import InvalidInputError, NotFoundError
 from camseg.data.folder import FolderDataset
 from camseg.data.synth import SynthConfig, generate
 from camseg.data.tensors import ArraySet, load_arrays
-from camseg.errors import InvalidInputError, NotFoundError
-from camseg.modeldir import load_model
 from camseg.models import ModelSpec
-from camseg.training import TrainConfig, augment, evaluate, train, train_from_folder
+from camseg.models.modeldir import load_model
+from camseg.models.training import TrainConfig, augment, evaluate, train, train_from_folder
 
 SIZE = 32
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from camseg.core.errors import InvalidInputError
 from camseg.data.folder import FolderDataset
-from camseg.errors import InvalidInputError
 
 HOSTILE_IDS = {
     "parent-traversal": "../../../x/y",

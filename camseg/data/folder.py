@@ -5,7 +5,7 @@ class index. A mask is optional (normal ROIs have none); non-zero mask pixels ar
 tumor. Images are 8- or 16-bit, grayscale or RGB; a mask must have its image's
 height and width. ``dataset.json`` (optional) records ``classes`` and provenance.
 
-Every problem stops with one :class:`~camseg.errors.InvalidInputError` whose message
+Every problem stops with one :class:`~camseg.core.errors.InvalidInputError` whose message
 names the file.
 """
 
@@ -25,18 +25,11 @@ from typing import Any
 
 import numpy.typing as npt
 
-from camseg.errors import InvalidInputError, NotFoundError
-from camseg.inputs import (
-    BoolArray,
-    FloatArray,
-    array_to_float,
-    check_id,
-    decode_image,
-    decode_mask,
-    decode_pixels,
-    mask_from_array,
-    path_under,
-)
+from camseg.core.errors import InvalidInputError, NotFoundError
+from camseg.core.types import BoolArray, FloatArray
+from camseg.io.codecs import write_png
+from camseg.io.guards import array_to_float, check_id, path_under
+from camseg.io.inputs import decode_image, decode_mask, decode_pixels, mask_from_array
 
 __all__ = ["CLASSES", "SPLITS", "BoolArray", "FloatArray", "FolderDataset", "Record", "Sample", "array_to_float",
            "atomic_directory", "decode_image", "decode_mask", "decode_pixels", "mask_from_array", "read_mask",
@@ -218,7 +211,6 @@ def write_dataset(
     The set is built in a sibling temporary directory and renamed into place, so an
     interrupted write leaves no half-written data set behind.
     """
-    from camseg.codecs import write_png
 
     with atomic_directory(out, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()

@@ -24,8 +24,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from camseg.core.errors import UnavailableError
 from camseg.data.volumes import convert_volumes
-from camseg.errors import UnavailableError
 
 logger = logging.getLogger(__name__)
 

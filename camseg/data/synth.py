@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from camseg.core.errors import InvalidInputError
+from camseg.core.types import BoolArray, FloatArray
 from camseg.data.folder import CLASSES, Record, write_dataset
-from camseg.errors import InvalidInputError
-
-FloatArray = npt.NDArray[np.float32]
-BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)

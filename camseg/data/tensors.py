@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camseg.data.folder import BoolArray, FloatArray, FolderDataset
-from camseg.errors import InvalidInputError
+from camseg.core.errors import InvalidInputError
+from camseg.core.types import BoolArray, FloatArray
+from camseg.data.folder import FolderDataset
 
 
 @dataclass

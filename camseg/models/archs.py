@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camseg.core.errors import NotFoundError
 from camseg.models.base import Classifier, ModelSpec, conv_bn_act, init_weights
 
 
@@ -390,7 +391,6 @@ PAPER_NAMES = {
 
 def build(spec: ModelSpec) -> Classifier:
     """A freshly initialised classifier for ``spec``."""
-    from camseg.errors import NotFoundError
 
     try:
         factory = ARCHITECTURES[spec.arch]

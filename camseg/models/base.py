@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from camseg.errors import NotFoundError
+from camseg.core.errors import NotFoundError
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class Classifier(nn.Module):
         """True when ``layer`` is the last stage, so logits are linear in its GAP."""
         return self.check_layer(layer) == len(self.stages) - 1
 
-    # ---- camseg.cam.CamNetwork
+    # ---- camseg.heat.cam.CamNetwork
     @property
     def in_channels(self) -> int:
         return self.spec.in_channels

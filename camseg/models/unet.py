@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camseg.errors import InvalidInputError
+from camseg.core.errors import InvalidInputError
 from camseg.models.base import conv_bn_act, init_weights
 
 

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from camseg.core.errors import InvalidInputError, NotFoundError
 from camseg.data.folder import (
     FolderDataset,
     Record,
@@ -18,7 +19,6 @@ from camseg.data.folder import (
     read_mask,
     write_dataset,
 )
-from camseg.errors import InvalidInputError, NotFoundError
 
 RNG = np.random.default_rng(0)
 GRAY8 = RNG.integers(0, 256, (12, 10), dtype=np.uint8)

@@ -15,11 +15,11 @@ import nrrd
 import numpy as np
 import pytest
 
+from camseg.core.errors import UnavailableError
+from camseg.core.settings import Settings
 from camseg.data import real
 from camseg.data.folder import FolderDataset
 from camseg.data.real import CASES, build_real_dataset, case_files, fetch_pyradiomics
-from camseg.errors import UnavailableError
-from camseg.settings import Settings
 
 # Observed once from the archive, sliced axially: (slices, slices with lesion) per case.
 EXPECTED = {

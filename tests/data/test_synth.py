@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from camseg.core.errors import InvalidInputError
 from camseg.data.folder import CLASSES, FolderDataset
 from camseg.data.synth import SynthConfig, generate, power_law_noise, split_ids, synthesize
-from camseg.errors import InvalidInputError
 
 
 # ------------------------------------------------------------------ determinism

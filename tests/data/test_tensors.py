@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from camseg.core.errors import InvalidInputError
 from camseg.data.folder import FolderDataset
 from camseg.data.tensors import load_arrays, resize_mask, to_channels
-from camseg.errors import InvalidInputError
 
 
 def _png(arr: np.ndarray) -> bytes:

@@ -12,15 +12,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from camseg.core.errors import InvalidInputError, NotFoundError
 from camseg.data.folder import FolderDataset
-from camseg.data.volumes import (
-    PERCENTILES,
-    convert_volumes,
-    display_flip,
-    read_volume,
-    slice_pair,
-)
-from camseg.errors import InvalidInputError, NotFoundError
+from camseg.data.volumes import PERCENTILES, convert_volumes, display_flip, slice_pair
+from camseg.io.volume import read_volume
 
 LPS = "left-posterior-superior"
 

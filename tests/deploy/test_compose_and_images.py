@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from camseg.cli import _parser
+from camseg.app.cli import _parser
 from tests.deploy.manifests import IMAGE, SERVE, WORKER_METRICS_PORT, unknown_settings
 from tests.deploy.tools import DEPLOY, compose, run, tool
 

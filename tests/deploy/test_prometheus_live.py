@@ -19,10 +19,10 @@ import grpc
 import pytest
 import yaml
 
-from camseg.codecs import encode_png
 from camseg.data.synth import SynthConfig, synthesize
-from camseg.masks import parse_rule
-from camseg.pipeline import Options
+from camseg.heat.masks import parse_rule
+from camseg.io.codecs import encode_png
+from camseg.pipeline.options import Options
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from tests.deploy.test_dashboard import queries

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from camseg import batch
+from camseg.bulk import batch
 from jobs.app import make_app
 from jobs.submit import submit_evaluate
 from tests.jobs.conftest import JobEnv

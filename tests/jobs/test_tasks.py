@@ -17,12 +17,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from camseg import batch
-from camseg.cam import CamMethod
-from camseg.errors import InvalidInputError
-from camseg.masks import parse_rule
-from camseg.pipeline import LoadedModel, Options
-from camseg.segment import segment_folder
+from camseg.bulk import batch
+from camseg.bulk.segment import segment_folder
+from camseg.core.errors import InvalidInputError
+from camseg.heat.cam import CamMethod
+from camseg.heat.masks import parse_rule
+from camseg.pipeline.options import Options
+from camseg.pipeline.run import LoadedModel
 from jobs.app import make_app
 from jobs.submit import resume, submit_segment, submit_series
 from tests.jobs.conftest import JobEnv

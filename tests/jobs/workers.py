@@ -17,7 +17,8 @@ from pathlib import Path
 
 import redis
 
-TEST_DB = 12  # the machine's Redis, a DB index of the job tests' own
+# the machine's Redis, a DB index of the job tests' own; TEST_REDIS_DB moves it (two checkouts tested at once)
+TEST_DB = int(os.environ.get("TEST_REDIS_DB", "12"))
 
 
 @contextlib.contextmanager

@@ -266,7 +266,7 @@ def test_the_remainder_after_a_full_batch_runs_without_waiting(pool: ThreadPoolE
 def test_a_full_queue_sheds_load(pool: ThreadPoolExecutor) -> None:
     """Past ``max_queue`` waiting images a submit is refused at once (RESOURCE_EXHAUSTED),
     and the queue takes calls again once it drains."""
-    from camseg.errors import ResourceExhaustedError
+    from camseg.core.errors import ResourceExhaustedError
 
     gate = threading.Event()
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camseg.errors import InvalidInputError, NotFoundError, UnavailableError
+from camseg.core.errors import InvalidInputError, NotFoundError, UnavailableError
 from services.client import SegmentationClient
 from tests.services.servers import Server, roi, start_server, stop
 

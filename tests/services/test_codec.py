@@ -10,11 +10,11 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from camseg.cam import CamMethod
-from camseg.errors import InvalidInputError
-from camseg.masks import ThresholdRule
-from camseg.pipeline import Encoding, Options
-from camseg.refine import Refiner
+from camseg.core.errors import InvalidInputError
+from camseg.heat.cam import CamMethod
+from camseg.heat.masks import ThresholdRule
+from camseg.heat.refine import Refiner
+from camseg.pipeline.options import Encoding, Options
 from services import codec
 from services.gen.camseg.v1 import camseg_pb2 as pb
 
@@ -339,7 +339,7 @@ def test_mask_without_a_threshold_leaves_threshold_value_unset() -> None:
     """Otsu on a flat map finds no threshold: the field is absent, not a made-up 1.0."""
     import torch
 
-    from camseg.pipeline import ImageResult, LoadedModel
+    from camseg.pipeline.run import ImageResult, LoadedModel
 
     model = LoadedModel.__new__(LoadedModel)
     object.__setattr__(model, "classes", ("normal", "tumor"))

@@ -232,7 +232,7 @@ def test_quiet_period_completes_a_series_whose_association_stays_open(env: Env, 
     the sender still holds the association; a later instance starts generation 2."""
     from pynetdicom import AE
 
-    from camseg import batch
+    from camseg.bulk import batch
     from services.dicom_listener import DicomListener, ListenerSettings
 
     settings = ListenerSettings(redis_url=env.redis_url, model_repo=env.repo, data_roots=[env.root / "data"],

@@ -13,9 +13,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from camseg import dicom
-from camseg.codecs import unpack_bits
 from camseg.data.synth import SynthConfig, generate
+from camseg.io import dicom
+from camseg.io.codecs import unpack_bits
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from tests.dicomdata import write_series

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from camseg.codecs import encode_png
+from camseg.io.codecs import encode_png
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from tests.foreign import BUILDERS, Foreign, cumsum_net

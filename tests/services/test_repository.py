@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from camseg.errors import InvalidInputError, NotFoundError, StatusCode, UnavailableError
-from camseg.repository import REQUIRED_FILES
+from camseg.core.errors import InvalidInputError, NotFoundError, StatusCode, UnavailableError
+from camseg.models.repository import REQUIRED_FILES
 from services.repository import ModelRepository, ServedModel
 
 Exported = tuple[Path, dict[str, Any]]

@@ -21,9 +21,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from camseg.inputs import decode_image
-from camseg.modeldir import METADATA_FILE, MODEL_FILE, ONNX_FILE
-from camseg.pipeline import LoadedModel
+from camseg.io.inputs import decode_image
+from camseg.models.modeldir import METADATA_FILE, MODEL_FILE, ONNX_FILE
+from camseg.pipeline.run import LoadedModel
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from tests.services.servers import Launcher, Server, wait_until

@@ -20,8 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
-from camseg.codecs import encode_png as png
-from camseg.codecs import from_run_lengths
+from camseg.io.codecs import encode_png as png
+from camseg.io.codecs import from_run_lengths
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from tests.services.servers import Launcher, Server, roi, start_server, stop

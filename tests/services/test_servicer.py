@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from camseg.data.folder import decode_image
-from camseg.masks import parse_rule
-from camseg.pipeline import LoadedModel, Options, run
+from camseg.heat.masks import parse_rule
+from camseg.pipeline.options import Options
+from camseg.pipeline.run import LoadedModel, run
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from services.server import start
@@ -74,10 +75,11 @@ def test_segment_applies_the_models_recipe_unless_the_request_chooses(
     method is served; ModelInfo tells both."""
     import shutil
 
-    from camseg.cam import CamMethod
-    from camseg.distill import DistillConfig
-    from camseg.recipe import Recipe, make_distiller, save_recipe
-    from camseg.refine import Refiner
+    from camseg.heat.cam import CamMethod
+    from camseg.heat.refine import Refiner
+    from camseg.pipeline.recipe_record import Recipe, save_recipe
+    from camseg.pipeline.student import DistillConfig
+    from camseg.study.recipe import make_distiller
 
     shutil.copytree(repo / "tiny" / "1", tmp_path / "repo" / "tiny" / "1")
     model_dir = tmp_path / "repo" / "tiny" / "1"

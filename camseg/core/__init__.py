@@ -1,0 +1,3 @@
+"""The floor everything stands on: errors, progress and cancellation, settings, the Dice
+metric, array types and windowing.
+"""

@@ -1,0 +1,1 @@
+"""Heatmaps and what becomes of them: the CAM methods, thresholding into masks, refinement, the overlay picture."""
