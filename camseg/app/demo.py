@@ -22,6 +22,7 @@ import numpy as np
 from camseg import __version__
 from camseg.bulk.segment import segment_folder
 from camseg.core.errors import CamsegError
+from camseg.core.outdir import fresh_dir
 from camseg.core.progress import OnProgress
 from camseg.data.folder import FolderDataset
 from camseg.data.real import build_real_dataset
@@ -120,10 +121,8 @@ def run_demo(cfg: DemoConfig, *, on_progress: OnProgress | None = None, say: Cal
             print(msg, flush=True)
     total = 6 + len(steps)
     t0 = time.perf_counter()
-    out = Path(cfg.out)
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "figures").mkdir(parents=True)
+    out = fresh_dir(Path(cfg.out), "camseg demo")
+    (out / "figures").mkdir()
     timings: dict[str, float] = {}
 
     def step(name: str) -> None:
@@ -263,8 +262,7 @@ def _another_seed(cfg: DemoConfig, seed: int, out: Path, archs: Sequence[str],
                   on_progress: OnProgress | None) -> dict[str, dict[str, Any]]:
     """Data, classifiers, the protocol and the recipe of ``archs`` at ``seed``: the
     final row's spread over seeds."""
-    if out.exists():
-        shutil.rmtree(out)
+    fresh_dir(out, "camseg demo (another seed)")
     data = synthesize(out / "data", SynthConfig(n=cfg.n, size=cfg.size, seed=seed))
     rows: dict[str, dict[str, Any]] = {}
     for arch in archs:

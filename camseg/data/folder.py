@@ -26,6 +26,7 @@ from typing import Any
 import numpy.typing as npt
 
 from camseg.core.errors import InvalidInputError, NotFoundError
+from camseg.core.outdir import check_replaceable, mark
 from camseg.core.types import BoolArray, FloatArray
 from camseg.io.codecs import write_png
 from camseg.io.guards import array_to_float, check_id, path_under
@@ -187,13 +188,17 @@ class FolderDataset:
 @contextlib.contextmanager
 def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """A temporary sibling of ``out`` to fill; on success it replaces ``out`` in one
-    rename, on any failure it is removed. ``out`` appears whole or not at all."""
+    rename, on any failure it is removed. ``out`` appears whole or not at all, marked as
+    camseg's own (:mod:`camseg.core.outdir`); an existing non-empty ``out`` is replaced
+    only with ``overwrite`` and only when it carries that mark."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InvalidInputError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        mark(tmp, out.name)
         yield tmp
         if out.exists():
             shutil.rmtree(out)
