@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from camseg.app.cli import _parser
+from camseg.app.cli import build_parser
 from tests.deploy.manifests import IMAGE, SERVE, WORKER_METRICS_PORT, unknown_settings
 from tests.deploy.tools import DEPLOY, compose, run, tool
 
@@ -51,7 +51,7 @@ def test_compose_config_accepts_the_files(files: tuple[str, ...]) -> None:
     services = cfg["services"]
     assert set(services) == {"server", "worker", "beat", "redis", "prometheus", "grafana"}
     commands = {"server": "serve", "worker": "worker", "beat": "beat"}
-    action = _parser()._subparsers._group_actions[0]  # type: ignore[union-attr]
+    action = build_parser()._subparsers._group_actions[0]  # type: ignore[union-attr]
     subcommands = set(action.choices or ())
     names: set[str] = set()
     for name, command in commands.items():
