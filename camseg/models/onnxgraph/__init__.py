@@ -6,7 +6,9 @@ gradients. This package interprets the ONNX graph with plain torch operations in
 every operator is a small function of torch tensors, so autograd sees the whole
 computation, any tensor of the graph can be captured or made a leaf by its ONNX name, and
 the part of the graph upstream of a leaf runs without recording.
-``bench/onnxgraph_compare.py`` measures it against onnx2torch and onnx2pytorch.
+``bench/onnxgraph_compare.py`` measures it against onnx2torch (which refuses camseg's
+opset-18 exports) and onnx2pytorch (tensors reached only through hooks, every node run and
+recorded); both also need torchvision.
 
 What it covers: the operators CNN classifiers exported by ``torch.onnx``, tf2onnx and
 similar tools use (convolution, normalisation, activations, pooling, elementwise
