@@ -27,6 +27,7 @@ from camseg.models.onnxgraph import (
     convert,
     unsupported_operators,
 )
+from camseg.models.onnxgraph.ops import DTYPES
 
 REQUIRED = frozenset({
     "Conv", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish",
@@ -752,10 +753,8 @@ def test_convert_reads_files(tmp_path: Path, exported_net: tuple[_Net, onnx.Mode
 
 def test_the_dtype_codes_are_onnx_s() -> None:
     """The converter names tensor types by their ONNX codes, so importing it loads no onnx."""
-    from camseg.models.onnxgraph import _DTYPES
-
     names = {1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 9: "BOOL",
              10: "FLOAT16", 11: "DOUBLE", 12: "UINT32", 13: "UINT64", 16: "BFLOAT16"}
-    assert set(_DTYPES) == set(names)
+    assert set(DTYPES) == set(names)
     for code, name in names.items():
         assert getattr(onnx.TensorProto, name) == code
