@@ -51,6 +51,9 @@ data-real: $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	# the converters bench/onnxgraph_compare.py measures camseg's against, without their
+	# torchvision dependency: PyPI's torchvision is a CUDA build that cannot load beside the CPU torch
+	$(BIN)/python -m pip install -q --no-deps onnx2torch==1.5.15 onnx2pytorch==0.6.0
 	@rm -f $(VENV)/.bench-*
 	@touch $@
 
@@ -58,6 +61,7 @@ bench: $(BENCH_STAMP) redis
 	$(BIN)/python bench/cam_bench.py
 	$(BIN)/python bench/serve_bench.py
 	$(BIN)/python bench/imported_bench.py
+	$(BIN)/python bench/onnxgraph_compare.py
 
 clean:
 	rm -rf $(VENV) .tools demo-out quality-out paper-out .pytest_cache .mypy_cache .ruff_cache

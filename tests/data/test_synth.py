@@ -172,9 +172,15 @@ def test_synthesize_refuses_non_empty_dir(tmp_path: Path) -> None:
     assert (out / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no temp dir left
 
-    synthesize(out, SynthConfig(n=4, size=32), overwrite=True)
-    assert not (out / "keep.txt").exists()
-    assert len(FolderDataset.open(out)) == 4
+    # --overwrite replaces only a folder camseg wrote: this one it did not
+    with pytest.raises(InvalidInputError, match="is not a camseg output"):
+        synthesize(out, SynthConfig(n=4, size=32), overwrite=True)
+    assert (out / "keep.txt").read_text() == "precious"
+
+    (out / "keep.txt").unlink()
+    synthesize(out, SynthConfig(n=4, size=32))
+    synthesize(out, SynthConfig(n=6, size=32), overwrite=True)
+    assert len(FolderDataset.open(out)) == 6
 
 
 def test_synthesize_into_existing_empty_dir(tmp_path: Path) -> None:
