@@ -205,14 +205,14 @@ import sys, logging
 import atheris
 logging.getLogger("tifffile").disabled = True
 with atheris.instrument_imports():
-    from camseg import inputs
-    from camseg.errors import CamsegError
+    from camseg.io import guards, inputs
+    from camseg.core.errors import CamsegError
 
 ALLOWED = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
 
 def one(data: bytes) -> None:
     try:
-        with inputs.Budget(3 * 4096 * 4096) as budget:
+        with guards.Budget(3 * 4096 * 4096) as budget:
             inputs.decode_image(data, name="fuzz", budget=budget)
     except CamsegError as exc:
         if exc.code.value not in ALLOWED:

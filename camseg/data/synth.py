@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from scipy import fft as sfft
 
 from camseg.core.errors import InvalidInputError
 from camseg.core.types import BoolArray, FloatArray
@@ -63,8 +64,6 @@ def power_law_noise(
     Complex white noise is shaped in the frequency domain and brought back with one
     real inverse FFT per field, in chunks to stay in cache.
     """
-    from scipy import fft as sfft
-
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.rfftfreq(size)[None, :]
     radial = np.sqrt(fy**2 + fx**2)

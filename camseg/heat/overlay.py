@@ -13,7 +13,7 @@ from scipy import ndimage
 _JET = matplotlib.colormaps["jet"]
 
 
-def _gray_rgb(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def gray_rgb(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     img = image if image.ndim == 2 else image.mean(axis=0 if image.shape[0] in (1, 3) else -1)
     lo, hi = float(img.min()), float(img.max())
     img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
@@ -33,7 +33,7 @@ def overlay(
 ) -> npt.NDArray[np.uint8]:
     """An RGB uint8 picture: the image, the heatmap in jet, the mask outline in red and
     the truth outline in green."""
-    rgb = _gray_rgb(image)
+    rgb = gray_rgb(image)
     if heatmap is not None:
         rgb = ((1 - alpha) * rgb + alpha * _JET(np.clip(heatmap, 0, 1))[..., :3]).astype(np.float32)
     if mask is not None:

@@ -333,7 +333,7 @@ def _markers(fg: BoolArray, bg: BoolArray) -> npt.NDArray[np.int32]:
 def _random_walk(image: FloatArray, fg: BoolArray, bg: BoolArray, p: RefineParams) -> BoolArray:
     """Random walker (Grady 2006): a pixel is foreground when a walk from it reaches a
     foreground seed first. No undecided pixel: the foreground seeds themselves."""
-    from skimage.segmentation import random_walker
+    from skimage.segmentation import random_walker  # skimage.segmentation costs ~1 s to import: on first use
 
     markers = _markers(fg, bg)
     if (markers > 0).all():
@@ -350,6 +350,7 @@ def _random_walk(image: FloatArray, fg: BoolArray, bg: BoolArray, p: RefineParam
 def _watershed(image: FloatArray, fg: BoolArray, bg: BoolArray, p: RefineParams) -> BoolArray:
     """Seeded watershed of the Sobel gradient magnitude of the smoothed image: the seeds
     flood until the fronts meet on the strongest edge between them."""
+    # skimage.filters and .segmentation cost ~1 s to import: on first use
     from skimage.filters import sobel
     from skimage.segmentation import watershed
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from camseg.core.errors import InvalidInputError
@@ -80,8 +81,6 @@ def read_header(data: bytes | Path, name: str) -> Header:
 
 
 def _tiff_header(data: bytes | Path, name: str) -> Header:
-    import tifffile
-
     try:
         with tifffile.TiffFile(_source(data)) as tf:
             pages = len(tf.pages)
@@ -121,8 +120,6 @@ def decode_pixels(data: bytes | Path, *, name: str = "image", max_pixels: int = 
         budget.take(header.values, name)
     try:
         if header.format == "TIFF":
-            import tifffile
-
             arr = np.asarray(tifffile.imread(_source(data), key=0))
         else:
             with Image.open(_source(data), formats=[header.format]) as img:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -57,8 +58,6 @@ def save_model(model_dir: Path, model: Classifier, metadata: dict[str, Any]) -> 
     """Write weights and metadata (weights first, so metadata always describes them)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    import io
-
     buf = io.BytesIO()
     torch.save({"spec": asdict(model.spec), "state_dict": model.state_dict()}, buf)
     atomic_write_bytes(model_dir / MODEL_FILE, buf.getvalue())

@@ -12,8 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
+from matplotlib.lines import Line2D
 
-from camseg.heat.overlay import _gray_rgb, overlay
+from camseg.heat.overlay import gray_rgb, overlay
 
 if TYPE_CHECKING:  # camseg.study.location imports torch; figures needs it for the annotation only
     from camseg.study.location import LocationRow
@@ -28,7 +29,7 @@ def overlay_grid(
     """One row per ROI: image, truth, heatmap, mask over image (red) with truth (green)."""
     fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2.1 * len(rows)), squeeze=False)
     for r, (label, image, truth, heat, mask) in enumerate(rows):
-        gray = _gray_rgb(image)
+        gray = gray_rgb(image)
         axes[r, 0].imshow(gray)
         axes[r, 0].set_ylabel(label, fontsize=7)
         axes[r, 1].imshow(truth if truth is not None else np.zeros(gray.shape[:2]), cmap="gray", vmin=0, vmax=1)
@@ -111,8 +112,6 @@ def heat_location(path: Path, rows: Mapping[str, Sequence[LocationRow]], *,
     uniform heatmap dashed (:mod:`camseg.study.location`). ``names`` maps architecture keys to
     paper names (default :data:`camseg.models.PAPER_NAMES`); a row with a NaN share
     (every map flat) is left out."""
-    from matplotlib.lines import Line2D
-
     if names is None:
         from camseg.models import PAPER_NAMES  # lazily: figures stays free of torch
 
