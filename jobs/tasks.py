@@ -84,8 +84,9 @@ def register(app: Celery, settings: JobSettings) -> None:
             return {"job": job_id, "part": index, "ran": False, "cancelled": True}
         try:
             m = batch.read_manifest(job)
+            kind = batch.kind_of(m)
             model = None
-            if m.kind in batch.MODEL_KINDS:
+            if kind.uses_model:
                 model = cached_model(m.model, settings.threads_per_process(), settings.ort_providers)
             ran = batch.run_part(job, index, model=model)
         except CancelledError:
@@ -97,8 +98,8 @@ def register(app: Celery, settings: JobSettings) -> None:
             batch.fail(job, f"part {index}: {exc.message}")
             raise
         out: dict[str, Any] = {"job": job_id, "part": index, "ran": ran}
-        if ran and m.kind in batch.MODEL_KINDS:
-            out["images"] = batch.part_images(job, index, m)
+        if ran and kind.uses_model:
+            out["images"] = batch.part_images(job, index)
         if not batch.pending_chunks(job):
             out["summary"] = _brief(batch.finish(job))
         return out
