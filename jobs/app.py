@@ -1,7 +1,10 @@
 """The Celery application: Redis as broker and result backend, tasks acknowledged late.
 
 The app is built by :func:`make_app` in each entry point (worker, beat, submitter) from
-one :class:`~jobs.settings.JobSettings`; nothing reads the environment at import time.
+one :class:`~jobs.settings.JobSettings`, which the tasks read back at run time
+(:func:`settings_of`); nothing reads the environment at import time. The tasks live in
+:mod:`jobs.tasks`, which a worker imports (``include``); a submitter and the beat send
+tasks by name and never import it.
 A task is acknowledged only after it ends (``acks_late``) and is given back to the queue
 when its worker dies (``task_reject_on_worker_lost``); a worker takes one task at a time
 (``worker_prefetch_multiplier=1``); Redis redelivers a task whose worker vanished after
@@ -17,10 +20,12 @@ disk, not Redis, are the truth (:mod:`camseg.bulk.batch`).
 from __future__ import annotations
 
 from celery import Celery
+from celery.schedules import crontab
 
 from jobs.settings import JobSettings
 
 QUEUE = "camseg"
+TASKS_MODULE = "jobs.tasks"
 RESTORE_LOCK_SECONDS = 30.0
 """Longest hold of the redelivery lock: a scan of the unacknowledged tasks takes
 milliseconds."""
@@ -33,12 +38,15 @@ def restore_interval(settings: JobSettings) -> float:
 
 
 def make_app(settings: JobSettings) -> Celery:
-    app = Celery("camseg", broker=settings.redis_url, backend=settings.redis_url)
+    """The app of one entry point: its configuration, the beat schedule, and ``settings``
+    kept for the tasks (:func:`settings_of`)."""
+    app = Celery("camseg", broker=settings.redis_url, backend=settings.redis_url, include=[TASKS_MODULE])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=QUEUE,
+        # every task's soft and hard limits (the tasks set none of their own)
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
         broker_transport_options={
@@ -57,16 +65,20 @@ def make_app(settings: JobSettings) -> Celery:
     )
     app.conf.camseg_settings = settings
     app.conf.beat_schedule = beat_schedule(settings)
-    from jobs.tasks import register
-
-    register(app, settings)
     return app
+
+
+def settings_of(app: Celery) -> JobSettings:
+    """The settings ``app`` was built with by :func:`make_app`; RuntimeError for an app
+    built otherwise (its tasks would not know where jobs live)."""
+    settings = app.conf.get("camseg_settings")
+    if not isinstance(settings, JobSettings):
+        raise RuntimeError("this Celery app was not built by jobs.app.make_app: no camseg settings")
+    return settings
 
 
 def beat_schedule(settings: JobSettings) -> dict[str, dict[str, object]]:
     """The reconciler, and the filtered retraining when models are configured."""
-    from celery.schedules import crontab
-
     schedule: dict[str, dict[str, object]] = {
         "reconcile": {"task": "camseg.reconcile", "schedule": settings.reconcile_seconds}}
     if settings.retrain_models:

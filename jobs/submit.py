@@ -1,7 +1,8 @@
 """Submitting and following jobs: what the ``camseg jobs`` commands (and other
-services) call. Inputs are checked before anything is read: the model comes from the
-model repository by name and version, the data must resolve under a configured data
-root, and every output goes under the output root."""
+services, and the scheduled tasks) call. Inputs are checked before anything is read:
+the model comes from the model repository by name and version, the data must resolve
+under a configured data root, and every output goes under the output root. Work is
+sent by task name (:mod:`jobs.tasks` imports this module, not the reverse)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from camseg.core.errors import InvalidInputError
 from camseg.models.repository import ModelStore
 from camseg.pipeline.options import Options
 from jobs.settings import JobSettings
-from jobs.tasks import enqueue_pending, job_dir
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,25 @@ class Submitted:
     job_id: str
     chunks: int
     images: int
+
+
+def job_dir(settings: JobSettings, job_id: str) -> Path:
+    """The folder of ``job_id`` under the output root; InvalidInputError for an id that
+    is not a safe folder name (a path, ``..``)."""
+    if not batch.valid_job_id(job_id):
+        raise InvalidInputError(f"bad job id {job_id[:64]!r}")
+    return settings.output_root / job_id
+
+
+def enqueue_pending(app: Celery, settings: JobSettings, job_id: str) -> int:
+    """Send every part of the job that has no completion marker; returns how many. With
+    none left, the job's finishing is sent instead (its results may be missing)."""
+    pending = batch.pending_chunks(job_dir(settings, job_id))
+    for index in pending:
+        app.send_task("camseg.run_part", args=[job_id, index])
+    if not pending:
+        app.send_task("camseg.finish_job", args=[job_id])
+    return len(pending)
 
 
 def submit_segment(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path | None = None,
@@ -94,11 +113,11 @@ def submit_evaluate(app: Celery, settings: JobSettings, *, model: str, version: 
 
 def submit_retrain(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
                    thresholds: Sequence[float] = (0.5,), filters: Sequence[str] | None = None,
-                   epochs: int | None = None) -> Submitted:
+                   epochs: int | None = None, job_id: str | None = None) -> Submitted:
     """The paper's filtered retraining as a job: one task per (threshold, filter)."""
     path, data_dir, labels = _prepare(settings, model, version, data)
     job = batch.create_retrain_job(settings.output_root, path, data_dir, thresholds=thresholds, filters=filters,
-                                   epochs=epochs, labels=labels)
+                                   epochs=epochs, labels=labels, job_id=job_id)
     return _enqueue(app, settings, job)
 
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import camseg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +63,12 @@ def _copy(tmp_path: Path) -> Path:
 
 
 def test_the_contracts_hold_and_break_on_an_upward_import(tmp_path: Path) -> None:
-    """The tree as committed keeps both contracts; one upward import (the core's Dice module
+    """The tree as committed keeps every contract; one upward import (the core's Dice module
     importing the command line) and one transport import each break one, by name."""
     tree = _copy(tmp_path)
     ok = _lint(tree)
     assert ok.returncode == 0, ok.stdout[-2000:]
-    assert "2 kept, 0 broken" in ok.stdout
+    assert "4 kept, 0 broken" in ok.stdout
 
     metrics = tree / "camseg" / "core" / "metrics.py"
     metrics.write_text(metrics.read_text() + "\nfrom camseg.app import cli  # noqa\n")
@@ -80,3 +82,24 @@ def test_the_contracts_hold_and_break_on_an_upward_import(tmp_path: Path) -> Non
     transport = _lint(tree)
     assert transport.returncode != 0
     assert "the core imports no transport and no adapter BROKEN" in transport.stdout
+
+
+@pytest.mark.parametrize(("module", "line", "contract", "chain"), [
+    ("jobs/submit.py", "from jobs import tasks", "jobs import one way", "jobs.submit -> jobs.tasks"),
+    ("jobs/app.py", "from jobs import tasks", "jobs import one way", "jobs.app -> jobs.tasks"),
+    ("camseg/bulk/store.py", "from camseg.bulk import batch", "bulk jobs import one way",
+     "camseg.bulk.store -> camseg.bulk.batch"),
+    ("camseg/bulk/kinds/segment.py", "from camseg.bulk import batch", "bulk jobs import one way",
+     "camseg.bulk.kinds.segment -> camseg.bulk.batch"),
+])
+def test_jobs_and_bulk_import_one_way(tmp_path: Path, module: str, line: str, contract: str, chain: str) -> None:
+    """The submission and the app never import the tasks (the tasks import them), and the
+    job store never imports the kinds or their registry: one import the other way breaks
+    its contract, by name, even inside a function."""
+    tree = _copy(tmp_path)
+    path = tree / module
+    path.write_text(path.read_text() + f"\n\ndef _upward() -> None:\n    {line}  # noqa\n")
+    out = _lint(tree)
+    assert out.returncode != 0
+    assert [ln for ln in out.stdout.splitlines() if ln.startswith(contract) and ln.endswith("BROKEN")], out.stdout
+    assert chain in out.stdout, out.stdout[-2000:]

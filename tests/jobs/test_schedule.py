@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 
+import redis
+
 from camseg.bulk import batch
-from jobs.app import make_app
+from jobs.app import QUEUE, make_app
 from jobs.submit import submit_evaluate
 from tests.jobs.conftest import JobEnv
 from tests.jobs.test_tasks import wait_for
@@ -50,7 +52,8 @@ def test_beat_schedules_the_filtered_retraining(job_env: JobEnv, workers: list[W
     finally:
         beat.send_signal(signal.SIGTERM)
         beat.wait(timeout=30)
-    first = batch.list_jobs(job_env.out)[0]
+    # the first job the beat scheduled (the ids come from the task ids, not the clock)
+    first = min(batch.list_jobs(job_env.out), key=lambda st: batch.read_manifest(job_env.out / st.job_id).created)
     assert first.kind == "retrain" and first.chunks == 4
     job = job_env.out / first.job_id
     wait_for(job, {batch.JobState.SUCCEEDED}, timeout=400)
@@ -58,6 +61,23 @@ def test_beat_schedules_the_filtered_retraining(job_env: JobEnv, workers: list[W
     assert [r["filter"] for r in summary["results"]] == ["none", "keep-hot", "keep-cold", "soft", "random"]
     assert (job / "retrain" / "results.json").is_file() and (job / "retrain" / "filtered_retraining.png").is_file()
     assert summary["labels"] == {"model": "tiny", "version": "1"}
+
+
+def test_a_redelivered_scheduled_retraining_plans_its_jobs_once(job_env: JobEnv) -> None:
+    """The scheduling task run twice with one task id (Redis redelivered it after its
+    worker died) plans one job per model, and sends that job's parts again."""
+    s = job_env.settings(retrain_models=["tiny"], retrain_data=job_env.data_root / "rois", retrain_epochs=1)
+    app = make_app(s)
+    task = app.tasks["camseg.schedule_retraining"]
+    first = task.apply(task_id="beat-1").get()
+    assert len(first) == 1 and [st.job_id for st in batch.list_jobs(s.output_root)] == first
+    broker = redis.Redis.from_url(s.redis_url)
+    assert broker.llen(QUEUE) == 4  # one part per filter
+    again = task.apply(task_id="beat-1").get()
+    assert again == first and [st.job_id for st in batch.list_jobs(s.output_root)] == first
+    assert broker.llen(QUEUE) == 8  # the same parts sent again: they run once (idempotent)
+    other = task.apply(task_id="beat-2").get()
+    assert other != first and len(batch.list_jobs(s.output_root)) == 2
 
 
 def test_the_reconciler_is_on_the_beat_schedule(job_env: JobEnv) -> None:

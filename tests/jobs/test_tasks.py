@@ -186,14 +186,14 @@ def test_in_process_reference_run(job_env: JobEnv) -> None:
     job = batch.create_segment_job(job_env.out, job_env.repo / "tiny" / "1", job_env.data_root / "rois",
                                    options=OPTS, chunk_size=50)
     assert batch.pending_chunks(job) == [0, 1, 2, 3, 4]
-    assert batch.run_segment_chunk(job, 2, model) is True
-    assert batch.run_segment_chunk(job, 2, model) is False  # done: not run again
+    assert batch.run_part(job, 2, model=model) is True
+    assert batch.run_part(job, 2, model=model) is False  # done: not run again
     assert batch.pending_chunks(job) == [0, 1, 3, 4]
     with pytest.raises(InvalidInputError, match="not done"):
-        batch.finish_segment_job(job)
+        batch.finish(job)
     summary = batch.run_local(job, model)
     assert summary["images"] == 240
-    assert batch.finish_segment_job(job) == summary  # idempotent
+    assert batch.finish(job) == summary  # idempotent
     assert_every_image_once(job)
 
 
