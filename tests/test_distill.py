@@ -268,15 +268,27 @@ def test_distill_save_load_onnx_parity(
 def test_parity_failure_writes_nothing(
     distilled: Student, exported: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
+    """A student whose ONNX graph misses the tolerance is not saved, and a student saved
+    before it stays byte for byte. A negative tolerance forces the failure, as
+    tests/test_export.py forces the classifier's."""
     model_dir = tmp_path / "m"
     shutil.copytree(exported[0], model_dir)
-    before = sorted(p.name for p in model_dir.iterdir())
-    try:
-        save_student(model_dir, distilled.network, distilled.config, meta={}, tolerance=0.0, providers=CPU)
-    except ExportParityError:
-        assert sorted(p.name for p in model_dir.iterdir()) == before
-    else:
-        pytest.skip("ONNX Runtime matched torch bit for bit; no parity failure to provoke")
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in model_dir.iterdir()}
+
+    def fail() -> None:
+        with pytest.raises(ExportParityError, match="student ONNX probabilities differ from torch"):
+            save_student(model_dir, distilled.network, distilled.config, meta={}, tolerance=-1.0, providers=CPU)
+
+    before = files()
+    fail()
+    assert files() == before  # no student, no candidate left
+    save_student(model_dir, distilled.network, distilled.config, meta={}, providers=CPU)
+    saved = files()
+    assert set(saved) - set(before) == {"student.pt", "student.onnx", "student.json"}
+    fail()
+    assert files() == saved
 
 
 def test_load_student_none_without_one(trained_dir: Path) -> None:

@@ -228,7 +228,6 @@ def test_atheris_coverage_guided_fuzz_of_the_decoder(tmp_path: Path) -> None:
     """Coverage-guided mutations of the seed PNG/JPEG/TIFF files through the core decoder
     (libFuzzer via atheris): every input is decoded or refused with INVALID_ARGUMENT /
     RESOURCE_EXHAUSTED, within libFuzzer's 1.5 GB memory limit."""
-    pytest.importorskip("atheris")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i, seed in enumerate(SEEDS):

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from PIL import Image
 
 from camseg.core.errors import CancelledError, InvalidInputError, NotFoundError, UnsupportedError
@@ -21,6 +23,7 @@ from camseg.data.folder import FolderDataset, decode_image, read_mask
 from camseg.heat.cam import CamMethod
 from camseg.heat.masks import parse_rule
 from camseg.io.codecs import from_run_lengths, unpack_bits
+from camseg.models import Classifier
 from camseg.pipeline.options import Encoding, Engine, Options
 from camseg.pipeline.run import LoadedModel, run
 
@@ -114,9 +117,52 @@ def test_classify_agrees_between_onnx_and_torch(onnx_model: LoadedModel, torch_m
     np.testing.assert_allclose(p_onnx.sum(1), 1.0, atol=1e-5)
 
 
-def test_warm_up(onnx_model: LoadedModel, torch_model: LoadedModel) -> None:
-    onnx_model.warm_up()
-    torch_model.warm_up()
+def _network_passes_of_warm_up(model: LoadedModel) -> int:
+    """How many passes of its torch network ``model.warm_up()`` makes: every pass, whole
+    or to a layer, enters the network's first stage."""
+    assert isinstance(model.network, Classifier)
+    calls: list[int] = []
+    handle = next(iter(model.network.stages.values())).register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        model.warm_up()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def test_warm_up_runs_every_engine(onnx_model: LoadedModel, torch_model: LoadedModel) -> None:
+    """A sound model warms up on each engine it has."""
+    assert _network_passes_of_warm_up(torch_model) == 2  # its classification and its heatmap pass
+    # the torch heatmap pass alone: ONNX Runtime classifies and makes the one-pass heatmaps
+    assert _network_passes_of_warm_up(onnx_model) == 1
+
+
+def test_warm_up_fails_where_torch_cannot_answer(trained_dir: Path) -> None:
+    """A network whose probabilities are not finite fails at warm-up, not on a first call."""
+    model = LoadedModel.load(trained_dir, onnx=False)
+    assert isinstance(model.network, Classifier)
+    with torch.no_grad():
+        for param in model.network.parameters():
+            param.fill_(float("nan"))
+    with pytest.raises(InvalidInputError, match=r"warm-up gave probabilities of shape \(1, 2\)"):
+        model.warm_up()
+
+
+def test_warm_up_fails_where_onnx_cannot_answer(exported: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """An ONNX graph whose weights are not finite fails at warm-up though its torch
+    network is sound: the exported model's classification is ONNX Runtime's."""
+    model_dir = tmp_path / "m"
+    shutil.copytree(exported[0], model_dir)
+    graph = onnx.load(model_dir / "model.onnx")
+    for init in graph.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            init.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(init).shape, np.nan, np.float32),
+                                                  init.name))
+    onnx.save(graph, model_dir / "model.onnx")
+    model = LoadedModel.load(model_dir, providers="CPUExecutionProvider", threads=1)
+    assert model.onnx is not None
+    with pytest.raises(InvalidInputError, match="warm-up gave probabilities"):
+        model.warm_up()
 
 
 # ---------------------------------------------------------------- engine_for
