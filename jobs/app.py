@@ -1,7 +1,7 @@
 """The Celery application: Redis as broker and result backend, tasks acknowledged late.
 
 The app is built by :func:`make_app` in each entry point (worker, beat, submitter) from
-one :class:`~jobs.settings.JobSettings`; nothing reads the environment at import time.
+one :class:`~camseg.core.settings.Settings`; nothing reads the environment at import time.
 A task is acknowledged only after it ends (``acks_late``) and is given back to the queue
 when its worker dies (``task_reject_on_worker_lost``); a worker takes one task at a time
 (``worker_prefetch_multiplier=1``); Redis redelivers a task whose worker vanished after
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from jobs.settings import JobSettings
+from camseg.core.settings import Settings
 
 QUEUE = "camseg"
 RESTORE_LOCK_SECONDS = 30.0
@@ -26,13 +26,13 @@ RESTORE_LOCK_SECONDS = 30.0
 milliseconds."""
 
 
-def restore_interval(settings: JobSettings) -> float:
+def restore_interval(settings: Settings) -> float:
     """Seconds between a worker's sweeps for tasks to redeliver: half the visibility
     timeout, within 1..10 s."""
     return max(1.0, min(10.0, settings.redelivery_seconds / 2))
 
 
-def make_app(settings: JobSettings) -> Celery:
+def make_app(settings: Settings) -> Celery:
     app = Celery("camseg", broker=settings.redis_url, backend=settings.redis_url)
     app.conf.update(
         task_acks_late=True,
@@ -63,7 +63,7 @@ def make_app(settings: JobSettings) -> Celery:
     return app
 
 
-def beat_schedule(settings: JobSettings) -> dict[str, dict[str, object]]:
+def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     """The reconciler, and the filtered retraining when models are configured."""
     from celery.schedules import crontab
 

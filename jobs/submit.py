@@ -13,9 +13,9 @@ from celery import Celery
 
 from camseg.bulk import batch
 from camseg.core.errors import InvalidInputError
+from camseg.core.settings import Settings
 from camseg.models.repository import ModelStore
 from camseg.pipeline.options import Options
-from jobs.settings import JobSettings
 from jobs.tasks import enqueue_pending, job_dir
 
 
@@ -26,7 +26,7 @@ class Submitted:
     images: int
 
 
-def submit_segment(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path | None = None,
+def submit_segment(app: Celery, settings: Settings, *, model: str, version: str, data: Path | None = None,
                    volumes: Sequence[tuple[Path, Path]] = (), axis: int = 2, split: str | None = None,
                    options: Options | None = None, heatmaps: bool = False,
                    chunk_size: int | None = None) -> Submitted:
@@ -57,7 +57,7 @@ def submit_segment(app: Celery, settings: JobSettings, *, model: str, version: s
     return _enqueue(app, settings, job)
 
 
-def submit_series(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
+def submit_series(app: Celery, settings: Settings, *, model: str, version: str, data: Path,
                   output: str = "auto", heatmaps: bool = False, windowing: str | None = None,
                   options: Options | None = None, job_id: str | None = None) -> Submitted:
     """Plan the segmentation of every DICOM series and NRRD/NIfTI volume under ``data``
@@ -70,19 +70,19 @@ def submit_series(app: Celery, settings: JobSettings, *, model: str, version: st
     return _enqueue(app, settings, job)
 
 
-def _model(settings: JobSettings, model: str, version: str) -> tuple[Path, dict[str, str]]:
+def _model(settings: Settings, model: str, version: str) -> tuple[Path, dict[str, str]]:
     ref = ModelStore(settings.model_repo).resolve(model, version)
     settings.output_root.mkdir(parents=True, exist_ok=True)
     return ref.path, {"model": ref.name, "version": ref.version}
 
 
-def _prepare(settings: JobSettings, model: str, version: str, data: Path) -> tuple[Path, Path, dict[str, str]]:
+def _prepare(settings: Settings, model: str, version: str, data: Path) -> tuple[Path, Path, dict[str, str]]:
     data_dir = batch.check_under(settings.data_roots, Path(data), "data")
     path, labels = _model(settings, model, version)
     return path, data_dir, labels
 
 
-def submit_evaluate(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
+def submit_evaluate(app: Celery, settings: Settings, *, model: str, version: str, data: Path,
                     select: str = "val", report: str = "test", methods: Sequence[str] | None = None,
                     rules: Sequence[str] | None = None) -> Submitted:
     """The Dice evaluation protocol of a model version on a labelled set, as a job."""
@@ -92,7 +92,7 @@ def submit_evaluate(app: Celery, settings: JobSettings, *, model: str, version: 
     return _enqueue(app, settings, job)
 
 
-def submit_retrain(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
+def submit_retrain(app: Celery, settings: Settings, *, model: str, version: str, data: Path,
                    thresholds: Sequence[float] = (0.5,), filters: Sequence[str] | None = None,
                    epochs: int | None = None) -> Submitted:
     """The paper's filtered retraining as a job: one task per (threshold, filter)."""
@@ -102,13 +102,13 @@ def submit_retrain(app: Celery, settings: JobSettings, *, model: str, version: s
     return _enqueue(app, settings, job)
 
 
-def _enqueue(app: Celery, settings: JobSettings, job: Path) -> Submitted:
+def _enqueue(app: Celery, settings: Settings, job: Path) -> Submitted:
     m = batch.read_manifest(job)
     enqueue_pending(app, settings, m.job_id)
     return Submitted(m.job_id, len(m.chunks), m.images)
 
 
-def resume(app: Celery, settings: JobSettings, job_id: str) -> int:
+def resume(app: Celery, settings: Settings, job_id: str) -> int:
     """Re-enqueue the chunks of ``job_id`` that have no completion marker (after a broker
     lost its queues, or a cancelled job is to go on); returns how many."""
     job = job_dir(settings, job_id)
@@ -116,11 +116,11 @@ def resume(app: Celery, settings: JobSettings, job_id: str) -> int:
     return enqueue_pending(app, settings, job_id)
 
 
-def cancel(settings: JobSettings, job_id: str) -> batch.JobStatus:
+def cancel(settings: Settings, job_id: str) -> batch.JobStatus:
     job = job_dir(settings, job_id)
     batch.cancel(job)
     return batch.status(job)
 
 
-def status(settings: JobSettings, job_id: str) -> batch.JobStatus:
+def status(settings: Settings, job_id: str) -> batch.JobStatus:
     return batch.status(job_dir(settings, job_id))

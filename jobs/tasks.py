@@ -21,9 +21,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from camseg.bulk import batch
 from camseg.core.errors import CamsegError, CancelledError, InvalidInputError
+from camseg.core.settings import Settings
 from camseg.models.repository import signature
 from camseg.pipeline.run import LoadedModel
-from jobs.settings import JobSettings
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,13 @@ def cached_model(path: str, threads: int, providers: str = "auto") -> LoadedMode
 
 
 
-def job_dir(settings: JobSettings, job_id: str) -> Path:
+def job_dir(settings: Settings, job_id: str) -> Path:
     if not batch.valid_job_id(job_id):
         raise InvalidInputError(f"bad job id {job_id[:64]!r}")
     return settings.output_root / job_id
 
 
-def enqueue_pending(app: Celery, settings: JobSettings, job_id: str) -> int:
+def enqueue_pending(app: Celery, settings: Settings, job_id: str) -> int:
     """Send every chunk of the job that has no completion marker; returns how many."""
     pending = batch.pending_chunks(job_dir(settings, job_id))
     for index in pending:
@@ -67,7 +67,7 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary.get(k) for k in ("job_id", "kind", "seconds", "labels", "mean_dice")}
 
 
-def register(app: Celery, settings: JobSettings) -> None:
+def register(app: Celery, settings: Settings) -> None:
     limits = {"soft_time_limit": settings.task_soft_time_limit, "time_limit": settings.task_time_limit}
 
     @app.task(name="camseg.run_part", bind=True, acks_late=True, reject_on_worker_lost=True,

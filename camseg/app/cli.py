@@ -226,7 +226,11 @@ class _Sub:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings.load()  # the one settings tree of this process, passed down
+    except CamsegError as exc:  # an unknown CAMSEG_* variable or a bad value, named
+        print(f"camseg: error: {exc.message}", file=sys.stderr)
+        return 2
     _configure(settings, args.verbose)
     progress = not args.no_progress
     try:

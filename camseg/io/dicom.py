@@ -47,12 +47,13 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEnd
 
 import camseg
 from camseg.core.errors import InvalidInputError, NotFoundError, UnsupportedError, shown
+from camseg.core.limits import DEFAULT_MAX_PIXELS
 from camseg.core.types import FloatArray
 from camseg.core.windowing import (
     Windowing,
     apply_window,
 )
-from camseg.io.guards import DEFAULT_MAX_PIXELS, Budget, Header, check_header, is_dicom
+from camseg.io.guards import Budget, Header, check_header, is_dicom
 from camseg.io.volume import read_volume, volume_stem
 
 logger = logging.getLogger(__name__)
