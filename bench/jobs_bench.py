@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from camseg.bulk import batch  # noqa: E402
+from camseg.core.settings import Settings  # noqa: E402
 from camseg.data.synth import SynthConfig, synthesize  # noqa: E402
 from camseg.heat.masks import parse_rule  # noqa: E402
 from camseg.models import ModelSpec, build  # noqa: E402
@@ -83,12 +84,11 @@ def worker_rss_mib(proc: subprocess.Popen[bytes]) -> float:
 def through_workers(root: Path, repo: Path, data: Path, processes: int, chunk: int,
                     watch_rss: bool = False, threads: int | None = None) -> dict[str, Any]:
     from jobs.app import make_app
-    from jobs.settings import JobSettings
     from jobs.submit import submit_segment
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     out = root / f"out-{processes}-{threads}"
-    settings = JobSettings(redis_url=REDIS_URL, model_repo=repo, data_roots=[data.parent], output_root=out)
+    settings = Settings(redis_url=REDIS_URL, model_repo=repo, data_roots=[data.parent], output_root=out)
     env = {**os.environ, "CAMSEG_REDIS_URL": REDIS_URL, "CAMSEG_MODEL_REPO": str(repo),
            "CAMSEG_DATA_ROOTS": f'["{data.parent}"]', "CAMSEG_OUTPUT_ROOT": str(out)}
     env.pop("CAMSEG_TORCH_THREADS", None)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Make sure a Redis answers on CAMSEG_REDIS_HOST:CAMSEG_REDIS_PORT (default
+# Make sure a Redis answers on REDIS_HOST:REDIS_PORT (default
 # 127.0.0.1:6379): use the running one, or start Debian's redis-server (installing
 # it when missing).
 set -euo pipefail
-host=${CAMSEG_REDIS_HOST:-127.0.0.1}
-port=${CAMSEG_REDIS_PORT:-6379}
+host=${REDIS_HOST:-127.0.0.1}
+port=${REDIS_PORT:-6379}
 
 ping() {
   # RESP PING over bash's /dev/tcp, so no client needs to be installed

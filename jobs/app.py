@@ -1,7 +1,7 @@
 """The Celery application: Redis as broker and result backend, tasks acknowledged late.
 
 The app is built by :func:`make_app` in each entry point (worker, beat, submitter) from
-one :class:`~jobs.settings.JobSettings`, which the tasks read back at run time
+one :class:`~camseg.core.settings.Settings`, which the tasks read back at run time
 (:func:`settings_of`); nothing reads the environment at import time. The tasks live in
 :mod:`jobs.tasks`, which a worker imports (``include``); a submitter and the beat send
 tasks by name and never import it.
@@ -22,7 +22,7 @@ from __future__ import annotations
 from celery import Celery
 from celery.schedules import crontab
 
-from jobs.settings import JobSettings
+from camseg.core.settings import Settings
 
 QUEUE = "camseg"
 TASKS_MODULE = "jobs.tasks"
@@ -31,13 +31,13 @@ RESTORE_LOCK_SECONDS = 30.0
 milliseconds."""
 
 
-def restore_interval(settings: JobSettings) -> float:
+def restore_interval(settings: Settings) -> float:
     """Seconds between a worker's sweeps for tasks to redeliver: half the visibility
     timeout, within 1..10 s."""
     return max(1.0, min(10.0, settings.redelivery_seconds / 2))
 
 
-def make_app(settings: JobSettings) -> Celery:
+def make_app(settings: Settings) -> Celery:
     """The app of one entry point: its configuration, the beat schedule, and ``settings``
     kept for the tasks (:func:`settings_of`)."""
     app = Celery("camseg", broker=settings.redis_url, backend=settings.redis_url, include=[TASKS_MODULE])
@@ -68,16 +68,16 @@ def make_app(settings: JobSettings) -> Celery:
     return app
 
 
-def settings_of(app: Celery) -> JobSettings:
+def settings_of(app: Celery) -> Settings:
     """The settings ``app`` was built with by :func:`make_app`; RuntimeError for an app
     built otherwise (its tasks would not know where jobs live)."""
     settings = app.conf.get("camseg_settings")
-    if not isinstance(settings, JobSettings):
+    if not isinstance(settings, Settings):
         raise RuntimeError("this Celery app was not built by jobs.app.make_app: no camseg settings")
     return settings
 
 
-def beat_schedule(settings: JobSettings) -> dict[str, dict[str, object]]:
+def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     """The reconciler, and the filtered retraining when models are configured."""
     schedule: dict[str, dict[str, object]] = {
         "reconcile": {"task": "camseg.reconcile", "schedule": settings.reconcile_seconds}}

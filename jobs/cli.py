@@ -65,20 +65,12 @@ def demo_steps(settings: Settings) -> list[tuple[str, DemoStep]]:
     return [("run the test-split segmentation as bulk jobs through a worker of its own", through_workers)]
 
 
-def _settings() -> Any:
-    from jobs.settings import JobSettings
-
-    return JobSettings()
-
-
 def worker(args: argparse.Namespace, settings: Settings) -> int:
     import os
     import socket
     import tempfile
 
-    s = _settings()
-    if args.concurrency:
-        s = s.model_copy(update={"worker_concurrency": args.concurrency})
+    s = settings.updated(worker_concurrency=args.concurrency) if args.concurrency else settings
     threads = s.threads_per_process()
     # before prometheus-client is imported anywhere: each prefork child writes its own files,
     # in a fresh folder under PROMETHEUS_MULTIPROC_DIR where set (a tmpfs in the containers)
@@ -128,7 +120,7 @@ def beat(args: argparse.Namespace, settings: Settings) -> int:
 
     from jobs.app import make_app
 
-    s = _settings()
+    s = settings
     s.output_root.mkdir(parents=True, exist_ok=True)
     Beat(app=make_app(s), schedule=str(s.output_root / ".beat-schedule"), loglevel="INFO").run()
     return 0
@@ -141,7 +133,7 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
     from jobs import submit
     from jobs.app import make_app
 
-    s = _settings()
+    s = settings
     app = make_app(s)
     if args.jobs_cmd == "submit" and args.kind != "segment" and args.data is None:
         print("camseg: error: --kind series, evaluate and retrain need --data", file=sys.stderr)
@@ -191,7 +183,7 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _watch(s: Any, job_id: str) -> int:
+def _watch(s: Settings, job_id: str) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from camseg.bulk.batch import JobState

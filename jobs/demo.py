@@ -13,8 +13,8 @@ from typing import Any
 
 from camseg.app.demo import DemoContext, StepResult
 from camseg.bulk import batch
+from camseg.core.settings import Settings
 from jobs.app import make_app
-from jobs.settings import JobSettings
 from jobs.submit import submit_segment
 
 TITLE = "Through the Celery workers"
@@ -24,7 +24,7 @@ def through_workers(ctx: DemoContext) -> StepResult:
     repo, out = ctx.out / "jobs-repo", ctx.out / "jobs"
     for arch, path in ctx.models.items():
         shutil.copytree(path, repo / arch / "1")
-    settings = JobSettings(model_repo=repo, data_roots=[ctx.data.parent], output_root=out)
+    settings = Settings(model_repo=repo, data_roots=[ctx.data.parent], output_root=out)
     env = {**os.environ, "CAMSEG_MODEL_REPO": str(repo), "CAMSEG_DATA_ROOTS": f'["{ctx.data.parent}"]',
            "CAMSEG_OUTPUT_ROOT": str(out), "CAMSEG_REDIS_URL": settings.redis_url}
     log = ctx.out / "worker.log"

@@ -14,9 +14,9 @@ from celery import Celery
 
 from camseg.bulk import batch
 from camseg.core.errors import InvalidInputError
+from camseg.core.settings import Settings
 from camseg.models.repository import ModelStore
 from camseg.pipeline.options import Options
-from jobs.settings import JobSettings
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Submitted:
     images: int
 
 
-def job_dir(settings: JobSettings, job_id: str) -> Path:
+def job_dir(settings: Settings, job_id: str) -> Path:
     """The folder of ``job_id`` under the output root; InvalidInputError for an id that
     is not a safe folder name (a path, ``..``)."""
     if not batch.valid_job_id(job_id):
@@ -34,7 +34,7 @@ def job_dir(settings: JobSettings, job_id: str) -> Path:
     return settings.output_root / job_id
 
 
-def enqueue_pending(app: Celery, settings: JobSettings, job_id: str) -> int:
+def enqueue_pending(app: Celery, settings: Settings, job_id: str) -> int:
     """Send every part of the job that has no completion marker; returns how many. With
     none left, the job's finishing is sent instead (its results may be missing)."""
     pending = batch.pending_chunks(job_dir(settings, job_id))
@@ -45,7 +45,7 @@ def enqueue_pending(app: Celery, settings: JobSettings, job_id: str) -> int:
     return len(pending)
 
 
-def submit_segment(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path | None = None,
+def submit_segment(app: Celery, settings: Settings, *, model: str, version: str, data: Path | None = None,
                    volumes: Sequence[tuple[Path, Path]] = (), axis: int = 2, split: str | None = None,
                    options: Options | None = None, heatmaps: bool = False,
                    chunk_size: int | None = None) -> Submitted:
@@ -76,7 +76,7 @@ def submit_segment(app: Celery, settings: JobSettings, *, model: str, version: s
     return _enqueue(app, settings, job)
 
 
-def submit_series(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
+def submit_series(app: Celery, settings: Settings, *, model: str, version: str, data: Path,
                   output: str = "auto", heatmaps: bool = False, windowing: str | None = None,
                   options: Options | None = None, job_id: str | None = None) -> Submitted:
     """Plan the segmentation of every DICOM series and NRRD/NIfTI volume under ``data``
@@ -89,19 +89,19 @@ def submit_series(app: Celery, settings: JobSettings, *, model: str, version: st
     return _enqueue(app, settings, job)
 
 
-def _model(settings: JobSettings, model: str, version: str) -> tuple[Path, dict[str, str]]:
+def _model(settings: Settings, model: str, version: str) -> tuple[Path, dict[str, str]]:
     ref = ModelStore(settings.model_repo).resolve(model, version)
     settings.output_root.mkdir(parents=True, exist_ok=True)
     return ref.path, {"model": ref.name, "version": ref.version}
 
 
-def _prepare(settings: JobSettings, model: str, version: str, data: Path) -> tuple[Path, Path, dict[str, str]]:
+def _prepare(settings: Settings, model: str, version: str, data: Path) -> tuple[Path, Path, dict[str, str]]:
     data_dir = batch.check_under(settings.data_roots, Path(data), "data")
     path, labels = _model(settings, model, version)
     return path, data_dir, labels
 
 
-def submit_evaluate(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
+def submit_evaluate(app: Celery, settings: Settings, *, model: str, version: str, data: Path,
                     select: str = "val", report: str = "test", methods: Sequence[str] | None = None,
                     rules: Sequence[str] | None = None) -> Submitted:
     """The Dice evaluation protocol of a model version on a labelled set, as a job."""
@@ -111,7 +111,7 @@ def submit_evaluate(app: Celery, settings: JobSettings, *, model: str, version: 
     return _enqueue(app, settings, job)
 
 
-def submit_retrain(app: Celery, settings: JobSettings, *, model: str, version: str, data: Path,
+def submit_retrain(app: Celery, settings: Settings, *, model: str, version: str, data: Path,
                    thresholds: Sequence[float] = (0.5,), filters: Sequence[str] | None = None,
                    epochs: int | None = None, job_id: str | None = None) -> Submitted:
     """The paper's filtered retraining as a job: one task per (threshold, filter)."""
@@ -121,13 +121,13 @@ def submit_retrain(app: Celery, settings: JobSettings, *, model: str, version: s
     return _enqueue(app, settings, job)
 
 
-def _enqueue(app: Celery, settings: JobSettings, job: Path) -> Submitted:
+def _enqueue(app: Celery, settings: Settings, job: Path) -> Submitted:
     m = batch.read_manifest(job)
     enqueue_pending(app, settings, m.job_id)
     return Submitted(m.job_id, len(m.chunks), m.images)
 
 
-def resume(app: Celery, settings: JobSettings, job_id: str) -> int:
+def resume(app: Celery, settings: Settings, job_id: str) -> int:
     """Re-enqueue the chunks of ``job_id`` that have no completion marker (after a broker
     lost its queues, or a cancelled job is to go on); returns how many."""
     job = job_dir(settings, job_id)
@@ -135,11 +135,11 @@ def resume(app: Celery, settings: JobSettings, job_id: str) -> int:
     return enqueue_pending(app, settings, job_id)
 
 
-def cancel(settings: JobSettings, job_id: str) -> batch.JobStatus:
+def cancel(settings: Settings, job_id: str) -> batch.JobStatus:
     job = job_dir(settings, job_id)
     batch.cancel(job)
     return batch.status(job)
 
 
-def status(settings: JobSettings, job_id: str) -> batch.JobStatus:
+def status(settings: Settings, job_id: str) -> batch.JobStatus:
     return batch.status(job_dir(settings, job_id))

@@ -25,10 +25,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from camseg.bulk import batch
 from camseg.core.errors import CamsegError, CancelledError
+from camseg.core.settings import Settings
 from camseg.models.repository import signature
 from camseg.pipeline.run import LoadedModel
 from jobs.app import settings_of
-from jobs.settings import JobSettings
 from jobs.submit import enqueue_pending, job_dir, submit_retrain
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary.get(k) for k in ("job_id", "kind", "seconds", "labels", "mean_dice")}
 
 
-def _held(settings: JobSettings, job_id: str) -> Path | None:
+def _held(settings: Settings, job_id: str) -> Path | None:
     """The job's folder when this worker's output root holds its manifest; None (logged)
     for a task of a job it does not hold (another deployment's queue, a folder removed):
     nothing to do, nothing to write."""

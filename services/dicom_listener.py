@@ -64,7 +64,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-from pydantic import Field, field_validator
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -73,15 +72,14 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from camseg.bulk import batch
-from camseg.core.errors import CamsegError, shown
+from camseg.core.errors import CamsegError, InvalidInputError, shown
+from camseg.core.settings import Destination, Settings
 from camseg.models.modeldir import atomic_write_bytes
 from camseg.models.repository import ModelStore
-from jobs.settings import JobSettings
 
 logger = logging.getLogger(__name__)
 
 UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # DICOM AE: printable, no backslash, 16 at most
 STATE_FILE = "state.json"
 INSTANCES = "instances"
 INCOMING = ".incoming"
@@ -102,88 +100,6 @@ def valid_uid(value: object) -> str | None:
         return None
     text = str(value).strip("\0 ")
     return text if len(text) <= 64 and UID.fullmatch(text) else None
-
-
-@dataclass(frozen=True)
-class Destination:
-    ae_title: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.ae_title}@{host}:{self.port}"
-
-
-def parse_destination(text: str) -> Destination:
-    """``AE@host:port`` (``AE@[::1]:104`` for IPv6); ValueError with the reason otherwise."""
-    ae, at, address = text.partition("@")
-    host, colon, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not (at and colon and host and port.isdigit()):
-        raise ValueError(f"destination {shown(text)} is not AE@host:port")
-    if not AE_TITLE.fullmatch(ae) or not ae.strip():
-        raise ValueError(f"destination AE title {shown(ae)} is not 1-16 printable characters without a backslash")
-    if not 1 <= int(port) <= 65535:
-        raise ValueError(f"destination port {port} is out of range")
-    return Destination(ae, host, int(port))
-
-
-class ListenerSettings(JobSettings):
-    """The listener's settings: the workers' job settings plus the ``dicom_*`` fields."""
-
-    dicom_ae_title: str = Field("CAMSEG", description="the listener's AE title")
-    dicom_host: str = Field("127.0.0.1", description="address the SCP (and its metrics) listen on")
-    dicom_port: int = Field(11112, ge=0, le=65535, description="0 picks a free port (printed at start)")
-    dicom_allowed_aes: list[str] = Field(default_factory=list,
-                                         description="calling AE titles accepted; empty: any")
-    dicom_spool: Path = Field(Path("dicom-spool"), description="received instances; a data root of its jobs")
-    dicom_quiet_seconds: float = Field(10.0, gt=0, description="a series with no new instance this long is "
-                                                               "complete, its association ended or not")
-    dicom_complete_on_release: bool = Field(True, description="a series is complete when its association ends")
-    dicom_model: str = Field(min_length=1, description="model name in the repository that segments")
-    dicom_model_version: str = Field("", description="its version; empty: the latest")
-    dicom_output: str = Field("seg", description="seg (or auto, the same for DICOM)")
-    dicom_destination: str = Field("", description="AE@host:port that receives the SEGs; empty: file them under "
-                                                   "output_root/dicom-seg/<StudyUID>/<SeriesUID>.dcm")
-    dicom_metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port; None: none")
-    dicom_poll_seconds: float = Field(1.0, gt=0, description="how often series and jobs are looked at")
-    dicom_timeout_seconds: float = Field(30.0, gt=0, description="network and DIMSE timeout of a send")
-    dicom_retry_max_seconds: float = Field(300.0, gt=0, description="longest wait between two send attempts")
-
-    @field_validator("dicom_ae_title")
-    @classmethod
-    def _ae_title(cls, v: str) -> str:
-        if not AE_TITLE.fullmatch(v) or not v.strip():
-            raise ValueError(f"AE title {shown(v)} is not 1-16 printable characters without a backslash")
-        return v.strip()
-
-    @field_validator("dicom_allowed_aes")
-    @classmethod
-    def _allowed(cls, v: list[str]) -> list[str]:
-        return [cls._ae_title(a) for a in v]
-
-    @field_validator("dicom_destination")
-    @classmethod
-    def _destination(cls, v: str) -> str:
-        if v:
-            parse_destination(v)
-        return v
-
-    @field_validator("dicom_output")
-    @classmethod
-    def _output(cls, v: str) -> str:
-        if v not in ("seg", "auto"):
-            raise ValueError(f"output {shown(v)}: the listener sends and files DICOM SEG (seg or auto)")
-        return v
-
-    @property
-    def destination(self) -> Destination | None:
-        return parse_destination(self.dicom_destination) if self.dicom_destination else None
-
-    def submit_settings(self) -> JobSettings:
-        """The job settings submissions use: the spool is one more data root."""
-        return self.model_copy(update={"data_roots": [*self.data_roots, self.dicom_spool.resolve()]})
 
 
 class ListenerMetrics:
@@ -359,16 +275,20 @@ class DicomListener:
     are aborted: their unacknowledged instances were never accepted) and joins the thread.
     """
 
-    def __init__(self, settings: ListenerSettings, *, metrics: ListenerMetrics | None = None,
+    def __init__(self, settings: Settings, *, metrics: ListenerMetrics | None = None,
                  clock: Callable[[], float] = time.monotonic):
         from jobs.app import make_app
 
+        if not settings.dicom_model:
+            raise InvalidInputError("the DICOM listener needs a model: --model or CAMSEG_DICOM_MODEL")
         # an unknown model fails here, before anything is created
         ModelStore(settings.model_repo).resolve(settings.dicom_model, settings.dicom_model_version)
         self.settings = settings
         self.metrics = metrics or ListenerMetrics()
         self.destination = settings.destination
-        self.job_settings = settings.submit_settings()
+        # its submissions read the spool, so the spool is one more data root of their jobs
+        self.job_settings = settings.model_copy(
+            update={"data_roots": [*settings.data_roots, settings.dicom_spool.resolve()]})
         self.app = make_app(self.job_settings)
         self.spool = Spool(settings.dicom_spool)
         self._clock = clock
@@ -653,7 +573,7 @@ class _JobEnded(CamsegError):
     """The job of a generation ended without a SEG: the generation fails with this."""
 
 
-def serve(settings: ListenerSettings, stop: threading.Event) -> None:
+def serve(settings: Settings, stop: threading.Event) -> None:
     """Run the listener until ``stop`` is set (the entry point sets it on SIGTERM/SIGINT)."""
     listener = DicomListener(settings)
     port = listener.start()

@@ -19,9 +19,9 @@ import grpc
 
 from camseg.bulk import batch
 from camseg.core.errors import InvalidInputError
+from camseg.core.settings import Settings
 from camseg.pipeline.options import Options
 from jobs import submit
-from jobs.settings import JobSettings
 from services import codec
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
@@ -37,7 +37,7 @@ STATE_TO_PB = {batch.JobState.QUEUED: pb.JOB_STATE_QUEUED, batch.JobState.RUNNIN
 ENDED = {batch.JobState.SUCCEEDED, batch.JobState.FAILED, batch.JobState.CANCELLED}
 
 
-def job_message(settings: JobSettings, st: batch.JobStatus) -> pb.Job:
+def job_message(settings: Settings, st: batch.JobStatus) -> pb.Job:
     job = pb.Job(job_id=st.job_id, kind=KIND_TO_PB.get(st.kind, pb.JOB_KIND_UNSPECIFIED), state=STATE_TO_PB[st.state],
                  parts_done=st.chunks_done, parts=st.chunks, images_done=st.images_done, images=st.images,
                  reason=st.reason, output=str(settings.output_root / st.job_id))
@@ -50,7 +50,7 @@ def job_message(settings: JobSettings, st: batch.JobStatus) -> pb.Job:
 
 
 class JobsServicer(pb_grpc.JobsServicer):
-    def __init__(self, settings: JobSettings, *, poll_seconds: float = 0.5):
+    def __init__(self, settings: Settings, *, poll_seconds: float = 0.5):
         from jobs.app import make_app
 
         self.settings = settings

@@ -21,12 +21,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from camseg.core.settings import Settings
 from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
 from services.interceptors import ErrorsAndMetrics
 from services.metrics import ServiceMetrics
 from services.repository import ModelRepository, ServedModel
 from services.servicer import SegmentationServicer
-from services.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ SERVICE_NAME = camseg_pb2.DESCRIPTOR.services_by_name["Segmentation"].full_name
 JOBS_SERVICE_NAME = camseg_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name
 
 
-def server_credentials(s: ServeSettings) -> grpc.ServerCredentials | None:
+def server_credentials(s: Settings) -> grpc.ServerCredentials | None:
     """TLS (mutual when a client CA is set), or None for plaintext."""
     if s.plaintext:
         return None
@@ -83,7 +83,7 @@ class RunningServer:
             self._metrics_server.shutdown()
 
 
-async def start(settings: ServeSettings) -> RunningServer:
+async def start(settings: Settings) -> RunningServer:
     """Start serving (health NOT_SERVING), load the repository, then report SERVING."""
     metrics = ServiceMetrics()
     loop = asyncio.get_running_loop()
@@ -147,17 +147,16 @@ async def start(settings: ServeSettings) -> RunningServer:
     return running
 
 
-def _jobs_servicer(settings: ServeSettings) -> Any:
+def _jobs_servicer(settings: Settings) -> Any:
     """The Jobs service where it is on and the jobs extra is installed, else None."""
     if not settings.jobs:
         return None
     try:
-        from jobs.settings import JobSettings
         from services.jobs_servicer import JobsServicer
     except ImportError as exc:
         logger.info("camseg.v1.Jobs not served: %s", exc)
         return None
-    return JobsServicer(JobSettings(model_repo=settings.model_repo))
+    return JobsServicer(settings)
 
 
 def _loopback(host: str) -> bool:
@@ -180,7 +179,7 @@ async def _poll(running: RunningServer, every: float) -> None:
         await running.set_serving(bool(running.repo.snapshot))
 
 
-async def serve(settings: ServeSettings, *, ready: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
     running = await start(settings)
     stop = asyncio.Event()

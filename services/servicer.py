@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from camseg.core.errors import CancelledError, ResourceExhaustedError
+from camseg.core.settings import Settings
 from camseg.core.types import BoolArray, FloatArray
 from camseg.io.guards import Budget
 from camseg.models.repository import version_key
@@ -32,7 +33,6 @@ from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from services.metrics import ServiceMetrics
 from services.repository import ModelRepository, ServedModel
-from services.settings import ServeSettings
 
 if TYPE_CHECKING:
     from camseg.core.windowing import Windowing
@@ -58,7 +58,7 @@ study module of the source."""
 
 
 class SegmentationServicer(pb_grpc.SegmentationServicer):
-    def __init__(self, repo: ModelRepository, settings: ServeSettings, metrics: ServiceMetrics):
+    def __init__(self, repo: ModelRepository, settings: Settings, metrics: ServiceMetrics):
         self.repo = repo
         self.settings = settings
         self.metrics = metrics

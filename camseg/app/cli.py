@@ -95,7 +95,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_command(argv)).parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings.load()  # the one settings tree of this process, passed down
+    except CamsegError as exc:  # an unknown CAMSEG_* variable or a bad value, named
+        print(f"camseg: error: {exc.message}", file=sys.stderr)
+        return 2
     _configure(settings, args.verbose)
     progress = not args.no_progress
     try:

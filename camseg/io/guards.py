@@ -16,7 +16,6 @@ import numpy.typing as npt
 from camseg.core.errors import InvalidInputError, ResourceExhaustedError, shown
 from camseg.core.types import FloatArray
 
-DEFAULT_MAX_PIXELS = 4096 * 4096
 MAX_SAMPLES = 4  # gray, gray+alpha, RGB, RGBA
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 

@@ -32,10 +32,11 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from camseg.core.errors import InvalidInputError
+from camseg.core.limits import DEFAULT_MAX_PIXELS
 from camseg.core.types import BoolArray, FloatArray
 from camseg.core.windowing import Windowing
 from camseg.io import dicom
-from camseg.io.guards import DEFAULT_MAX_PIXELS, Budget, Header, array_to_float, check_header, is_dicom
+from camseg.io.guards import Budget, Header, array_to_float, check_header, is_dicom
 
 FORMATS = ("PNG", "JPEG", "TIFF")  # what Pillow and tifffile decode; DICOM goes to camseg.io.dicom
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF

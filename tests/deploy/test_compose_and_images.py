@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from camseg.app.cli import build_parser
-from tests.deploy.manifests import IMAGE, SERVE, WORKER_METRICS_PORT, unknown_settings
+from camseg.core.settings import unknown_variables
+from tests.deploy.manifests import DEFAULTS, IMAGE, WORKER_METRICS_PORT
 from tests.deploy.tools import DEPLOY, compose, run, tool
 
 COMPOSE = DEPLOY / "compose"
@@ -62,9 +63,9 @@ def test_compose_config_accepts_the_files(files: tuple[str, ...]) -> None:
         assert ("/models", True) in _mounts(svc)
         names |= set(svc.get("environment", {}))
         assert svc["environment"]["CAMSEG_REDIS_URL"].startswith("redis://redis:6379/")
-    assert not unknown_settings(names)
+    assert not unknown_variables(names)
     server = services["server"]
-    assert _published(server) == {SERVE.port, SERVE.metrics_port}
+    assert _published(server) == {DEFAULTS.port, DEFAULTS.metrics_port}
     drain = float(server["environment"]["CAMSEG_DRAIN_DELAY_SECONDS"]) + float(
         server["environment"]["CAMSEG_GRACE_SECONDS"])
     grace = server["stop_grace_period"]
@@ -72,7 +73,7 @@ def test_compose_config_accepts_the_files(files: tuple[str, ...]) -> None:
     assert any("/run/camseg-metrics" in str(t) for t in services["worker"]["tmpfs"])
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {j["job_name"]: j["static_configs"][0]["targets"][0] for j in prom["scrape_configs"]}
-    assert targets == {"camseg-server": f"server:{SERVE.metrics_port}",
+    assert targets == {"camseg-server": f"server:{DEFAULTS.metrics_port}",
                        "camseg-worker": f"worker:{WORKER_METRICS_PORT}"}
     if len(files) == 2:
         devices = services["server"]["deploy"]["resources"]["reservations"]["devices"]
@@ -88,8 +89,8 @@ def test_hadolint_passes_the_dockerfile(dockerfile: Path) -> None:
 def test_the_images_agree_with_the_code(dockerfile: Path) -> None:
     text = dockerfile.read_text()
     env = dict(re.findall(r"\b(CAMSEG_[A-Z_]+|PROMETHEUS_MULTIPROC_DIR)=(\S+)", text))
-    assert not unknown_settings(set(env))
-    assert int(env["CAMSEG_PORT"]) == SERVE.port and int(env["CAMSEG_METRICS_PORT"]) == SERVE.metrics_port
+    assert not unknown_variables(set(env))
+    assert int(env["CAMSEG_PORT"]) == DEFAULTS.port and int(env["CAMSEG_METRICS_PORT"]) == DEFAULTS.metrics_port
     assert int(env["CAMSEG_WORKER_METRICS_PORT"]) == WORKER_METRICS_PORT
     assert env["PROMETHEUS_MULTIPROC_DIR"] == "/run/camseg-metrics"
     users = re.findall(r"^USER (\S+)", text, re.M)
@@ -97,7 +98,7 @@ def test_the_images_agree_with_the_code(dockerfile: Path) -> None:
     assert re.search(r'HEALTHCHECK .*\n\s+CMD \["camseg", "health", "--server", "127.0.0.1:50051"', text)
     assert "torch==2.13.0" in text and '".[serve,jobs]"' in text
     expose = {int(p) for p in re.findall(r"^EXPOSE (.+)$", text, re.M)[0].split()}
-    assert expose == {SERVE.port, SERVE.metrics_port, WORKER_METRICS_PORT}
+    assert expose == {DEFAULTS.port, DEFAULTS.metrics_port, WORKER_METRICS_PORT}
 
 
 def test_camseg_health_answers_for_a_real_server(tmp_path: Path, exported: tuple[Path, dict[str, Any]]) -> None:

@@ -11,8 +11,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from camseg.core.settings import unknown_variables
 from jobs.app import QUEUE
-from tests.deploy.manifests import IMAGE, SERVE, WORKER_METRICS_PORT, unknown_settings
+from tests.deploy.manifests import DEFAULTS, IMAGE, WORKER_METRICS_PORT
 from tests.deploy.tools import DEPLOY, kustomize
 
 K8S = DEPLOY / "k8s"
@@ -79,10 +80,10 @@ def test_the_server_matches_the_code(rendered: dict[str, list[dict[str, Any]]], 
     assert c["args"][0] == "serve"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     env = _env(objs, server)
-    assert ports == {"grpc": SERVE.port, "metrics": SERVE.metrics_port}
-    assert int(env["CAMSEG_PORT"]) == SERVE.port and int(env["CAMSEG_METRICS_PORT"]) == SERVE.metrics_port
+    assert ports == {"grpc": DEFAULTS.port, "metrics": DEFAULTS.metrics_port}
+    assert int(env["CAMSEG_PORT"]) == DEFAULTS.port and int(env["CAMSEG_METRICS_PORT"]) == DEFAULTS.metrics_port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"]["port"] == SERVE.port, probe  # kubelet's native gRPC health probe
+        assert c[probe]["grpc"]["port"] == DEFAULTS.port, probe  # kubelet's native gRPC health probe
     assert env["CAMSEG_PLAINTEXT"] == "true"  # kubelet's gRPC probes speak no TLS
     drain = float(env["CAMSEG_DRAIN_DELAY_SECONDS"]) + float(env["CAMSEG_GRACE_SECONDS"])
     assert server["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain
@@ -92,7 +93,7 @@ def test_the_server_matches_the_code(rendered: dict[str, list[dict[str, Any]]], 
     svc = _by(objs, "Service", "camseg-server")
     labels = server["spec"]["template"]["metadata"]["labels"]
     assert all(labels[k] == v for k, v in svc["spec"]["selector"].items())
-    assert {p["port"] for p in svc["spec"]["ports"]} == {SERVE.port, SERVE.metrics_port}
+    assert {p["port"] for p in svc["spec"]["ports"]} == {DEFAULTS.port, DEFAULTS.metrics_port}
     pdb = _by(objs, "PodDisruptionBudget", "camseg-server")
     assert all(labels[k] == v for k, v in pdb["spec"]["selector"]["matchLabels"].items())
     hpa = _by(objs, "HorizontalPodAutoscaler", "camseg-server")
@@ -122,7 +123,7 @@ def test_workers_beat_and_settings(rendered: dict[str, list[dict[str, Any]]], ov
         spec = d["spec"]["template"]["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert {m["mountPath"] for m in _container(d)["volumeMounts"]} >= {"/models", "/jobs-out"}
-    assert not unknown_settings(names)
+    assert not unknown_variables(names)
     if overlay == "keda+external-redis":
         scaled = _by(objs, "ScaledObject", "camseg-worker")
         trigger = scaled["spec"]["triggers"][0]

@@ -19,6 +19,7 @@ import grpc
 import pytest
 import yaml
 
+from camseg.core.settings import Settings
 from camseg.data.synth import SynthConfig, synthesize
 from camseg.heat.masks import parse_rule
 from camseg.io.codecs import encode_png
@@ -80,7 +81,6 @@ def _load(stub: pb_grpc.SegmentationStub, image: bytes, stop_event: threading.Ev
 def test_every_dashboard_query_and_rule_against_a_real_prometheus(
         tmp_path: Path, exported: tuple[Path, dict[str, Any]], redis_url: str) -> None:
     from jobs.app import make_app
-    from jobs.settings import JobSettings
     from jobs.submit import submit_evaluate, submit_segment
 
     prometheus = tool("prometheus")
@@ -115,7 +115,7 @@ def test_every_dashboard_query_and_rule_against_a_real_prometheus(
         stub = pb_grpc.SegmentationStub(server.channel())
         loader = threading.Thread(target=_load, args=(stub, image, stop_load), daemon=True)
         loader.start()
-        settings = JobSettings(redis_url=redis_url, model_repo=repo, data_roots=[data_root], output_root=out)
+        settings = Settings(redis_url=redis_url, model_repo=repo, data_roots=[data_root], output_root=out)
         app = make_app(settings)
         seg = submit_segment(app, settings, model="tiny", version="", data=data_root / "rois",
                              options=Options(threshold=parse_rule("p90"), gate=False), chunk_size=16)

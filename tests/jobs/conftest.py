@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from camseg.core.settings import Settings
 from camseg.data.synth import SynthConfig, synthesize
 from tests.jobs.workers import TEST_DB, Worker, flushed_redis, start_worker
 
@@ -35,10 +36,8 @@ class JobEnv:
                 "CAMSEG_DATA_ROOTS": f'["{self.data_root}"]', "CAMSEG_OUTPUT_ROOT": str(self.out),
                 "CAMSEG_TORCH_THREADS": "1", **extra}
 
-    def settings(self, **extra: Any) -> Any:
-        from jobs.settings import JobSettings
-
-        return JobSettings(**{"redis_url": self.redis_url, "model_repo": self.repo, "data_roots": [self.data_root],
+    def settings(self, **extra: Any) -> Settings:
+        return Settings(**{"redis_url": self.redis_url, "model_repo": self.repo, "data_roots": [self.data_root],
                               "output_root": self.out, **extra})
 
 

@@ -10,15 +10,15 @@ import sys
 import pytest
 from celery import Celery
 
+from camseg.core.settings import Settings
 from jobs import tasks
 from jobs.app import make_app, settings_of
-from jobs.settings import JobSettings
 
 NAMES = {"camseg.run_part", "camseg.finish_job", "camseg.schedule_retraining", "camseg.reconcile"}
 
 
 def test_every_task_is_named_acknowledged_late_and_retried_on_transient_errors_only() -> None:
-    s = JobSettings(redis_url="redis://127.0.0.1:1/0", task_soft_time_limit=30, task_time_limit=40)
+    s = Settings(redis_url="redis://127.0.0.1:1/0", task_soft_time_limit=30, task_time_limit=40)
     app = make_app(s)
     ours = {name: task for name, task in app.tasks.items() if name.startswith("camseg.")}
     assert set(ours) == NAMES
@@ -41,9 +41,9 @@ def test_a_submitter_never_imports_the_tasks() -> None:
     submitting leaves ``jobs.tasks`` (and the models it caches) unimported."""
     code = ("import sys\n"
             "from jobs.app import make_app\n"
-            "from jobs.settings import JobSettings\n"
+            "from camseg.core.settings import Settings\n"
             "import jobs.submit, jobs.cli\n"
-            "make_app(JobSettings()).send_task\n"
+            "make_app(Settings()).send_task\n"
             "print('jobs.tasks' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"

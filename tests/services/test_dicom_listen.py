@@ -233,9 +233,10 @@ def test_quiet_period_completes_a_series_whose_association_stays_open(env: Env, 
     from pynetdicom import AE
 
     from camseg.bulk import batch
-    from services.dicom_listener import DicomListener, ListenerSettings
+    from camseg.core.settings import Settings
+    from services.dicom_listener import DicomListener
 
-    settings = ListenerSettings(redis_url=env.redis_url, model_repo=env.repo, data_roots=[env.root / "data"],
+    settings = Settings(redis_url=env.redis_url, model_repo=env.repo, data_roots=[env.root / "data"],
                                 output_root=env.out, dicom_model="tiny", dicom_port=0, dicom_spool=env.spool,
                                 dicom_quiet_seconds=0.5, dicom_poll_seconds=0.1)
     files = write_series(tmp_path / "src", ct_volume(n=3))

@@ -16,12 +16,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from camseg.core.errors import InvalidInputError, NotFoundError
+from camseg.core.settings import Settings
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from services.interceptors import ErrorsAndMetrics
 from services.metrics import ServiceMetrics
 from services.server import start
-from services.settings import ServeSettings
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -93,7 +93,7 @@ def test_the_service_counts_calls_by_rpc_and_status(repo: Path, tumor_roi: tuple
     image, _ = tumor_roi
 
     async def main() -> tuple[CollectorRegistry, dict[str, Any]]:
-        settings = ServeSettings(model_repo=repo, port=0, metrics_port=None, plaintext=True, poll_seconds=60)
+        settings = Settings(model_repo=repo, port=0, metrics_port=None, plaintext=True, poll_seconds=60)
         running = await start(settings)
         seen: dict[str, Any] = {}
         try:

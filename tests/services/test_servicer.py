@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from camseg.core.settings import Settings
 from camseg.data.folder import decode_image
 from camseg.heat.masks import parse_rule
 from camseg.pipeline.options import Options
@@ -20,7 +21,6 @@ from camseg.pipeline.run import LoadedModel, run
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from services.server import start
-from services.settings import ServeSettings
 
 
 def test_in_process_answers_equal_the_core_pipeline(repo: Path, tumor_roi: tuple[bytes, bytes]) -> None:
@@ -31,7 +31,7 @@ def test_in_process_answers_equal_the_core_pipeline(repo: Path, tumor_roi: tuple
     heat_direct = run(model, [decoded], Options(threshold=None)).items[0]
 
     async def main() -> tuple[pb.SegmentResponse, pb.ExplainResponse, pb.ClassifyResponse, grpc.StatusCode]:
-        settings = ServeSettings(model_repo=repo, port=0, metrics_port=None, plaintext=True, poll_seconds=60)
+        settings = Settings(model_repo=repo, port=0, metrics_port=None, plaintext=True, poll_seconds=60)
         running = await start(settings)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
@@ -96,7 +96,7 @@ def test_segment_applies_the_models_recipe_unless_the_request_chooses(
                      truths=[truth]).items[0]
 
     async def main() -> tuple[pb.SegmentResponse, pb.SegmentResponse, pb.SegmentResponse, pb.ModelInfo]:
-        settings = ServeSettings(model_repo=tmp_path / "repo", port=0, metrics_port=None, plaintext=True,
+        settings = Settings(model_repo=tmp_path / "repo", port=0, metrics_port=None, plaintext=True,
                                  poll_seconds=60)
         running = await start(settings)
         try:
@@ -134,7 +134,7 @@ def test_classify_decodes_inline_or_in_the_pool_with_the_same_answers(repo: Path
     want = model.classify([decode_image(image)])[0]
 
     async def main() -> tuple[pb.ClassifyResponse, grpc.StatusCode]:
-        settings = ServeSettings(model_repo=repo, port=0, metrics_port=None, plaintext=True, poll_seconds=60,
+        settings = Settings(model_repo=repo, port=0, metrics_port=None, plaintext=True, poll_seconds=60,
                                  inline_decode_pixels=inline)
         running = await start(settings)
         try:

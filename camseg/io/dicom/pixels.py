@@ -14,10 +14,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from camseg.core.errors import InvalidInputError, UnsupportedError
+from camseg.core.limits import DEFAULT_MAX_PIXELS
 from camseg.core.types import FloatArray
 from camseg.core.windowing import Windowing, apply_window
 from camseg.io.dicom.read import dataset_header, functional_group, read_dataset, reason
-from camseg.io.guards import DEFAULT_MAX_PIXELS, Budget, check_header
+from camseg.io.guards import Budget, check_header
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Syntaxes newer than the installed pydicom knows by name.
