@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from camseg.core.errors import InvalidInputError
+from camseg.core.outdir import MARKER
 from camseg.data.folder import Record, write_dataset
 from camseg.data.tensors import ArraySet
 from camseg.models.modeldir import load_model
@@ -61,7 +62,7 @@ def test_protocol_chooses_on_val_and_reports_test(trained_dir: Path, known: Path
     assert report.n_select == 2 and report.n_report == 2 and not report.notes
     assert set(report.by_method) == {"gradcam"}
     files = {p.name for p in (tmp_path / "ev").iterdir()}
-    assert files == {"report.json", "report.md", "dice_vs_threshold.png"}
+    assert files == {"report.json", "report.md", "dice_vs_threshold.png", MARKER}
     def same(a: DiceReport, b: DiceReport) -> bool:  # NaN-aware equality
         return json.dumps(a.to_dict()) == json.dumps(b.to_dict())
 
