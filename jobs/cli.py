@@ -135,9 +135,7 @@ def beat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from camseg.heat.cam import parse_method
-    from camseg.heat.masks import parse_rule
-    from camseg.pipeline.options import Options
+    from camseg.pipeline.options import Choices
     from jobs import submit
     from jobs.app import make_app
 
@@ -146,10 +144,10 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
     if args.jobs_cmd == "submit" and args.kind != "segment" and args.data is None:
         print("camseg: error: --kind series, evaluate and retrain need --data", file=sys.stderr)
         return 2
-    opts = None  # the model's recipe where it has one, recorded in the job's manifest
-    if args.jobs_cmd == "submit" and (args.method or args.layer or args.threshold or args.largest or args.no_gate):
-        opts = Options(method=parse_method(args.method or "gradcam"), layer=args.layer,
-                       threshold=parse_rule(args.threshold or "otsu"), largest=args.largest, gate=not args.no_gate)
+    opts = None
+    if args.jobs_cmd == "submit":  # resolved against the model's recipe when the job is planned
+        opts = Choices(method=args.method, layer=args.layer, threshold=args.threshold,
+                       largest=args.largest or None, gate=False if args.no_gate else None)
     if args.jobs_cmd == "submit" and args.kind == "series":
         sub = submit.submit_series(app, s, model=args.model, version=args.version, data=args.data,
                                    output=args.format, heatmaps=args.heatmaps, windowing=args.window, options=opts)

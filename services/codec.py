@@ -19,7 +19,7 @@ from camseg.heat.refine import Refiner
 from camseg.io import codecs
 from camseg.io.guards import Budget, array_to_float, is_dicom
 from camseg.io.inputs import decode_image, decode_mask, mask_from_array, read_header
-from camseg.pipeline.options import Encoding, Options
+from camseg.pipeline.options import Choices, Encoding, Options, resolve
 from camseg.pipeline.run import ImageResult, LoadedModel
 from services.gen.camseg.v1 import camseg_pb2 as pb
 
@@ -192,12 +192,22 @@ def explain_options(options: pb.ExplainOptions, *, overlay: bool, chunk: int,
                    threshold=None, encodings=frozenset({Encoding.OVERLAY_PNG} if overlay else ()), chunk=chunk)
 
 
-def chooses_options(request: pb.SegmentRequest | pb.SubmitJobRequest) -> bool:
-    """Whether a request sets any option the model's recipe would otherwise choose."""
-    own = [request.HasField("options"), request.HasField("threshold"), request.largest_component]
+def choices(request: pb.SegmentRequest | pb.SubmitJobRequest) -> Choices:
+    """What a segmentation request chose: an unset field, an UNSPECIFIED enum, an empty
+    layer, tta 0 and ``largest_component`` False choose nothing (the wire cannot tell
+    False from unset)."""
+    o = request.options
+    c = Choices(method=method_from_pb(o.method) if o.method != pb.CAM_METHOD_UNSPECIFIED else None,
+                layer=o.layer or None, target=o.target_class if o.HasField("target_class") else None,
+                threshold=rule_from_pb(request.threshold) if request.HasField("threshold") else None,
+                gate=request.gate if request.HasField("gate") else None,
+                largest=True if request.largest_component else None)
     if isinstance(request, pb.SegmentRequest):
-        own += [request.refine != pb.REFINEMENT_UNSPECIFIED, request.tta != 0, request.HasField("decision_threshold")]
-    return any(own)
+        c = replace(c, tta=request.tta or None, no_recipe=request.no_recipe,
+                    refine=refiner_from_pb(request.refine) if request.refine != pb.REFINEMENT_UNSPECIFIED else None,
+                    decision_threshold=request.decision_threshold if request.HasField("decision_threshold")
+                    else None)
+    return c
 
 
 def refiner_from_pb(value: int) -> Refiner:
@@ -209,20 +219,12 @@ def refiner_from_pb(value: int) -> Refiner:
 
 def segment_options(request: pb.SegmentRequest, *, chunk: int, recipe: Options | None = None,
                     default_method: CamMethod = CamMethod.GRADCAM) -> tuple[Options, bool]:
-    """The request's options, and whether they are the model's ``recipe``: a request
-    that chooses nothing (:func:`chooses_options`) and does not opt out gets the recipe,
-    with its own gate and encodings."""
+    """The request's options, and whether they are the model's ``recipe``: its
+    :func:`choices` resolved by :func:`camseg.pipeline.options.resolve`, with the
+    request's encodings and the server's ``chunk``."""
     enc = encodings_from_pb(request.mask_encodings) | ({Encoding.OVERLAY_PNG} if request.overlay_png else set())
-    gate = request.gate if request.HasField("gate") else True
-    if recipe is not None and not request.no_recipe and not chooses_options(request):
-        return replace(recipe, gate=gate and recipe.gate, encodings=frozenset(enc), chunk=chunk), True
-    o = request.options
-    return Options(method=method_from_pb(o.method, default_method), layer=o.layer or None,
-                   target=o.target_class if o.HasField("target_class") else None,
-                   threshold=rule_from_pb(request.threshold), gate=gate, largest=request.largest_component,
-                   encodings=frozenset(enc), chunk=chunk, tta=request.tta or 1, refine=refiner_from_pb(request.refine),
-                   decision_threshold=request.decision_threshold if request.HasField("decision_threshold") else None,
-                   ), False
+    opts, from_recipe = resolve(recipe, choices(request), default_method=default_method)
+    return replace(opts, encodings=frozenset(enc), chunk=chunk), from_recipe
 
 
 # ------------------------------------------------------------------ responses

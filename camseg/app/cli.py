@@ -13,7 +13,6 @@ from typing import Any
 from camseg import __version__
 from camseg.core.errors import CamsegError
 from camseg.core.settings import Settings
-from camseg.heat.cam import parse_method
 
 logger = logging.getLogger("camseg")
 
@@ -334,26 +333,18 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         return _inspect(args)
     if args.command == "segment":
         from camseg.bulk.segment import segment_folder
-        from camseg.heat.masks import parse_rule
-        from camseg.heat.refine import parse_refiner
-        from camseg.pipeline.options import Options
+        from camseg.pipeline.options import Choices
         from camseg.pipeline.recipe_record import RECIPE_FILE
         from camseg.pipeline.run import LoadedModel
 
         model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
-        chosen = [args.method, args.threshold, args.layer, args.tta, args.refine, args.decision_threshold]
-        if model.recipe is not None and not args.no_recipe and all(v is None for v in chosen):
-            opts = model.recipe.options
-            if args.no_gate or args.largest or args.fill_holes:
-                opts = replace(opts, gate=opts.gate and not args.no_gate, largest=opts.largest or args.largest,
-                               fill_holes=opts.fill_holes or args.fill_holes)
+        # flags left off are not choices: False, not None, would be a choice
+        opts, from_recipe = model.options_for(Choices(
+            method=args.method, threshold=args.threshold, layer=args.layer, tta=args.tta, refine=args.refine,
+            decision_threshold=args.decision_threshold, gate=False if args.no_gate else None,
+            largest=args.largest or None, fill_holes=args.fill_holes or None, no_recipe=args.no_recipe))
+        if from_recipe:
             print(f"{args.model}: the model's recipe ({RECIPE_FILE})")
-        else:
-            opts = Options(method=parse_method(args.method) if args.method else model.default_method,
-                           threshold=parse_rule(args.threshold or "otsu"), layer=args.layer, tta=args.tta or 1,
-                           refine=parse_refiner(args.refine or "none"),
-                           decision_threshold=args.decision_threshold, gate=not args.no_gate, largest=args.largest,
-                           fill_holes=args.fill_holes)
         if not (args.data / "labels.csv").is_file():
             return _segment_series(args, model, opts, settings, progress)
         with progress_bars(progress) as bars:

@@ -47,7 +47,7 @@ from camseg.heat.cam import METHODS
 from camseg.io.guards import ID_PATTERN, path_under
 from camseg.models.modeldir import atomic_write_bytes, read_metadata
 from camseg.models.training import TrainConfig
-from camseg.pipeline.options import Encoding, Options
+from camseg.pipeline.options import Choices, Encoding, Options
 from camseg.pipeline.run import LoadedModel, run
 from camseg.study.evaluation import DEFAULT_RULES, REPORT_FILE, evaluate_dice
 from camseg.study.retraining import FILTERS, filtered_retrain
@@ -140,14 +140,16 @@ def _claim(out_root: Path, job_id: str | None) -> Path:
 
 
 def create_segment_job(out_root: Path, model_dir: Path, data_dir: Path, *, split: str | None = None,
-                       options: Options | None = None, chunk_size: int = 64, heatmaps: bool = False,
+                       options: Options | Choices | None = None, chunk_size: int = 64, heatmaps: bool = False,
                        job_id: str | None = None, labels: dict[str, str] | None = None) -> Path:
     """Plan a bulk segmentation: check the model and data, split the images into chunks
-    and write the manifest. Returns the job's folder ``out_root/<job_id>``."""
+    and write the manifest. Returns the job's folder ``out_root/<job_id>``. ``options``
+    are run as given, or a caller's :class:`Choices` (None: none) are resolved against
+    the model's recipe (:meth:`LoadedModel.options_for`); the manifest records the result."""
     if chunk_size < 1:
         raise InvalidInputError("chunk size must be at least 1")
     model = LoadedModel.load(model_dir, onnx=False)
-    opts = options or model.default_options()  # the model's recipe, recorded in the manifest
+    opts, _ = model.options_for(options)
     if opts.threshold is None:
         raise InvalidInputError("bulk segmentation needs a threshold rule")
     model.engine_for(opts)
@@ -536,7 +538,7 @@ def _finish_other(job_dir: Path, m: Manifest) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- series and volumes
-def create_series_job(out_root: Path, model_dir: Path, data: Path, *, options: Options | None = None,
+def create_series_job(out_root: Path, model_dir: Path, data: Path, *, options: Options | Choices | None = None,
                       output: str = "auto", heatmaps: bool = False, windowing: str = "auto",
                       job_id: str | None = None, labels: dict[str, str] | None = None) -> Path:
     """Plan the segmentation of every DICOM series and NRRD/NIfTI image volume under
@@ -547,7 +549,7 @@ def create_series_job(out_root: Path, model_dir: Path, data: Path, *, options: O
     ser.check_output(output)
     window = str(Windowing.parse(windowing))
     model = LoadedModel.load(model_dir, onnx=False)
-    opts = options or model.default_options()
+    opts, _ = model.options_for(options)  # as create_segment_job
     if opts.threshold is None:
         raise InvalidInputError("bulk segmentation needs a threshold rule")
     model.engine_for(opts)

@@ -52,7 +52,7 @@ from camseg.models.imported import load_imported
 from camseg.models.inference import ONE_PASS_METHODS, OnnxModel
 from camseg.models.modelconfig import CONFIG_FILE, Colour, ModelConfig, Source, from_metadata
 from camseg.models.modeldir import ONNX_FILE, load_model
-from camseg.pipeline.options import Encoding, Engine, Options
+from camseg.pipeline.options import Choices, Encoding, Engine, Options, resolve
 from camseg.pipeline.recipe_record import Recipe, load_recipe
 from camseg.pipeline.student import Student, load_student
 
@@ -135,7 +135,16 @@ class LoadedModel:
     def default_options(self) -> Options:
         """The recipe's options where the model has one, else the defaults (with the
         config's CAM method)."""
-        return self.recipe.options if self.recipe is not None else Options(method=self.default_method)
+        return self.options_for()[0]
+
+    def options_for(self, request: Options | Choices | None = None) -> tuple[Options, bool]:
+        """The options to run for a caller's ``request``, and whether they are the recipe's:
+        :class:`Options` run as given; :class:`Choices` (None: nothing chosen) are resolved
+        against this model's recipe and default method by :func:`camseg.pipeline.options.resolve`."""
+        if isinstance(request, Options):
+            return request, False
+        return resolve(self.recipe.options if self.recipe is not None else None, request or Choices(),
+                       default_method=self.default_method)
 
     @property
     def input_hw(self) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -298,11 +299,18 @@ def test_segment_options_take_the_recipe_unless_the_request_chooses() -> None:
     assert o.decision_threshold == 0.3 and o.largest and o.gate is False and o.chunk == 7
     assert Encoding.OVERLAY_PNG in o.encodings
     for chooses in (pb.SegmentRequest(threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_OTSU)),
-                    pb.SegmentRequest(options=pb.ExplainOptions()), pb.SegmentRequest(tta=4),
+                    pb.SegmentRequest(options=pb.ExplainOptions(layer="stage2")), pb.SegmentRequest(tta=4),
+                    pb.SegmentRequest(options=pb.ExplainOptions(target_class=0)),
                     pb.SegmentRequest(refine=pb.REFINEMENT_CRF), pb.SegmentRequest(decision_threshold=0.4),
-                    pb.SegmentRequest(largest_component=True), pb.SegmentRequest(no_recipe=True)):
+                    pb.SegmentRequest(no_recipe=True, largest_component=True)):
         o, used = codec.segment_options(chooses, chunk=1, recipe=recipe)
         assert not used and o.method is CamMethod.GRADCAM and o.refine.value in ("none", "crf"), chooses
+    # modifiers keep the recipe; an empty options message chooses nothing
+    for modifies in (pb.SegmentRequest(largest_component=True), pb.SegmentRequest(options=pb.ExplainOptions()),
+                     pb.SegmentRequest(gate=True)):
+        o, used = codec.segment_options(modifies, chunk=1, recipe=replace(recipe, largest=False, gate=False))
+        assert used and o.method is CamMethod.LAYERCAM and o.tta == 4, modifies
+        assert o.largest is modifies.largest_component and o.gate is False  # gate True leaves the recipe's off
     o, _ = codec.segment_options(pb.SegmentRequest(refine=pb.REFINEMENT_GRABCUT, tta=8, decision_threshold=0.25,
                                                    options=pb.ExplainOptions(method=pb.CAM_METHOD_DISTILLED)),
                                  chunk=1)
