@@ -11,7 +11,7 @@ from typing import Any
 
 from camseg.app.demo import DemoStep
 from camseg.core.settings import Settings
-from camseg.heat.cam import METHODS
+from camseg.pipeline.options import METHOD_CHOICES
 
 
 def register(sub: Any) -> None:
@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
                    help="segment: NRRD/NIfTI image + label volumes, sliced along --axis (repeatable)")
     s.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
     s.add_argument("--split", default=None, choices=("train", "val", "test"))
-    s.add_argument("--method", default=None, choices=(*METHODS, "scorecam", "distilled"),
+    s.add_argument("--method", default=None, choices=METHOD_CHOICES,
                    help="default: the model's recipe (its method, threshold and refinement), else gradcam")
     s.add_argument("--layer", default=None)
     s.add_argument("--threshold", default=None, help="default: the model's recipe, else otsu")

@@ -9,7 +9,7 @@ from camseg.core.errors import InvalidInputError
 from camseg.heat.cam import CamMethod
 from camseg.heat.masks import ThresholdRule
 from camseg.heat.refine import Refiner
-from camseg.pipeline.options import Choices, Options, resolve
+from camseg.pipeline.options import METHOD_CHOICES, Choices, Options, Segmenter, as_method, resolve
 
 RECIPE = Options(method=CamMethod.LAYERCAM, layer="stage3", threshold=ThresholdRule("percentile", 85), tta=4,
                  refine=Refiner.CRF, decision_threshold=0.3, gate=True, largest=False, fill_holes=False)
@@ -65,3 +65,12 @@ def test_choices_parse_strings_and_refuse_bad_values_before_any_model() -> None:
                        ({"tta": 3}, "tta"), ({"refine": "blur"}, "refiner"), ({"decision_threshold": 1.0}, "decision")]:
         with pytest.raises(InvalidInputError, match=match):
             Choices(**bad)  # type: ignore[arg-type]
+
+
+def test_a_method_is_a_cam_method_or_the_student_and_saved_records_stay_readable() -> None:
+    assert METHOD_CHOICES == ("gradcam", "gradcam++", "hirescam", "layercam", "fused", "scorecam", "distilled")
+    assert as_method("Distilled") is Segmenter.DISTILLED and as_method("scorecam") is CamMethod.SCORECAM
+    assert Options.from_record({"method": "distilled", "threshold": "0.5"}).method is Segmenter.DISTILLED
+    assert Options(method=Segmenter.DISTILLED).to_record()["method"] == "distilled"
+    with pytest.raises(InvalidInputError, match=r"choose one of gradcam, .*, distilled"):
+        as_method("eigencam")

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     from camseg.heat.cam import METHODS
     from camseg.heat.refine import REFINERS
     from camseg.models import ARCHITECTURES
+    from camseg.pipeline.options import METHOD_CHOICES
     from camseg.study.evaluation import DEFAULT_RULES
     from camseg.study.retraining import FILTERS
 
@@ -99,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--data", type=Path, required=True,
                    help="a folder data set (labels.csv), or DICOM files / NRRD / NIfTI volumes (a file or a folder)")
     g.add_argument("--out", type=Path, required=True)
-    g.add_argument("--method", default=None, choices=(*METHODS, "scorecam", "distilled"),
+    g.add_argument("--method", default=None, choices=METHOD_CHOICES,
                    help="default: the model's recipe (recipe.json), else its config's method, else gradcam")
     g.add_argument("--threshold", default=None, help="otsu, a percentile like p90, or a number in [0, 1] "
                                                      "(default: the recipe's, else otsu)")
@@ -362,8 +363,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         return _evaluate_real(args, progress)
     if args.command == "distill":
         from camseg.app.console import progress_bars
-        from camseg.heat.cam import CamMethod
-        from camseg.pipeline.options import Options
+        from camseg.pipeline.options import Options, Segmenter
         from camseg.pipeline.run import LoadedModel
         from camseg.pipeline.student import DistillConfig
         from camseg.study.recipe import make_distiller
@@ -371,7 +371,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, progress: bool) -> i
         model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
         model.require_trained("camseg distill")
         heat = model.default_options()  # the recipe's heatmaps, or the defaults
-        if heat.method is CamMethod.DISTILLED:  # a student learns from the CAMs its predecessor learnt from
+        if heat.method is Segmenter.DISTILLED:  # a student learns from the CAMs its predecessor learnt from
             recorded = model.student.meta.get("heat_options") if model.student is not None else None
             heat = Options.from_record(recorded) if recorded else Options()
         with progress_bars(progress) as bars:

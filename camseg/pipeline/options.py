@@ -9,13 +9,29 @@ from enum import StrEnum
 from typing import Any
 
 from camseg.core.errors import InvalidInputError
-from camseg.heat.cam import (
-    TTA_SIZES,
-    CamMethod,
-    parse_method,
-)
+from camseg.heat.cam import CAMS, TTA_SIZES, CamMethod
 from camseg.heat.masks import ThresholdRule, parse_rule
 from camseg.heat.refine import Refiner, parse_refiner
+
+
+class Segmenter(StrEnum):
+    """What a request may run instead of a CAM method: a network that segments by itself,
+    served beside the classifier whose CAMs it learnt from."""
+
+    DISTILLED = "distilled"  # the student of camseg.study.distill (camseg.pipeline.student)
+
+
+Method = CamMethod | Segmenter  # what Options.method names: a CAM method of the classifier, or a segmenter
+METHOD_CHOICES: tuple[str, ...] = (*(m.value for m in CAMS), *(s.value for s in Segmenter))
+
+
+def as_method(name: str | Method) -> Method:
+    """A CAM method or a segmenter by name (any case); InvalidInputError naming the choices."""
+    key = str(name).lower()
+    try:
+        return Segmenter(key) if key in {s.value for s in Segmenter} else CamMethod(key)
+    except ValueError:
+        raise InvalidInputError(f"unknown CAM method {name!r}; choose one of {', '.join(METHOD_CHOICES)}") from None
 
 
 class Engine(StrEnum):
@@ -37,6 +53,9 @@ class Encoding(StrEnum):
 class Options:
     """What to compute. ``threshold=None`` stops at heatmaps (no masks).
 
+    ``method`` is a CAM method of the classifier (:data:`camseg.heat.cam.CAMS`) or a
+    :class:`Segmenter` (the distilled student); a plain name is parsed.
+
     ``target`` None means the positive class (with several positive classes, the most
     probable of them for each image). ``tta`` averages heatmaps (and logits) over 1, 4
     or 8 flips and quarter turns. ``refine`` refines each thresholded mask from its
@@ -47,7 +66,7 @@ class Options:
     between chunks.
     """
 
-    method: CamMethod = CamMethod.GRADCAM
+    method: Method = CamMethod.GRADCAM
     layer: str | None = None
     target: int | None = None
     threshold: ThresholdRule | None = field(default_factory=lambda: ThresholdRule("otsu"))
@@ -63,7 +82,7 @@ class Options:
 
     def __post_init__(self) -> None:
         # accept the plain strings of configuration files and command lines
-        object.__setattr__(self, "method", parse_method(self.method))
+        object.__setattr__(self, "method", as_method(self.method))
         object.__setattr__(self, "refine", parse_refiner(self.refine))
         if self.threshold is not None:
             object.__setattr__(self, "threshold", parse_rule(self.threshold))
@@ -118,7 +137,7 @@ class Choices:
     run. ``no_recipe`` sets the recipe aside whatever else is chosen.
     """
 
-    method: CamMethod | None = None
+    method: Method | None = None
     layer: str | None = None
     target: int | None = None
     threshold: ThresholdRule | None = None
@@ -132,7 +151,7 @@ class Choices:
 
     def __post_init__(self) -> None:
         if self.method is not None:
-            object.__setattr__(self, "method", parse_method(self.method))
+            object.__setattr__(self, "method", as_method(self.method))
         if self.threshold is not None:
             object.__setattr__(self, "threshold", parse_rule(self.threshold))
         if self.refine is not None:

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from camseg.core.errors import InvalidInputError
-from camseg.heat.cam import CamMethod
+from camseg.heat.cam import CAMS, CamMethod
 from camseg.heat.masks import ThresholdRule
 from camseg.heat.refine import Refiner
-from camseg.pipeline.options import Encoding, Options
+from camseg.pipeline.options import Encoding, Method, Options, Segmenter
 from services import codec
 from services.gen.camseg.v1 import camseg_pb2 as pb
 
@@ -37,8 +37,8 @@ def decode(*images: pb.Image, max_images: int = 8, max_pixels: int = BIG) -> lis
 
 
 # ------------------------------------------------------------------ methods and rules
-@pytest.mark.parametrize("method", list(CamMethod))
-def test_every_method_round_trips(method: CamMethod) -> None:
+@pytest.mark.parametrize("method", [*CamMethod, *Segmenter])
+def test_every_method_round_trips(method: Method) -> None:
     value = codec.method_to_pb(method)
     assert value != pb.CAM_METHOD_UNSPECIFIED
     assert codec.method_from_pb(value) is method
@@ -50,9 +50,13 @@ def test_method_names_match_the_proto() -> None:
     assert codec.method_to_pb("FUSED") == pb.CAM_METHOD_FUSED
     assert codec.method_from_pb(pb.CAM_METHOD_HIRESCAM) is CamMethod.HIRESCAM
     assert codec.method_from_pb(pb.CAM_METHOD_LAYERCAM) is CamMethod.LAYERCAM
-    # every proto value except UNSPECIFIED names a distinct method
+    # every proto value except UNSPECIFIED names a distinct method: the registry's and the student
     values = [v for v in pb.CamMethod.values() if v != pb.CAM_METHOD_UNSPECIFIED]
-    assert sorted({codec.method_from_pb(v) for v in values}) == sorted(CamMethod)
+    assert sorted({codec.method_from_pb(v) for v in values}) == sorted([*CAMS, *Segmenter])
+    # the mapping is generated from the registry; the numbers on the wire stay as they were
+    assert {m.value: int(v) for m, v in codec.METHOD_TO_PB.items()} == {
+        "gradcam": 1, "gradcam++": 2, "hirescam": 3, "layercam": 4, "fused": 5, "distilled": 6, "scorecam": 7}
+    assert codec.method_from_pb(pb.CAM_METHOD_DISTILLED) is Segmenter.DISTILLED
 
 
 def test_unspecified_method_is_gradcam_and_unknown_is_refused() -> None:
@@ -314,7 +318,7 @@ def test_segment_options_take_the_recipe_unless_the_request_chooses() -> None:
     o, _ = codec.segment_options(pb.SegmentRequest(refine=pb.REFINEMENT_GRABCUT, tta=8, decision_threshold=0.25,
                                                    options=pb.ExplainOptions(method=pb.CAM_METHOD_DISTILLED)),
                                  chunk=1)
-    assert (o.refine.value, o.tta, o.decision_threshold, o.method) == ("grabcut", 8, 0.25, CamMethod.DISTILLED)
+    assert (o.refine.value, o.tta, o.decision_threshold, o.method) == ("grabcut", 8, 0.25, Segmenter.DISTILLED)
     with pytest.raises(InvalidInputError, match="tta"):
         codec.segment_options(pb.SegmentRequest(tta=3), chunk=1)
 
