@@ -36,7 +36,8 @@ def register(sub: Any) -> None:
     s.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
     s.add_argument("--split", default=None, choices=("train", "val", "test"))
     s.add_argument("--method", default=None, choices=METHOD_CHOICES,
-                   help="default: the model's recipe (its method, threshold and refinement), else gradcam")
+                   help="default: the model's recipe (its method, threshold and refinement), else its config's "
+                        "method, else gradcam")
     s.add_argument("--layer", default=None)
     s.add_argument("--threshold", default=None, help="default: the model's recipe, else otsu")
     s.add_argument("--largest", action="store_true")
