@@ -265,7 +265,7 @@ class LoadedModel:
             t = targets if targets is not None else torch.as_tensor(self._targets(options, p)).expand(
                 x.shape[0]).clone()
             maps = self.student.heatmaps(x, onnx=engine is Engine.ONNX)
-            return RawCam((maps,), torch.log(p.clamp_min(1e-30)), t, ("distilled",), calibrated=True)
+            return RawCam((maps,), torch.log(p.clamp_min(1e-30)), t, (options.method.value,), calibrated=True)
         if not CAMS[options.method].gradients:
             return self._score_cam(engine, x, options, targets)
         if engine is Engine.ONNX:
