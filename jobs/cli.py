@@ -11,7 +11,7 @@ from typing import Any
 
 from camseg.app.demo import DemoStep
 from camseg.core.settings import Settings
-from camseg.heat.cam import METHODS
+from camseg.pipeline.options import METHOD_CHOICES
 
 
 def register(sub: Any) -> None:
@@ -35,8 +35,9 @@ def register(sub: Any) -> None:
                    help="segment: NRRD/NIfTI image + label volumes, sliced along --axis (repeatable)")
     s.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
     s.add_argument("--split", default=None, choices=("train", "val", "test"))
-    s.add_argument("--method", default=None, choices=(*METHODS, "scorecam", "distilled"),
-                   help="default: the model's recipe (its method, threshold and refinement), else gradcam")
+    s.add_argument("--method", default=None, choices=METHOD_CHOICES,
+                   help="default: the model's recipe (its method, threshold and refinement), else its config's "
+                        "method, else gradcam")
     s.add_argument("--layer", default=None)
     s.add_argument("--threshold", default=None, help="default: the model's recipe, else otsu")
     s.add_argument("--largest", action="store_true")
@@ -127,9 +128,7 @@ def beat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from camseg.heat.cam import parse_method
-    from camseg.heat.masks import parse_rule
-    from camseg.pipeline.options import Options
+    from camseg.pipeline.options import Choices
     from jobs import submit
     from jobs.app import make_app
 
@@ -138,10 +137,10 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
     if args.jobs_cmd == "submit" and args.kind != "segment" and args.data is None:
         print("camseg: error: --kind series, evaluate and retrain need --data", file=sys.stderr)
         return 2
-    opts = None  # the model's recipe where it has one, recorded in the job's manifest
-    if args.jobs_cmd == "submit" and (args.method or args.layer or args.threshold or args.largest or args.no_gate):
-        opts = Options(method=parse_method(args.method or "gradcam"), layer=args.layer,
-                       threshold=parse_rule(args.threshold or "otsu"), largest=args.largest, gate=not args.no_gate)
+    opts = None
+    if args.jobs_cmd == "submit":  # resolved against the model's recipe when the job is planned
+        opts = Choices(method=args.method, layer=args.layer, threshold=args.threshold,
+                       largest=args.largest or None, gate=False if args.no_gate else None)
     if args.jobs_cmd == "submit" and args.kind == "series":
         sub = submit.submit_series(app, s, model=args.model, version=args.version, data=args.data,
                                    output=args.format, heatmaps=args.heatmaps, windowing=args.window, options=opts)

@@ -16,7 +16,7 @@ from camseg.bulk import batch
 from camseg.core.errors import InvalidInputError
 from camseg.core.settings import Settings
 from camseg.models.repository import ModelStore
-from camseg.pipeline.options import Options
+from camseg.pipeline.options import Choices, Options
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,15 @@ def enqueue_pending(app: Celery, settings: Settings, job_id: str) -> int:
 
 def submit_segment(app: Celery, settings: Settings, *, model: str, version: str, data: Path | None = None,
                    volumes: Sequence[tuple[Path, Path]] = (), axis: int = 2, split: str | None = None,
-                   options: Options | None = None, heatmaps: bool = False,
+                   options: Options | Choices | None = None, heatmaps: bool = False,
                    chunk_size: int | None = None) -> Submitted:
     """Plan a bulk segmentation job on disk, then enqueue its chunks.
 
     The input is a folder data set (``data``) or NRRD/NIfTI image + label volume pairs
     (``volumes``), which are sliced along ``axis`` into the job's own ``data/`` folder
-    first (a slice is a tumor slice when its label has any voxel).
+    first (a slice is a tumor slice when its label has any voxel). ``options`` run as
+    given; a caller's :class:`Choices` (None: none) are resolved against the model's
+    recipe when the job is planned, and the manifest records the options.
     """
     if (data is None) == (not volumes):
         raise InvalidInputError("give either a data set folder or image + label volume pairs")
@@ -78,7 +80,7 @@ def submit_segment(app: Celery, settings: Settings, *, model: str, version: str,
 
 def submit_series(app: Celery, settings: Settings, *, model: str, version: str, data: Path,
                   output: str = "auto", heatmaps: bool = False, windowing: str | None = None,
-                  options: Options | None = None, job_id: str | None = None) -> Submitted:
+                  options: Options | Choices | None = None, job_id: str | None = None) -> Submitted:
     """Plan the segmentation of every DICOM series and NRRD/NIfTI volume under ``data``
     (one SEG or mask volume each, :func:`camseg.bulk.batch.create_series_job`), then enqueue one
     task per series."""

@@ -13,7 +13,8 @@ from typing import Any
 
 from camseg.app.demo import DemoStep
 from camseg.core.settings import Settings
-from camseg.heat.cam import METHODS
+from camseg.heat.cam import CAMS
+from camseg.pipeline.options import METHOD_CHOICES
 
 
 def register(sub: Any) -> None:
@@ -66,7 +67,7 @@ def register(sub: Any) -> None:
         c.add_argument("--key", type=Path, default=None)
         if name != "classify":
             c.add_argument("--method", default="gradcam" if name == "explain" else None,
-                           choices=(*METHODS, "scorecam", *(("distilled",) if name == "segment" else ())),
+                           choices=METHOD_CHOICES if name == "segment" else tuple(m.value for m in CAMS),
                            help="segment: default the model's recipe")
             c.add_argument("--out", type=Path, default=Path("camseg-client-out"))
         if name == "segment":

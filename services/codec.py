@@ -13,29 +13,24 @@ import numpy.typing as npt
 
 from camseg.core.errors import InvalidInputError, shown
 from camseg.core.types import BoolArray, FloatArray
-from camseg.heat.cam import CamMethod, parse_method
+from camseg.heat.cam import CAMS, CamMethod
 from camseg.heat.masks import ThresholdRule
 from camseg.heat.refine import Refiner
 from camseg.io import codecs
 from camseg.io.guards import Budget, array_to_float, is_dicom
 from camseg.io.inputs import decode_image, decode_mask, mask_from_array, read_header
-from camseg.pipeline.options import Encoding, Options
+from camseg.pipeline.options import Choices, Encoding, Method, Options, Segmenter, as_method, resolve
 from camseg.pipeline.run import ImageResult, LoadedModel
 from services.gen.camseg.v1 import camseg_pb2 as pb
 
 if TYPE_CHECKING:
     from camseg.core.windowing import Windowing
 
-METHOD_FROM_PB: dict[int, CamMethod] = {
-    pb.CAM_METHOD_UNSPECIFIED: CamMethod.GRADCAM,
-    pb.CAM_METHOD_GRADCAM: CamMethod.GRADCAM,
-    pb.CAM_METHOD_GRADCAM_PP: CamMethod.GRADCAM_PP,
-    pb.CAM_METHOD_HIRESCAM: CamMethod.HIRESCAM,
-    pb.CAM_METHOD_LAYERCAM: CamMethod.LAYERCAM,
-    pb.CAM_METHOD_FUSED: CamMethod.FUSED,
-    pb.CAM_METHOD_DISTILLED: CamMethod.DISTILLED,
-    pb.CAM_METHOD_SCORECAM: CamMethod.SCORECAM,
-}
+# every CAM method of the registry and every segmenter, as the proto's CAM_METHOD_<NAME>;
+# a method the proto does not name fails here, at import, not in a request
+METHOD_TO_PB: dict[Method, pb.CamMethod] = {
+    m: cast(pb.CamMethod, pb.CamMethod.Value(f"CAM_METHOD_{m.name}")) for m in (*CAMS, *Segmenter)}
+METHOD_FROM_PB: dict[int, Method] = {v: m for m, v in METHOD_TO_PB.items()}
 REFINER_FROM_PB: dict[int, Refiner] = {
     pb.REFINEMENT_UNSPECIFIED: Refiner.NONE,
     pb.REFINEMENT_NONE: Refiner.NONE,
@@ -44,8 +39,6 @@ REFINER_FROM_PB: dict[int, Refiner] = {
     pb.REFINEMENT_WATERSHED: Refiner.WATERSHED,
     pb.REFINEMENT_GRABCUT: Refiner.GRABCUT,
 }
-METHOD_TO_PB: dict[CamMethod, pb.CamMethod] = {
-    m: cast(pb.CamMethod, v) for v, m in METHOD_FROM_PB.items() if v != pb.CAM_METHOD_UNSPECIFIED}
 RULE_KIND_TO_PB = {"fixed": pb.THRESHOLD_KIND_FIXED, "percentile": pb.THRESHOLD_KIND_PERCENTILE,
                    "otsu": pb.THRESHOLD_KIND_OTSU}
 ENCODING_FROM_PB: dict[int, Encoding] = {pb.MASK_ENCODING_PACKED_BITS: Encoding.MASK_BITS,
@@ -54,7 +47,7 @@ ENCODING_FROM_PB: dict[int, Encoding] = {pb.MASK_ENCODING_PACKED_BITS: Encoding.
 ENCODING_TO_PB = {e: v for v, e in ENCODING_FROM_PB.items()}
 
 
-def method_from_pb(value: int, default: CamMethod = CamMethod.GRADCAM) -> CamMethod:
+def method_from_pb(value: int, default: Method = CamMethod.GRADCAM) -> Method:
     """The method of a request; UNSPECIFIED is the model's ``default``."""
     if value == pb.CAM_METHOD_UNSPECIFIED:
         return default
@@ -64,8 +57,8 @@ def method_from_pb(value: int, default: CamMethod = CamMethod.GRADCAM) -> CamMet
         raise InvalidInputError(f"unknown CAM method {value}") from None
 
 
-def method_to_pb(method: str | CamMethod) -> pb.CamMethod:
-    return METHOD_TO_PB[parse_method(method)]
+def method_to_pb(method: str | Method) -> pb.CamMethod:
+    return METHOD_TO_PB[as_method(method)]
 
 
 def rule_from_pb(r: pb.ThresholdRule) -> ThresholdRule:
@@ -192,12 +185,22 @@ def explain_options(options: pb.ExplainOptions, *, overlay: bool, chunk: int,
                    threshold=None, encodings=frozenset({Encoding.OVERLAY_PNG} if overlay else ()), chunk=chunk)
 
 
-def chooses_options(request: pb.SegmentRequest | pb.SubmitJobRequest) -> bool:
-    """Whether a request sets any option the model's recipe would otherwise choose."""
-    own = [request.HasField("options"), request.HasField("threshold"), request.largest_component]
+def choices(request: pb.SegmentRequest | pb.SubmitJobRequest) -> Choices:
+    """What a segmentation request chose: an unset field, an UNSPECIFIED enum, an empty
+    layer, tta 0 and ``largest_component`` False choose nothing (the wire cannot tell
+    False from unset)."""
+    o = request.options
+    c = Choices(method=method_from_pb(o.method) if o.method != pb.CAM_METHOD_UNSPECIFIED else None,
+                layer=o.layer or None, target=o.target_class if o.HasField("target_class") else None,
+                threshold=rule_from_pb(request.threshold) if request.HasField("threshold") else None,
+                gate=request.gate if request.HasField("gate") else None,
+                largest=True if request.largest_component else None)
     if isinstance(request, pb.SegmentRequest):
-        own += [request.refine != pb.REFINEMENT_UNSPECIFIED, request.tta != 0, request.HasField("decision_threshold")]
-    return any(own)
+        c = replace(c, tta=request.tta or None, no_recipe=request.no_recipe,
+                    refine=refiner_from_pb(request.refine) if request.refine != pb.REFINEMENT_UNSPECIFIED else None,
+                    decision_threshold=request.decision_threshold if request.HasField("decision_threshold")
+                    else None)
+    return c
 
 
 def refiner_from_pb(value: int) -> Refiner:
@@ -209,20 +212,12 @@ def refiner_from_pb(value: int) -> Refiner:
 
 def segment_options(request: pb.SegmentRequest, *, chunk: int, recipe: Options | None = None,
                     default_method: CamMethod = CamMethod.GRADCAM) -> tuple[Options, bool]:
-    """The request's options, and whether they are the model's ``recipe``: a request
-    that chooses nothing (:func:`chooses_options`) and does not opt out gets the recipe,
-    with its own gate and encodings."""
+    """The request's options, and whether they are the model's ``recipe``: its
+    :func:`choices` resolved by :func:`camseg.pipeline.options.resolve`, with the
+    request's encodings and the server's ``chunk``."""
     enc = encodings_from_pb(request.mask_encodings) | ({Encoding.OVERLAY_PNG} if request.overlay_png else set())
-    gate = request.gate if request.HasField("gate") else True
-    if recipe is not None and not request.no_recipe and not chooses_options(request):
-        return replace(recipe, gate=gate and recipe.gate, encodings=frozenset(enc), chunk=chunk), True
-    o = request.options
-    return Options(method=method_from_pb(o.method, default_method), layer=o.layer or None,
-                   target=o.target_class if o.HasField("target_class") else None,
-                   threshold=rule_from_pb(request.threshold), gate=gate, largest=request.largest_component,
-                   encodings=frozenset(enc), chunk=chunk, tta=request.tta or 1, refine=refiner_from_pb(request.refine),
-                   decision_threshold=request.decision_threshold if request.HasField("decision_threshold") else None,
-                   ), False
+    opts, from_recipe = resolve(recipe, choices(request), default_method=default_method)
+    return replace(opts, encodings=frozenset(enc), chunk=chunk), from_recipe
 
 
 # ------------------------------------------------------------------ responses

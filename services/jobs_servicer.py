@@ -20,7 +20,6 @@ import grpc
 from camseg.bulk import batch
 from camseg.core.errors import InvalidInputError
 from camseg.core.settings import Settings
-from camseg.pipeline.options import Options
 from jobs import submit
 from services import codec
 from services.gen.camseg.v1 import camseg_pb2 as pb
@@ -86,18 +85,10 @@ class JobsServicer(pb_grpc.JobsServicer):
                 return submit.submit_retrain(self.app, s, model=name, version=version, data=data,
                                              thresholds=list(request.thresholds) or [0.5],
                                              filters=list(request.filters) or None, epochs=request.epochs or None)
-            opts = None  # the model's recipe, where it has one (the job's manifest records it)
-            if codec.chooses_options(request) or request.HasField("gate"):
-                as_segment = pb.SegmentRequest(options=request.options, threshold=request.threshold,
-                                               largest_component=request.largest_component, no_recipe=True)
-                if request.HasField("gate"):
-                    as_segment.gate = request.gate
-                seg, _ = codec.segment_options(as_segment, chunk=16)
-                opts = Options(method=seg.method, layer=seg.layer, target=seg.target, threshold=seg.threshold,
-                               gate=seg.gate, largest=seg.largest)
+            choices = codec.choices(request)  # resolved against the model's recipe when the job is planned
             axis = request.axis if request.HasField("axis") else 2
             return submit.submit_segment(self.app, s, model=name, version=version, data=data, volumes=volumes,
-                                         axis=axis, split=request.split or None, options=opts,
+                                         axis=axis, split=request.split or None, options=choices,
                                          heatmaps=request.heatmaps, chunk_size=request.chunk_size or None)
 
         sub = await self._run(go)

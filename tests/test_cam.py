@@ -21,10 +21,14 @@ from torch import Tensor, nn
 
 from camseg.core.errors import InvalidInputError, NotFoundError
 from camseg.heat.cam import (
+    CAMS,
+    FUSED_LAYERS,
     METHODS,
+    Cam,
     CamMethod,
     RawCam,
     cam_from_activations,
+    cam_of,
     compute_cam,
     dihedral,
     normalise_maps,
@@ -563,10 +567,34 @@ def test_forward_counter_sees_a_valid_call(
     assert len(forward_counter) == 5  # the fixture itself can detect computation
 
 
-def test_parse_method() -> None:
+def test_the_registry_holds_every_method_once_and_says_what_each_needs() -> None:
     assert parse_method("GradCAM++") is CamMethod.GRADCAM_PP
     assert parse_method(CamMethod.LAYERCAM) is CamMethod.LAYERCAM
-    assert set(METHODS) == {"gradcam", "gradcam++", "hirescam", "layercam", "fused"}
+    assert set(CAMS) == set(CamMethod) and all(cam.method is m for m, cam in CAMS.items())
+    assert set(METHODS) == {"gradcam", "gradcam++", "hirescam", "layercam", "fused"}  # the gradient ones
+    assert {m.value for m, cam in CAMS.items() if cam.one_pass} == set(FOUR)
+    assert CAMS[CamMethod.FUSED].layers == FUSED_LAYERS and not CAMS[CamMethod.SCORECAM].gradients
+    with pytest.raises(InvalidInputError, match="unknown CAM method 'distilled'"):
+        parse_method("distilled")  # the student is a segmenter of the pipeline, not a CAM method
+
+
+@pytest.mark.parametrize("method", FOUR)
+def test_each_registered_method_combines_as_its_paper(method: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    acts = torch.randn(3, 6, 5, 5, generator=gen).relu()  # post-ReLU activations
+    grads = torch.randn(3, 6, 5, 5, generator=gen)
+    torch.testing.assert_close(cam_of(method).combine(acts, grads).double(), ref_combine(method, acts, grads),
+                               atol=1e-5, rtol=1e-5)
+    # Grad-CAM and Grad-CAM++ differ only in their channel weights; HiResCAM and LayerCAM in the combination
+    assert (type(cam_of(method)).combine is Cam.combine) == (method in ("gradcam", "gradcam++"))
+
+
+def test_fused_is_layercam_of_two_layers(model64: Classifier, x64: Tensor) -> None:
+    fused = raw_cam(model64, x64, method="fused", analytic=False)
+    assert fused.layers == ("stage3", "stage4")
+    for part, layer in zip(fused.parts, fused.layers, strict=True):
+        torch.testing.assert_close(part, raw_cam(model64, x64, method="layercam", layer=layer, analytic=False,
+                                                 targets=fused.targets).parts[0])
 
 
 def test_normalise_maps_edge_cases() -> None:

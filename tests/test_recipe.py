@@ -21,7 +21,7 @@ from camseg.data.synth import SynthConfig, synthesize
 from camseg.heat.cam import CamMethod
 from camseg.heat.masks import parse_rule
 from camseg.heat.refine import Refiner
-from camseg.pipeline.options import Options
+from camseg.pipeline.options import Options, Segmenter
 from camseg.pipeline.recipe_record import RECIPE_FILE, Recipe, Views, load_recipe, save_recipe
 from camseg.pipeline.run import LoadedModel
 from camseg.pipeline.student import DistillConfig
@@ -110,7 +110,7 @@ def test_choose_recipe_keeps_only_steps_that_raise_val_dice(chosen: tuple[Path, 
     assert recipe.final is kept[-1]
     assert recipe.options.to_record() == kept[-1].options
     # the student exists (distillation ran): the label-free recipe is the student at 0.5
-    assert recipe.label_free.method is CamMethod.DISTILLED
+    assert recipe.label_free.method is Segmenter.DISTILLED
     assert recipe.label_free_report is not None and recipe.label_free_report.n_tumor > 0
     for s in recipe.steps:
         assert isinstance(s.report, Views) and s.report.n_tumor > 0 and s.report.n_normal > 0

@@ -4,14 +4,18 @@ Every method follows the same template (after pytorch-grad-cam's ``BaseCAM``):
 forward to the target layer, score the target class, take the gradient of the score
 with respect to the layer's activations ``A`` (``torch.autograd.grad``, so no
 parameter ``.grad`` is touched), weigh, combine, ReLU, upsample to the input size and
-normalise each map to [0, 1]. The methods differ only in :func:`combine`:
+normalise each map to [0, 1]. Each method is one small :class:`Cam` in the registry
+:data:`CAMS`, overriding the one step in which it differs:
 
-* Grad-CAM (Selvaraju et al., ICCV 2017): ``ReLU(sum_k mean_ij(dy/dA_k) A_k)``, the
-  heatmap used by Guan & Loew (arXiv:2201.02771);
-* Grad-CAM++ (Chattopadhay et al., WACV 2018): second-order pixel weights of the
-  positive gradients, with the exponential score's closed form;
-* HiResCAM (Draelos & Carin, 2020): ``ReLU(sum_k dy/dA_k * A_k)`` element-wise;
-* LayerCAM (Jiang et al., TIP 2021): ``ReLU(sum_k ReLU(dy/dA_k) * A_k)``.
+* Grad-CAM (Selvaraju et al., ICCV 2017): channel weights ``mean_ij(dy/dA_k)``, so
+  ``ReLU(sum_k w_k A_k)``, the heatmap used by Guan & Loew (arXiv:2201.02771);
+* Grad-CAM++ (Chattopadhay et al., WACV 2018): channel weights from second-order pixel
+  weights of the positive gradients, with the exponential score's closed form;
+* HiResCAM (Draelos & Carin, 2020): combined element-wise, ``ReLU(sum_k dy/dA_k * A_k)``;
+* LayerCAM (Jiang et al., TIP 2021): combined element-wise, ``ReLU(sum_k ReLU(dy/dA_k) * A_k)``;
+* fused: LayerCAM of the last two stages, multiplied;
+* Score-CAM (Wang et al., CVPR-W 2020): gradient-free, weights from the classifier's
+  score of channel-masked images (:func:`score_cam`).
 
 There are no hooks: a :class:`~camseg.models.Classifier` runs its stages in order, so
 the stages before the layer run without autograd and only the tail is
@@ -27,10 +31,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -41,24 +46,100 @@ from camseg.core.errors import InvalidInputError, NotFoundError
 
 
 class CamMethod(StrEnum):
+    """The names of the CAM methods of :data:`CAMS` (the wire and the command line use them)."""
+
     GRADCAM = "gradcam"
     GRADCAM_PP = "gradcam++"
     HIRESCAM = "hirescam"
     LAYERCAM = "layercam"
     FUSED = "fused"
-    # gradient-free (Wang et al., CVPR-W 2020): one forward pass per channel, so it runs
-    # on ONNX Runtime alone, for any model
     SCORECAM = "scorecam"
-    # not a CAM of the classifier: the segmentation network distilled from its CAMs
-    # (camseg.study.distill), served beside it
-    DISTILLED = "distilled"
 
 
-GRADIENT_FREE = frozenset({CamMethod.SCORECAM})
-# the classifier's gradient CAM methods (the sweeps run these)
-METHODS: tuple[str, ...] = tuple(m.value for m in CamMethod
-                                 if m is not CamMethod.DISTILLED and m not in GRADIENT_FREE)
 FUSED_LAYERS = 2  # the fused map multiplies LayerCAM of the last two stages
+
+
+class Cam:
+    """One CAM method: how a layer's activations ``A`` ``(N, K, h, w)`` and the target
+    score's gradients ``dy/dA`` (same shape) become maps ``(N, h, w)`` after ReLU, before
+    upsampling and normalisation. The rest of the template (forward, target, gradient,
+    upsample, normalise) is shared, so a method overrides one step, as pytorch-grad-cam's
+    ``BaseCAM`` subclasses do: :meth:`weights` (one number per channel, combined as
+    ``ReLU(sum_k w_k A_k)``), or :meth:`combine` itself.
+    """
+
+    method: ClassVar[CamMethod]
+    gradients: ClassVar[bool] = True  # False: the classifier scores masked inputs instead (score_cam)
+    layers: ClassVar[int] = 1  # the layers whose maps are multiplied, ending at the chosen one
+
+    @property
+    def one_pass(self) -> bool:
+        """Whether maps follow from one layer's activations and the GAP + linear head's
+        weight alone (:func:`analytic_grads`): the one-pass form of an exported model."""
+        return self.gradients and self.layers == 1
+
+    def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        """Channel weights ``(N, K)``."""
+        raise NotImplementedError(type(self).__name__)
+
+    def combine(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return F.relu(torch.einsum("nk,nkhw->nhw", self.weights(acts, grads), acts))
+
+
+class GradCam(Cam):
+    method = CamMethod.GRADCAM
+
+    def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return grads.mean(dim=(2, 3))
+
+
+class GradCamPlusPlus(Cam):
+    method = CamMethod.GRADCAM_PP
+
+    def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        g2 = grads.pow(2)
+        g3 = g2 * grads
+        denom = 2 * g2 + (acts.sum(dim=(2, 3), keepdim=True) * g3)
+        alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+        return (alpha * F.relu(grads)).sum(dim=(2, 3))
+
+
+class HiResCam(Cam):
+    method = CamMethod.HIRESCAM
+
+    def combine(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return F.relu((grads * acts).sum(1))
+
+
+class LayerCam(Cam):
+    method = CamMethod.LAYERCAM
+
+    def combine(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return F.relu((F.relu(grads) * acts).sum(1))
+
+
+class FusedCam(LayerCam):
+    """LayerCAM maps of the last :data:`FUSED_LAYERS` stages, each upsampled and
+    normalised, multiplied (:meth:`RawCam.render`): the deep layer's localisation at the
+    shallower layer's resolution."""
+
+    method = CamMethod.FUSED
+    layers = FUSED_LAYERS
+
+
+class ScoreCam(Cam):
+    """Gradient-free: one forward pass per channel (:func:`score_cam`), so it runs on
+    ONNX Runtime alone, for any model."""
+
+    method = CamMethod.SCORECAM
+    gradients = False
+
+
+# the registry: every CAM method, by name (the sweeps, the command lines and the proto mapping come from it)
+CAMS: Mapping[CamMethod, Cam] = MappingProxyType(
+    {c.method: c for c in (GradCam(), GradCamPlusPlus(), HiResCam(), LayerCam(), FusedCam(), ScoreCam())})
+# the classifier's gradient CAM methods (the sweeps run these)
+METHODS: tuple[str, ...] = tuple(m.value for m, c in CAMS.items() if c.gradients)
 
 Targets = int | Sequence[int] | Tensor | None
 
@@ -212,31 +293,17 @@ class CamResult:
 
 
 def parse_method(method: str | CamMethod) -> CamMethod:
+    """A CAM method by name (any case); InvalidInputError naming the choices otherwise."""
     try:
         return CamMethod(str(method).lower())
     except ValueError:
-        raise InvalidInputError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}") from None
+        raise InvalidInputError(f"unknown CAM method {method!r}; choose one of "
+                                f"{', '.join(m.value for m in CAMS)}") from None
 
 
-def combine(method: CamMethod, acts: Tensor, grads: Tensor) -> Tensor:
-    """Weigh activations ``(N, K, h, w)`` by gradients of the same shape: ``(N, h, w)``,
-    after ReLU, before upsampling and normalisation."""
-    if method is CamMethod.GRADCAM:
-        cam = torch.einsum("nk,nkhw->nhw", grads.mean(dim=(2, 3)), acts)
-    elif method is CamMethod.HIRESCAM:
-        cam = (grads * acts).sum(1)
-    elif method in (CamMethod.LAYERCAM, CamMethod.FUSED):
-        cam = (F.relu(grads) * acts).sum(1)
-    elif method is CamMethod.GRADCAM_PP:
-        g2 = grads.pow(2)
-        g3 = g2 * grads
-        denom = 2 * g2 + (acts.sum(dim=(2, 3), keepdim=True) * g3)
-        alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
-        weights = (alpha * F.relu(grads)).sum(dim=(2, 3))
-        cam = torch.einsum("nk,nkhw->nhw", weights, acts)
-    else:  # pragma: no cover - CamMethod is exhaustive
-        raise AssertionError(method)
-    return F.relu(cam)
+def cam_of(method: str | CamMethod) -> Cam:
+    """The registry's :class:`Cam` of ``method``."""
+    return CAMS[parse_method(method)]
 
 
 def normalise_maps(maps: Tensor, eps: float = 1e-12) -> Tensor:
@@ -401,33 +468,28 @@ def raw_cam(
 ) -> RawCam:
     """The forward (and, where needed, backward) pass of :func:`compute_cam`, stopped
     before upsampling; same arguments, same checks."""
-    cam_method = parse_method(method)
-    if cam_method is CamMethod.DISTILLED:
-        raise InvalidInputError("the distilled method is not a CAM of the classifier; run it through "
-                                "camseg.pipeline.run with a model that has a distilled student")
-    if cam_method in GRADIENT_FREE:
-        raise InvalidInputError(f"{cam_method.value} runs the classifier once per channel; run it through "
+    cam = cam_of(method)
+    if not cam.gradients:
+        raise InvalidInputError(f"{cam.method.value} runs the classifier once per channel; run it through "
                                 "camseg.pipeline.run or camseg.heat.cam.score_cam")
     _check_images(model, images)
     layer = layer or model.cam_layer
     model.check_layer(layer)
     t = resolve_targets(targets, images.shape[0], model.num_classes, images.device)
-    fused = cam_method is CamMethod.FUSED
-    layers = model.fused_layers(layer) if fused else [layer]
+    layers = model.fused_layers(layer) if cam.layers > 1 else [layer]
     with _eval_mode(model):
-        weight = model.head_weight(layer) if analytic and not fused else None
+        weight = model.head_weight(layer) if analytic and cam.one_pass else None
         if weight is not None:
             with torch.inference_mode():
                 logits, (acts,) = model.activations(images, layers, leaves=False)
-                maps = combine(cam_method, acts, analytic_grads(weight, t, acts.shape))
+                maps = cam.combine(acts, analytic_grads(weight, t, acts.shape))
             return RawCam((maps,), logits, t, (layer,))
         with torch.enable_grad():
             logits, acts_list = model.activations(images, layers, leaves=True)
             score = logits.gather(1, t[:, None]).sum()
             grads = torch.autograd.grad(score, acts_list)
         with torch.no_grad():
-            how = CamMethod.LAYERCAM if fused else cam_method
-            parts = tuple(combine(how, a.detach(), g) for a, g in zip(acts_list, grads, strict=True))
+            parts = tuple(cam.combine(a.detach(), g) for a, g in zip(acts_list, grads, strict=True))
     return RawCam(parts, logits.detach(), t, tuple(layers))
 
 
@@ -531,10 +593,11 @@ def raw_from_activations(acts: Tensor, weight: Tensor, targets: Tensor, *,
                          method: str | CamMethod = CamMethod.GRADCAM) -> Tensor:
     """Maps ``(N, h, w)`` at the layer's resolution from last-stage activations and the
     linear head's weight, as exported by ``camseg export`` (the one-pass path)."""
-    cam_method = parse_method(method)
-    if cam_method is CamMethod.FUSED:
-        raise InvalidInputError("the fused method needs two layers; it has no one-pass form")
-    return combine(cam_method, acts, analytic_grads(weight, targets, acts.shape))
+    cam = cam_of(method)
+    if not cam.one_pass:
+        raise InvalidInputError(f"the {cam.method.value} method has no one-pass form"
+                                + (f" (it needs {cam.layers} layers)" if cam.layers > 1 else ""))
+    return cam.combine(acts, analytic_grads(weight, targets, acts.shape))
 
 
 def cam_from_activations(

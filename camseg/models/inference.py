@@ -18,12 +18,10 @@ import torch
 from torch import Tensor
 
 from camseg.core.errors import InvalidInputError, UnsupportedError
-from camseg.heat.cam import CamMethod, CamResult, Targets, cam_from_activations, parse_method, resolve_targets
+from camseg.heat.cam import CamMethod, CamResult, Targets, cam_from_activations, cam_of, resolve_targets
 from camseg.models.modelconfig import ModelConfig, OutputKind, from_metadata, is_identity, preprocess
 from camseg.models.modeldir import ONNX_FILE, read_metadata
 from camseg.models.runtime import make_session
-
-ONE_PASS_METHODS = frozenset({CamMethod.GRADCAM, CamMethod.GRADCAM_PP, CamMethod.HIRESCAM, CamMethod.LAYERCAM})
 
 
 class OnnxModel:
@@ -119,8 +117,9 @@ class OnnxModel:
                 targets: Targets = None, size: tuple[int, int] | None = None) -> CamResult:
         """Heatmaps from one pass at the exported layer; FAILED_PRECONDITION where the
         method has no one-pass form."""
-        m = parse_method(method)
-        if self.head_weight is None or self.cam_layer is None or m not in ONE_PASS_METHODS:
+        cam = cam_of(method)
+        m = cam.method
+        if self.head_weight is None or self.cam_layer is None or not cam.one_pass:
             raise UnsupportedError(f"{m.value} has no one-pass ONNX form for this model")
         t = resolve_targets(targets, images.shape[0], len(self.classes))
         probs, acts = self.run(images)

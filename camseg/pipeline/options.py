@@ -1,19 +1,37 @@
-"""What a caller asks of the pipeline: the options of one run, the engine and the mask encodings."""
+"""What a caller asks of the pipeline: the options of one run, the engine and the mask
+encodings, and the one rule (:func:`resolve`) by which a caller's choices and a model's
+recipe make those options."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
 from camseg.core.errors import InvalidInputError
-from camseg.heat.cam import (
-    TTA_SIZES,
-    CamMethod,
-    parse_method,
-)
+from camseg.heat.cam import CAMS, TTA_SIZES, CamMethod
 from camseg.heat.masks import ThresholdRule, parse_rule
 from camseg.heat.refine import Refiner, parse_refiner
+
+
+class Segmenter(StrEnum):
+    """What a request may run instead of a CAM method: a network that segments by itself,
+    served beside the classifier whose CAMs it learnt from."""
+
+    DISTILLED = "distilled"  # the student of camseg.study.distill (camseg.pipeline.student)
+
+
+Method = CamMethod | Segmenter  # what Options.method names: a CAM method of the classifier, or a segmenter
+METHOD_CHOICES: tuple[str, ...] = (*(m.value for m in CAMS), *(s.value for s in Segmenter))
+
+
+def as_method(name: str | Method) -> Method:
+    """A CAM method or a segmenter by name (any case); InvalidInputError naming the choices."""
+    key = str(name).lower()
+    try:
+        return Segmenter(key) if key in {s.value for s in Segmenter} else CamMethod(key)
+    except ValueError:
+        raise InvalidInputError(f"unknown CAM method {name!r}; choose one of {', '.join(METHOD_CHOICES)}") from None
 
 
 class Engine(StrEnum):
@@ -35,6 +53,9 @@ class Encoding(StrEnum):
 class Options:
     """What to compute. ``threshold=None`` stops at heatmaps (no masks).
 
+    ``method`` is a CAM method of the classifier (:data:`camseg.heat.cam.CAMS`) or a
+    :class:`Segmenter` (the distilled student); a plain name is parsed.
+
     ``target`` None means the positive class (with several positive classes, the most
     probable of them for each image). ``tta`` averages heatmaps (and logits) over 1, 4
     or 8 flips and quarter turns. ``refine`` refines each thresholded mask from its
@@ -45,7 +66,7 @@ class Options:
     between chunks.
     """
 
-    method: CamMethod = CamMethod.GRADCAM
+    method: Method = CamMethod.GRADCAM
     layer: str | None = None
     target: int | None = None
     threshold: ThresholdRule | None = field(default_factory=lambda: ThresholdRule("otsu"))
@@ -61,14 +82,12 @@ class Options:
 
     def __post_init__(self) -> None:
         # accept the plain strings of configuration files and command lines
-        object.__setattr__(self, "method", parse_method(self.method))
+        object.__setattr__(self, "method", as_method(self.method))
         object.__setattr__(self, "refine", parse_refiner(self.refine))
         if self.threshold is not None:
             object.__setattr__(self, "threshold", parse_rule(self.threshold))
-        if self.tta not in TTA_SIZES:
-            raise InvalidInputError(f"tta must be one of {', '.join(map(str, TTA_SIZES))}, got {self.tta}")
-        if self.decision_threshold is not None and not 0.0 < self.decision_threshold < 1.0:
-            raise InvalidInputError(f"decision threshold must be within (0, 1), got {self.decision_threshold}")
+        _check_tta(self.tta)
+        _check_decision_threshold(self.decision_threshold)
         try:
             object.__setattr__(self, "engine", Engine(self.engine))
             object.__setattr__(self, "encodings", frozenset(Encoding(e) for e in self.encodings))
@@ -78,7 +97,6 @@ class Options:
             raise InvalidInputError("chunk must be at least 1 image")
         if self.layer == "":
             object.__setattr__(self, "layer", None)
-
 
     def to_record(self) -> dict[str, Any]:
         """The options as plain JSON values (no encodings: those are per call)."""
@@ -95,3 +113,97 @@ class Options:
         if unknown:
             raise InvalidInputError(f"unknown options {', '.join(sorted(unknown))}")
         return cls(**rec)
+
+
+def _check_tta(tta: int) -> None:
+    if tta not in TTA_SIZES:
+        raise InvalidInputError(f"tta must be one of {', '.join(map(str, TTA_SIZES))}, got {tta}")
+
+
+def _check_decision_threshold(value: float | None) -> None:
+    if value is not None and not 0.0 < value < 1.0:
+        raise InvalidInputError(f"decision threshold must be within (0, 1), got {value}")
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What a caller chose explicitly, each field None where it chose nothing; the plain
+    strings of a command line are parsed, and bad values refused, on construction.
+
+    Two kinds of field (see :func:`resolve`): *picks* (``method``, ``layer``,
+    ``target``, ``threshold``, ``tta``, ``refine``, ``decision_threshold``) say how the
+    heatmaps and masks are made, and any one of them sets the recipe aside;
+    *modifiers* (``gate``, ``largest``, ``fill_holes``) adjust whatever options are
+    run. ``no_recipe`` sets the recipe aside whatever else is chosen.
+    """
+
+    method: Method | None = None
+    layer: str | None = None
+    target: int | None = None
+    threshold: ThresholdRule | None = None
+    tta: int | None = None
+    refine: Refiner | None = None
+    decision_threshold: float | None = None
+    gate: bool | None = None
+    largest: bool | None = None
+    fill_holes: bool | None = None
+    no_recipe: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            object.__setattr__(self, "method", as_method(self.method))
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", parse_rule(self.threshold))
+        if self.refine is not None:
+            object.__setattr__(self, "refine", parse_refiner(self.refine))
+        if self.layer == "":
+            object.__setattr__(self, "layer", None)
+        if self.tta is not None:
+            _check_tta(self.tta)
+        _check_decision_threshold(self.decision_threshold)
+
+    @property
+    def picks(self) -> bool:
+        """Whether any pick is chosen (so the recipe is set aside)."""
+        return any(v is not None for v in (self.method, self.layer, self.target, self.threshold, self.tta,
+                                           self.refine, self.decision_threshold))
+
+
+def resolve(recipe: Options | None, choices: Choices = Choices(), *,
+            default_method: CamMethod = CamMethod.GRADCAM) -> tuple[Options, bool]:
+    """The options to run for a caller's ``choices`` on a model whose recipe (its chosen
+    options, :mod:`camseg.pipeline.recipe_record`) is ``recipe`` (None: it has none), and
+    whether they are the recipe's. Every adapter (command line, gRPC, jobs) asks this.
+
+    The rule:
+
+    * nothing picked (modifiers alone, or nothing at all), a recipe, no ``no_recipe``:
+      the recipe, with the modifiers applied. Modifiers only add to it: ``largest``
+      and ``fill_holes`` True switch those on, ``gate`` False switches the gate off;
+      ``largest`` False or ``gate`` True leave the recipe's own choice (a wire request
+      cannot tell an unset flag from False, so False never undoes a recipe's step);
+    * otherwise the caller's own options: the picks, and for every pick not made the
+      default (``default_method``, the model's configured method; Otsu; no TTA, no
+      refinement, the most probable class decides); the modifiers as given (unset:
+      gate on, no largest component, no hole filling).
+
+    Encodings, engine and chunk size belong to a call, not to this choice: a caller
+    ``dataclasses.replace``-s them into the result.
+
+    >>> recipe = Options(method="layercam", threshold="p85", tta=4)
+    >>> resolve(recipe, Choices(largest=True))[0].method, resolve(recipe, Choices(largest=True))[1]
+    (<CamMethod.LAYERCAM: 'layercam'>, True)
+    >>> resolve(recipe, Choices(threshold="p90"))[0].tta
+    1
+    """
+    if recipe is not None and not choices.no_recipe and not choices.picks:
+        return replace(recipe, gate=recipe.gate and choices.gate is not False,
+                       largest=recipe.largest or bool(choices.largest),
+                       fill_holes=recipe.fill_holes or bool(choices.fill_holes)), True
+    c = choices
+    own = Options(method=c.method if c.method is not None else default_method, layer=c.layer, target=c.target,
+                  threshold=c.threshold if c.threshold is not None else ThresholdRule("otsu"), tta=c.tta or 1,
+                  refine=c.refine if c.refine is not None else Refiner.NONE,
+                  decision_threshold=c.decision_threshold, gate=c.gate is not False, largest=bool(c.largest),
+                  fill_holes=bool(c.fill_holes))
+    return own, False

@@ -34,7 +34,7 @@ from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.core.types import BoolArray, FloatArray
 from camseg.data.tensors import resize_image, to_channels
 from camseg.heat.cam import (
-    GRADIENT_FREE,
+    CAMS,
     CamMethod,
     CamNetwork,
     RawCam,
@@ -49,10 +49,10 @@ from camseg.heat.overlay import overlay
 from camseg.heat.refine import Refiner, refine_masks
 from camseg.io import codecs
 from camseg.models.imported import load_imported
-from camseg.models.inference import ONE_PASS_METHODS, OnnxModel
+from camseg.models.inference import OnnxModel
 from camseg.models.modelconfig import CONFIG_FILE, Colour, ModelConfig, Source, from_metadata
 from camseg.models.modeldir import ONNX_FILE, load_model
-from camseg.pipeline.options import Encoding, Engine, Options
+from camseg.pipeline.options import Choices, Encoding, Engine, Options, Segmenter, resolve
 from camseg.pipeline.recipe_record import Recipe, load_recipe
 from camseg.pipeline.student import Student, load_student
 
@@ -135,7 +135,16 @@ class LoadedModel:
     def default_options(self) -> Options:
         """The recipe's options where the model has one, else the defaults (with the
         config's CAM method)."""
-        return self.recipe.options if self.recipe is not None else Options(method=self.default_method)
+        return self.options_for()[0]
+
+    def options_for(self, request: Options | Choices | None = None) -> tuple[Options, bool]:
+        """The options to run for a caller's ``request``, and whether they are the recipe's:
+        :class:`Options` run as given; :class:`Choices` (None: nothing chosen) are resolved
+        against this model's recipe and default method by :func:`camseg.pipeline.options.resolve`."""
+        if isinstance(request, Options):
+            return request, False
+        return resolve(self.recipe.options if self.recipe is not None else None, request or Choices(),
+                       default_method=self.default_method)
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -166,7 +175,7 @@ class LoadedModel:
 
     def engine_for(self, options: Options) -> Engine:
         """The engine :func:`run` uses for ``options``; checks the layer and the target."""
-        if options.method is CamMethod.DISTILLED:
+        if isinstance(options.method, Segmenter):  # the distilled student, the one segmenter
             if self.student is None:
                 raise UnsupportedError(f"{self.path.name}: this model has no distilled student "
                                        "(camseg distill trains one)")
@@ -174,7 +183,8 @@ class LoadedModel:
                 else Engine.TORCH
         if options.target is not None and not 0 <= options.target < len(self.classes):
             raise InvalidInputError(f"target class {options.target} is out of range 0..{len(self.classes) - 1}")
-        if options.method in GRADIENT_FREE:
+        cam = CAMS[options.method]
+        if not cam.gradients:
             on_onnx = (self.onnx is not None and self.onnx.cam_layer is not None
                        and options.layer in (None, self.onnx.cam_layer))
             if on_onnx and options.engine is not Engine.TORCH:
@@ -187,7 +197,7 @@ class LoadedModel:
         if options.layer is not None:
             network.check_layer(options.layer)
         one_pass = (self.onnx is not None and self.onnx.cam_layer is not None and self.onnx.head_weight is not None
-                    and options.method in ONE_PASS_METHODS and options.layer in (None, self.onnx.cam_layer))
+                    and cam.one_pass and options.layer in (None, self.onnx.cam_layer))
         if options.engine is Engine.ONNX and not one_pass:
             raise UnsupportedError(f"{options.method.value} at layer {options.layer or network.cam_layer} "
                                    "has no one-pass ONNX form for this model")
@@ -249,14 +259,14 @@ class LoadedModel:
         return torch.where(probs[:, pos].sum(1) >= threshold, best_pos, best_neg)
 
     def _raw_once(self, engine: Engine, x: Tensor, options: Options, targets: Tensor | None) -> RawCam:
-        if options.method is CamMethod.DISTILLED:
+        if isinstance(options.method, Segmenter):
             assert self.student is not None
             p = torch.from_numpy(self.classify_prepared(x.numpy()))
             t = targets if targets is not None else torch.as_tensor(self._targets(options, p)).expand(
                 x.shape[0]).clone()
             maps = self.student.heatmaps(x, onnx=engine is Engine.ONNX)
-            return RawCam((maps,), torch.log(p.clamp_min(1e-30)), t, ("distilled",), calibrated=True)
-        if options.method in GRADIENT_FREE:
+            return RawCam((maps,), torch.log(p.clamp_min(1e-30)), t, (options.method.value,), calibrated=True)
+        if not CAMS[options.method].gradients:
             return self._score_cam(engine, x, options, targets)
         if engine is Engine.ONNX:
             assert self.onnx is not None and self.onnx.head_weight is not None and self.onnx.cam_layer is not None
@@ -313,7 +323,7 @@ class LoadedModel:
         if self.onnx is not None and self.onnx.head_weight is not None:
             run(self, blank, Options(engine=Engine.ONNX))
         if self.student is not None:
-            run(self, blank, Options(method=CamMethod.DISTILLED))
+            run(self, blank, Options(method=Segmenter.DISTILLED))
 
 
 @dataclass(frozen=True)

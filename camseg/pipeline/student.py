@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from camseg.core.errors import InvalidInputError, UnsupportedError
-from camseg.heat.cam import CamMethod, parse_method
+from camseg.heat.cam import parse_method
 from camseg.models.runtime import make_session
 from camseg.models.unet import UNet
+from camseg.pipeline.options import Segmenter, as_method
 
 STUDENT_FILE = "student.pt"
 STUDENT_ONNX_FILE = "student.onnx"
@@ -68,10 +69,9 @@ class DistillConfig:
         if self.base < 1 or self.depth < 1 or self.margin < 0:
             raise InvalidInputError(f"base and depth must be >= 1 and margin >= 0, got {self.base}, {self.depth}, "
                                     f"{self.margin}")
-        method = parse_method(self.cam_method)
-        if method is CamMethod.DISTILLED:
+        if as_method(self.cam_method) is Segmenter.DISTILLED:
             raise InvalidInputError("a student learns from the classifier's CAMs, not from another student")
-        object.__setattr__(self, "cam_method", method.value)
+        object.__setattr__(self, "cam_method", parse_method(self.cam_method).value)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:

@@ -34,7 +34,7 @@ from camseg.core.metrics import mean_dice
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.data.folder import FolderDataset, atomic_directory
 from camseg.data.tensors import ArraySet, load_arrays
-from camseg.heat.cam import METHODS, CamMethod, CamNetwork, cam_batches, lesion_targets, parse_method
+from camseg.heat.cam import METHODS, CamNetwork, cam_batches, cam_of, lesion_targets, parse_method
 from camseg.heat.masks import parse_rule, segment_maps
 from camseg.models import Classifier
 from camseg.pipeline.options import Options
@@ -97,7 +97,7 @@ def dice_sweep(
     # the mean is over tumor ROIs and each mask depends on its own image only
     data = data.select(torch.nonzero(data.has_mask).flatten())
     targets = lesion_targets(model, data.images, pos)
-    combos = [(m, lay) for m in methods for lay in (layer_names if m != CamMethod.FUSED else [model.cam_layer])]
+    combos = [(m, lay) for m in methods for lay in (layer_names if cam_of(m).layers == 1 else [model.cam_layer])]
     rows: list[SweepRow] = []
     tracker = Tracker(task, len(combos) * len(data), on_progress=on_progress, should_stop=should_stop)
     for method, layer in combos:

@@ -55,7 +55,7 @@ from camseg.core.errors import InvalidInputError
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.data.folder import FolderDataset
 from camseg.data.tensors import ArraySet, load_arrays
-from camseg.heat.cam import GRADIENT_FREE, METHODS, CamMethod, CamNetwork, cam_batches, lesion_targets, parse_method
+from camseg.heat.cam import CAMS, METHODS, CamNetwork, cam_batches, lesion_targets, parse_method
 from camseg.models import PAPER_NAMES
 from camseg.pipeline.run import LoadedModel
 
@@ -331,7 +331,7 @@ def location_sweep(
     layer = layer or model.cam_layer
     model.check_layer(layer)
     parsed = [parse_method(m) for m in methods]
-    bad = [m.value for m in parsed if m in GRADIENT_FREE or m is CamMethod.DISTILLED]
+    bad = [m.value for m in parsed if not CAMS[m].gradients]
     if bad:
         raise InvalidInputError(f"the location sweep runs the gradient CAM methods ({', '.join(METHODS)}), "
                                 f"not {', '.join(bad)}")
@@ -342,7 +342,7 @@ def location_sweep(
     pos = tuple(positives) if positives else (model.num_classes - 1,)
     data = data.select(torch.nonzero(data.has_mask).flatten())
     targets = lesion_targets(model, data.images, pos)
-    combos = [(m, model.cam_layer if m is CamMethod.FUSED else layer) for m in parsed]
+    combos = [(m, model.cam_layer if CAMS[m].layers > 1 else layer) for m in parsed]
     tracker = Tracker("Heatmap location", len(combos) * len(data), on_progress=on_progress,
                       should_stop=should_stop)
     rows = []

@@ -46,7 +46,7 @@ from camseg.data.folder import FolderDataset
 from camseg.heat.cam import CamMethod
 from camseg.heat.masks import parse_rule
 from camseg.heat.refine import Refiner
-from camseg.pipeline.options import Options
+from camseg.pipeline.options import Options, Segmenter
 from camseg.pipeline.recipe_record import RECIPE_FILE, Recipe, Step, Views, load_recipe, save_recipe
 from camseg.pipeline.run import LoadedModel, make_masks, run
 from camseg.pipeline.student import DistillConfig
@@ -172,7 +172,7 @@ def choose_decision_threshold(probs: Tensor, is_tumor: Tensor, positives: Sequen
 
 # -------------------------------------------------------------------------- recipe
 LABEL_FREE = Options(method=CamMethod.FUSED, threshold=parse_rule("otsu"), largest=True, tta=4)
-LABEL_FREE_DISTILLED = Options(method=CamMethod.DISTILLED, threshold=parse_rule("0.5"), largest=True)
+LABEL_FREE_DISTILLED = Options(method=Segmenter.DISTILLED, threshold=parse_rule("0.5"), largest=True)
 
 
 def label_free_options(model: LoadedModel) -> Options:
@@ -302,7 +302,7 @@ def choose_recipe(
         with_student = distiller(model, current)
         if with_student is not None:
             model = with_student
-            base = replace(current, method=CamMethod.DISTILLED, layer=None, tta=1)
+            base = replace(current, method=Segmenter.DISTILLED, layer=None, tta=1)
             o, v = best_rule(model, sel, base, rules=("0.3", "0.4", "0.5", "0.6", "0.7", "otsu"))
             consider("+ distilled student", o, v)
             if current.refine is not Refiner.NONE:

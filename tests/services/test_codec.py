@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -11,10 +12,10 @@ import pytest
 from PIL import Image
 
 from camseg.core.errors import InvalidInputError
-from camseg.heat.cam import CamMethod
+from camseg.heat.cam import CAMS, CamMethod
 from camseg.heat.masks import ThresholdRule
 from camseg.heat.refine import Refiner
-from camseg.pipeline.options import Encoding, Options
+from camseg.pipeline.options import Encoding, Method, Options, Segmenter
 from services import codec
 from services.gen.camseg.v1 import camseg_pb2 as pb
 
@@ -36,8 +37,8 @@ def decode(*images: pb.Image, max_images: int = 8, max_pixels: int = BIG) -> lis
 
 
 # ------------------------------------------------------------------ methods and rules
-@pytest.mark.parametrize("method", list(CamMethod))
-def test_every_method_round_trips(method: CamMethod) -> None:
+@pytest.mark.parametrize("method", [*CamMethod, *Segmenter])
+def test_every_method_round_trips(method: Method) -> None:
     value = codec.method_to_pb(method)
     assert value != pb.CAM_METHOD_UNSPECIFIED
     assert codec.method_from_pb(value) is method
@@ -49,9 +50,13 @@ def test_method_names_match_the_proto() -> None:
     assert codec.method_to_pb("FUSED") == pb.CAM_METHOD_FUSED
     assert codec.method_from_pb(pb.CAM_METHOD_HIRESCAM) is CamMethod.HIRESCAM
     assert codec.method_from_pb(pb.CAM_METHOD_LAYERCAM) is CamMethod.LAYERCAM
-    # every proto value except UNSPECIFIED names a distinct method
+    # every proto value except UNSPECIFIED names a distinct method: the registry's and the student
     values = [v for v in pb.CamMethod.values() if v != pb.CAM_METHOD_UNSPECIFIED]
-    assert sorted({codec.method_from_pb(v) for v in values}) == sorted(CamMethod)
+    assert sorted({codec.method_from_pb(v) for v in values}) == sorted([*CAMS, *Segmenter])
+    # the mapping is generated from the registry; the numbers on the wire stay as they were
+    assert {m.value: int(v) for m, v in codec.METHOD_TO_PB.items()} == {
+        "gradcam": 1, "gradcam++": 2, "hirescam": 3, "layercam": 4, "fused": 5, "distilled": 6, "scorecam": 7}
+    assert codec.method_from_pb(pb.CAM_METHOD_DISTILLED) is Segmenter.DISTILLED
 
 
 def test_unspecified_method_is_gradcam_and_unknown_is_refused() -> None:
@@ -298,15 +303,22 @@ def test_segment_options_take_the_recipe_unless_the_request_chooses() -> None:
     assert o.decision_threshold == 0.3 and o.largest and o.gate is False and o.chunk == 7
     assert Encoding.OVERLAY_PNG in o.encodings
     for chooses in (pb.SegmentRequest(threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_OTSU)),
-                    pb.SegmentRequest(options=pb.ExplainOptions()), pb.SegmentRequest(tta=4),
+                    pb.SegmentRequest(options=pb.ExplainOptions(layer="stage2")), pb.SegmentRequest(tta=4),
+                    pb.SegmentRequest(options=pb.ExplainOptions(target_class=0)),
                     pb.SegmentRequest(refine=pb.REFINEMENT_CRF), pb.SegmentRequest(decision_threshold=0.4),
-                    pb.SegmentRequest(largest_component=True), pb.SegmentRequest(no_recipe=True)):
+                    pb.SegmentRequest(no_recipe=True, largest_component=True)):
         o, used = codec.segment_options(chooses, chunk=1, recipe=recipe)
         assert not used and o.method is CamMethod.GRADCAM and o.refine.value in ("none", "crf"), chooses
+    # modifiers keep the recipe; an empty options message chooses nothing
+    for modifies in (pb.SegmentRequest(largest_component=True), pb.SegmentRequest(options=pb.ExplainOptions()),
+                     pb.SegmentRequest(gate=True)):
+        o, used = codec.segment_options(modifies, chunk=1, recipe=replace(recipe, largest=False, gate=False))
+        assert used and o.method is CamMethod.LAYERCAM and o.tta == 4, modifies
+        assert o.largest is modifies.largest_component and o.gate is False  # gate True leaves the recipe's off
     o, _ = codec.segment_options(pb.SegmentRequest(refine=pb.REFINEMENT_GRABCUT, tta=8, decision_threshold=0.25,
                                                    options=pb.ExplainOptions(method=pb.CAM_METHOD_DISTILLED)),
                                  chunk=1)
-    assert (o.refine.value, o.tta, o.decision_threshold, o.method) == ("grabcut", 8, 0.25, CamMethod.DISTILLED)
+    assert (o.refine.value, o.tta, o.decision_threshold, o.method) == ("grabcut", 8, 0.25, Segmenter.DISTILLED)
     with pytest.raises(InvalidInputError, match="tta"):
         codec.segment_options(pb.SegmentRequest(tta=3), chunk=1)
 

@@ -16,7 +16,7 @@ from PIL import Image
 from camseg.core.settings import Settings
 from camseg.data.folder import decode_image
 from camseg.heat.masks import parse_rule
-from camseg.pipeline.options import Options
+from camseg.pipeline.options import Options, Segmenter
 from camseg.pipeline.run import LoadedModel, run
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
@@ -86,13 +86,13 @@ def test_segment_applies_the_models_recipe_unless_the_request_chooses(
     make_distiller(tiny_folder, DistillConfig(epochs=1, batch_size=8))(LoadedModel.load(model_dir), Options())
     recipe_opts = Options(method=CamMethod.LAYERCAM, threshold=parse_rule("p85"), largest=True, tta=4,
                           refine=Refiner.CRF, decision_threshold=0.3)
-    save_recipe(model_dir, Recipe(recipe_opts, Options(method=CamMethod.DISTILLED, threshold=parse_rule("0.5"))))
+    save_recipe(model_dir, Recipe(recipe_opts, Options(method=Segmenter.DISTILLED, threshold=parse_rule("0.5"))))
     model = LoadedModel.load(model_dir)
     image, mask = tumor_roi
     decoded, truth = decode_image(image), decode_image(mask) > 0
     by_recipe = run(model, [decoded], recipe_opts, truths=[truth]).items[0]
     by_default = run(model, [decoded], Options(threshold=parse_rule("p85")), truths=[truth]).items[0]
-    by_student = run(model, [decoded], Options(method=CamMethod.DISTILLED, threshold=parse_rule("0.5")),
+    by_student = run(model, [decoded], Options(method=Segmenter.DISTILLED, threshold=parse_rule("0.5")),
                      truths=[truth]).items[0]
 
     async def main() -> tuple[pb.SegmentResponse, pb.SegmentResponse, pb.SegmentResponse, pb.ModelInfo]:

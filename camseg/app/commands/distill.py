@@ -8,8 +8,7 @@ from pathlib import Path
 
 from camseg.app.console import progress_bars
 from camseg.core.settings import Settings
-from camseg.heat.cam import CamMethod
-from camseg.pipeline.options import Options
+from camseg.pipeline.options import Options, Segmenter
 from camseg.pipeline.run import LoadedModel
 from camseg.pipeline.student import DistillConfig
 from camseg.study.recipe import make_distiller
@@ -26,7 +25,7 @@ def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
     model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
     model.require_trained("camseg distill")
     heat = model.default_options()  # the recipe's heatmaps, or the defaults
-    if heat.method is CamMethod.DISTILLED:  # a student learns from the CAMs its predecessor learnt from
+    if heat.method is Segmenter.DISTILLED:  # a student learns from the CAMs its predecessor learnt from
         recorded = model.student.meta.get("heat_options") if model.student is not None else None
         heat = Options.from_record(recorded) if recorded else Options()
     with progress_bars(progress) as bars:

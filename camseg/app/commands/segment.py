@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,8 @@ from camseg.bulk import batch
 from camseg.bulk.segment import segment_folder
 from camseg.core.errors import InvalidInputError
 from camseg.core.settings import Settings
-from camseg.heat.cam import METHODS, parse_method
-from camseg.heat.masks import parse_rule
-from camseg.heat.refine import REFINERS, parse_refiner
-from camseg.pipeline.options import Options
+from camseg.heat.refine import REFINERS
+from camseg.pipeline.options import METHOD_CHOICES, Choices
 from camseg.pipeline.recipe_record import RECIPE_FILE
 from camseg.pipeline.run import LoadedModel
 
@@ -27,7 +24,7 @@ def add_arguments(g: argparse.ArgumentParser, common: argparse.ArgumentParser) -
     g.add_argument("--data", type=Path, required=True,
                    help="a folder data set (labels.csv), or DICOM files / NRRD / NIfTI volumes (a file or a folder)")
     g.add_argument("--out", type=Path, required=True)
-    g.add_argument("--method", default=None, choices=(*METHODS, "scorecam", "distilled"),
+    g.add_argument("--method", default=None, choices=METHOD_CHOICES,
                    help="default: the model's recipe (recipe.json), else its config's method, else gradcam")
     g.add_argument("--threshold", default=None, help="otsu, a percentile like p90, or a number in [0, 1] "
                                                      "(default: the recipe's, else otsu)")
@@ -53,19 +50,13 @@ def add_arguments(g: argparse.ArgumentParser, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
     model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
-    chosen = [args.method, args.threshold, args.layer, args.tta, args.refine, args.decision_threshold]
-    if model.recipe is not None and not args.no_recipe and all(v is None for v in chosen):
-        opts = model.recipe.options
-        if args.no_gate or args.largest or args.fill_holes:
-            opts = replace(opts, gate=opts.gate and not args.no_gate, largest=opts.largest or args.largest,
-                           fill_holes=opts.fill_holes or args.fill_holes)
+    # flags left off are not choices: False, not None, would be a choice
+    opts, from_recipe = model.options_for(Choices(
+        method=args.method, threshold=args.threshold, layer=args.layer, tta=args.tta, refine=args.refine,
+        decision_threshold=args.decision_threshold, gate=False if args.no_gate else None,
+        largest=args.largest or None, fill_holes=args.fill_holes or None, no_recipe=args.no_recipe))
+    if from_recipe:
         print(f"{args.model}: the model's recipe ({RECIPE_FILE})")
-    else:
-        opts = Options(method=parse_method(args.method) if args.method else model.default_method,
-                       threshold=parse_rule(args.threshold or "otsu"), layer=args.layer, tta=args.tta or 1,
-                       refine=parse_refiner(args.refine or "none"),
-                       decision_threshold=args.decision_threshold, gate=not args.no_gate, largest=args.largest,
-                       fill_holes=args.fill_holes)
     if not (args.data / "labels.csv").is_file():
         return _segment_series(args, model, opts, settings, progress)
     with progress_bars(progress) as bars:

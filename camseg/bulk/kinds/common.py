@@ -7,16 +7,17 @@ from pathlib import Path
 
 from camseg.core.errors import InvalidInputError
 from camseg.data.folder import FolderDataset
-from camseg.pipeline.options import Options
+from camseg.pipeline.options import Choices, Options
 from camseg.pipeline.run import LoadedModel
 
 
-def segmentation_options(model_dir: Path, options: Options | None) -> tuple[LoadedModel, Options]:
+def segmentation_options(model_dir: Path, options: Options | Choices | None) -> tuple[LoadedModel, Options]:
     """The model (torch, no ONNX session) and the options a segmenting job records:
-    ``options``, else the model's recipe. InvalidInputError without a threshold rule or
-    when the model has no engine for them."""
+    ``options`` as given, or a caller's :class:`Choices` (None: none) resolved against
+    the model's recipe (:meth:`LoadedModel.options_for`). InvalidInputError without a
+    threshold rule or when the model has no engine for them."""
     model = LoadedModel.load(model_dir, onnx=False)
-    opts = options or model.default_options()  # the model's recipe, recorded in the manifest
+    opts, _ = model.options_for(options)
     if opts.threshold is None:
         raise InvalidInputError("bulk segmentation needs a threshold rule")
     model.engine_for(opts)

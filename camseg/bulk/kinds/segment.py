@@ -28,7 +28,7 @@ from camseg.bulk.store import RESULTS, JobKind, Manifest, create_job, link_into,
 from camseg.core.errors import CamsegError, InvalidInputError
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.data.folder import FolderDataset, atomic_directory
-from camseg.pipeline.options import Encoding, Options
+from camseg.pipeline.options import Choices, Encoding, Options
 from camseg.pipeline.run import LoadedModel, run
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ COLUMNS = ["id", "label", "predicted_label", "correct", "probability", "mask_are
 
 
 def create_segment_job(out_root: Path, model_dir: Path, data_dir: Path, *, split: str | None = None,
-                       options: Options | None = None, chunk_size: int = 64, heatmaps: bool = False,
+                       options: Options | Choices | None = None, chunk_size: int = 64, heatmaps: bool = False,
                        job_id: str | None = None, labels: dict[str, str] | None = None) -> Path:
     """Plan a bulk segmentation: check the model and data, split the images of ``split``
     (all without one) into chunks of ``chunk_size`` and write the manifest. Returns the

@@ -22,7 +22,7 @@ from camseg.core.errors import CamsegError, CancelledError, InvalidInputError, N
 from camseg.core.progress import OnProgress, ShouldStop
 from camseg.core.windowing import Windowing
 from camseg.data.folder import atomic_directory
-from camseg.pipeline.options import Options
+from camseg.pipeline.options import Choices, Options
 from camseg.pipeline.run import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 NAME = "segment-series"
 
 
-def create_series_job(out_root: Path, model_dir: Path, data: Path, *, options: Options | None = None,
+def create_series_job(out_root: Path, model_dir: Path, data: Path, *, options: Options | Choices | None = None,
                       output: str = "auto", heatmaps: bool = False, windowing: str = "auto",
                       job_id: str | None = None, labels: dict[str, str] | None = None) -> Path:
     """Plan the segmentation of every DICOM series and NRRD/NIfTI image volume under
