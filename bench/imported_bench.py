@@ -56,7 +56,7 @@ from rich.table import Table
 
 from camseg.data.folder import FolderDataset
 from camseg.data.synth import SynthConfig, synthesize
-from camseg.heat.cam import CamMethod
+from camseg.heat.methods import CamMethod
 from camseg.models.export import export_model
 from camseg.models.modelconfig import CONFIG_FILE, from_metadata
 from camseg.models.modeldir import ONNX_FILE, read_metadata

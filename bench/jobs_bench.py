@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from camseg.bulk import batch  # noqa: E402
 from camseg.core.settings import Settings  # noqa: E402
 from camseg.data.synth import SynthConfig, synthesize  # noqa: E402
-from camseg.heat.masks import parse_rule  # noqa: E402
+from camseg.heat.rules import parse_rule  # noqa: E402
 from camseg.models import ModelSpec, build  # noqa: E402
 from camseg.models.export import export_model  # noqa: E402
 from camseg.models.modeldir import save_model  # noqa: E402

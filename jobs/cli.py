@@ -7,11 +7,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from camseg.app.demo import DemoStep
 from camseg.core.settings import Settings
-from camseg.pipeline.options import METHOD_CHOICES
+from camseg.heat.methods import METHOD_CHOICES
+
+if TYPE_CHECKING:  # the demo (torch, matplotlib) is loaded only when its steps run
+    from camseg.app.demo import DemoStep
 
 
 def register(sub: Any) -> None:

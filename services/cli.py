@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from camseg.app.demo import DemoStep
 from camseg.core.settings import Settings
-from camseg.heat.cam import CAMS
-from camseg.pipeline.options import METHOD_CHOICES
+from camseg.heat.methods import METHOD_CHOICES, CamMethod
+
+if TYPE_CHECKING:  # the demo (torch, matplotlib) is loaded only when its steps run
+    from camseg.app.demo import DemoStep
 
 
 def register(sub: Any) -> None:
@@ -67,7 +68,7 @@ def register(sub: Any) -> None:
         c.add_argument("--key", type=Path, default=None)
         if name != "classify":
             c.add_argument("--method", default="gradcam" if name == "explain" else None,
-                           choices=METHOD_CHOICES if name == "segment" else tuple(m.value for m in CAMS),
+                           choices=METHOD_CHOICES if name == "segment" else tuple(m.value for m in CamMethod),
                            help="segment: default the model's recipe")
             c.add_argument("--out", type=Path, default=Path("camseg-client-out"))
         if name == "segment":

@@ -29,7 +29,7 @@ from camseg.core.errors import (
     UnavailableError,
     UnsupportedError,
 )
-from camseg.heat.masks import parse_rule
+from camseg.heat.rules import parse_rule
 from camseg.io import codecs
 from services.codec import method_to_pb, rule_to_pb
 from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc

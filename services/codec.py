@@ -13,13 +13,14 @@ import numpy.typing as npt
 
 from camseg.core.errors import InvalidInputError, shown
 from camseg.core.types import BoolArray, FloatArray
-from camseg.heat.cam import CAMS, CamMethod
-from camseg.heat.masks import ThresholdRule
+from camseg.heat.cam import CAMS
+from camseg.heat.methods import CamMethod, Method, Segmenter, as_method
 from camseg.heat.refine import Refiner
+from camseg.heat.rules import ThresholdRule
 from camseg.io import codecs
 from camseg.io.guards import Budget, array_to_float, is_dicom
 from camseg.io.inputs import decode_image, decode_mask, mask_from_array, read_header
-from camseg.pipeline.options import Choices, Encoding, Method, Options, Segmenter, as_method, resolve
+from camseg.pipeline.options import Choices, Encoding, Options, resolve
 from camseg.pipeline.run import ImageResult, LoadedModel
 from services.gen.camseg.v1 import camseg_pb2 as pb
 

@@ -25,7 +25,6 @@ from camseg.heat.cam import (
     FUSED_LAYERS,
     METHODS,
     Cam,
-    CamMethod,
     RawCam,
     cam_from_activations,
     cam_of,
@@ -37,6 +36,7 @@ from camseg.heat.cam import (
     tta_cam,
     undo_dihedral,
 )
+from camseg.heat.methods import CamMethod
 from camseg.models import Classifier
 
 ModelFactory = Callable[..., Classifier]

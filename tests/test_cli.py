@@ -98,3 +98,32 @@ def test_bad_label_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "labels.csv:4" in err and "'cyst'" in err
     assert not (tmp_path / "m").exists()
+
+
+LIGHT = [
+    ["--help"],
+    ["segment", "--help"],
+    ["health", "--server", "127.0.0.1:1", "--plaintext", "--timeout", "0.2"],
+    ["client", "classify", "--help"],
+    ["jobs", "list", "--help"],
+]
+
+
+@pytest.mark.parametrize("argv", LIGHT, ids=lambda a: " ".join(a[:2]))
+def test_help_health_and_client_load_neither_torch_nor_matplotlib(argv: list[str]) -> None:
+    """The container's health probe and a client must not pay for the method's libraries:
+    the command runs in a fresh interpreter and reports what it loaded. ``segment --help``
+    is the control: its choices come from the model registry, so torch must show there."""
+    code = (
+        "import sys\n"
+        "from camseg.app.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    loaded = [line for line in proc.stdout.splitlines() if line.startswith("LOADED")]
+    assert loaded, proc.stderr
+    if argv[0] == "segment":
+        assert "'torch'" in loaded[-1]
+    else:
+        assert loaded[-1] == "LOADED []"

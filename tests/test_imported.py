@@ -15,7 +15,8 @@ import torch
 from camseg.app.cli import main
 from camseg.bulk.segment import segment_folder
 from camseg.core.errors import InvalidInputError, NotFoundError, UnsupportedError
-from camseg.heat.cam import FUSED_LAYERS, CamMethod, TorchNetwork, compute_cam
+from camseg.heat.cam import FUSED_LAYERS, TorchNetwork, compute_cam
+from camseg.heat.methods import CamMethod
 from camseg.models.imported import ImportedNetwork, candidate_layers, inspect_model
 from camseg.models.modelconfig import CONFIG_FILE, Layout, OutputKind, Source
 from camseg.pipeline.options import Engine, Options

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from camseg.core.errors import InvalidInputError
-from camseg.heat.masks import ThresholdRule, largest_component, parse_rule, thresholds, to_masks
+from camseg.heat.masks import largest_component, thresholds, to_masks
+from camseg.heat.rules import ThresholdRule, parse_rule
 
 
 # ------------------------------------------------------------------ parse_rule

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from camseg.core.errors import InvalidInputError
-from camseg.heat.cam import CamMethod
-from camseg.heat.masks import ThresholdRule
+from camseg.heat.methods import METHOD_CHOICES, CamMethod, Segmenter, as_method
 from camseg.heat.refine import Refiner
-from camseg.pipeline.options import METHOD_CHOICES, Choices, Options, Segmenter, as_method, resolve
+from camseg.heat.rules import ThresholdRule
+from camseg.pipeline.options import Choices, Options, resolve
 
 RECIPE = Options(method=CamMethod.LAYERCAM, layer="stage3", threshold=ThresholdRule("percentile", 85), tta=4,
                  refine=Refiner.CRF, decision_threshold=0.3, gate=True, largest=False, fill_holes=False)

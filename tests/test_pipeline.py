@@ -20,8 +20,8 @@ from camseg.core.metrics import dice
 from camseg.core.progress import Progress
 from camseg.core.types import BoolArray, FloatArray
 from camseg.data.folder import FolderDataset, decode_image, read_mask
-from camseg.heat.cam import CamMethod
-from camseg.heat.masks import parse_rule
+from camseg.heat.methods import CamMethod
+from camseg.heat.rules import parse_rule
 from camseg.io.codecs import from_run_lengths, unpack_bits
 from camseg.models import Classifier
 from camseg.pipeline.options import Encoding, Engine, Options

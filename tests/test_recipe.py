@@ -18,10 +18,10 @@ from camseg.bulk import batch
 from camseg.bulk.segment import segment_folder
 from camseg.core.errors import InvalidInputError
 from camseg.data.synth import SynthConfig, synthesize
-from camseg.heat.cam import CamMethod
-from camseg.heat.masks import parse_rule
+from camseg.heat.methods import CamMethod, Segmenter
 from camseg.heat.refine import Refiner
-from camseg.pipeline.options import Options, Segmenter
+from camseg.heat.rules import parse_rule
+from camseg.pipeline.options import Options
 from camseg.pipeline.recipe_record import RECIPE_FILE, Recipe, Views, load_recipe, save_recipe
 from camseg.pipeline.run import LoadedModel
 from camseg.pipeline.student import DistillConfig

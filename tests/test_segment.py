@@ -17,7 +17,7 @@ from camseg.core.errors import CancelledError, InvalidInputError, NotFoundError
 from camseg.core.metrics import dice
 from camseg.data.folder import FolderDataset, Record, read_mask, write_dataset
 from camseg.data.tensors import load_arrays
-from camseg.heat.masks import parse_rule
+from camseg.heat.rules import parse_rule
 from camseg.models.modeldir import load_model, save_model
 from camseg.pipeline.options import Options
 

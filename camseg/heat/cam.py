@@ -33,7 +33,6 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from types import MappingProxyType
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -43,18 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camseg.core.errors import InvalidInputError, NotFoundError
-
-
-class CamMethod(StrEnum):
-    """The names of the CAM methods of :data:`CAMS` (the wire and the command line use them)."""
-
-    GRADCAM = "gradcam"
-    GRADCAM_PP = "gradcam++"
-    HIRESCAM = "hirescam"
-    LAYERCAM = "layercam"
-    FUSED = "fused"
-    SCORECAM = "scorecam"
-
+from camseg.heat.methods import CamMethod
 
 FUSED_LAYERS = 2  # the fused map multiplies LayerCAM of the last two stages
 

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from camseg.core.errors import InvalidInputError, UnsupportedError
-from camseg.heat.cam import CamMethod, CamResult, Targets, cam_from_activations, cam_of, resolve_targets
+from camseg.heat.cam import CamResult, Targets, cam_from_activations, cam_of, resolve_targets
+from camseg.heat.methods import CamMethod
 from camseg.models.modelconfig import ModelConfig, OutputKind, from_metadata, is_identity, preprocess
 from camseg.models.modeldir import ONNX_FILE, read_metadata
 from camseg.models.runtime import make_session

@@ -9,29 +9,10 @@ from enum import StrEnum
 from typing import Any
 
 from camseg.core.errors import InvalidInputError
-from camseg.heat.cam import CAMS, TTA_SIZES, CamMethod
-from camseg.heat.masks import ThresholdRule, parse_rule
+from camseg.heat.cam import TTA_SIZES
+from camseg.heat.methods import CamMethod, Method, as_method
 from camseg.heat.refine import Refiner, parse_refiner
-
-
-class Segmenter(StrEnum):
-    """What a request may run instead of a CAM method: a network that segments by itself,
-    served beside the classifier whose CAMs it learnt from."""
-
-    DISTILLED = "distilled"  # the student of camseg.study.distill (camseg.pipeline.student)
-
-
-Method = CamMethod | Segmenter  # what Options.method names: a CAM method of the classifier, or a segmenter
-METHOD_CHOICES: tuple[str, ...] = (*(m.value for m in CAMS), *(s.value for s in Segmenter))
-
-
-def as_method(name: str | Method) -> Method:
-    """A CAM method or a segmenter by name (any case); InvalidInputError naming the choices."""
-    key = str(name).lower()
-    try:
-        return Segmenter(key) if key in {s.value for s in Segmenter} else CamMethod(key)
-    except ValueError:
-        raise InvalidInputError(f"unknown CAM method {name!r}; choose one of {', '.join(METHOD_CHOICES)}") from None
+from camseg.heat.rules import ThresholdRule, parse_rule
 
 
 class Engine(StrEnum):

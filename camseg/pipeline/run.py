@@ -33,26 +33,18 @@ from camseg.core.metrics import dice
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.core.types import BoolArray, FloatArray
 from camseg.data.tensors import resize_image, to_channels
-from camseg.heat.cam import (
-    CAMS,
-    CamMethod,
-    CamNetwork,
-    RawCam,
-    parse_method,
-    raw_cam,
-    raw_from_activations,
-    score_cam,
-    tta_cam,
-)
-from camseg.heat.masks import Masks, ThresholdRule, segment_maps
+from camseg.heat.cam import CAMS, CamNetwork, RawCam, parse_method, raw_cam, raw_from_activations, score_cam, tta_cam
+from camseg.heat.masks import Masks, segment_maps
+from camseg.heat.methods import CamMethod, Segmenter
 from camseg.heat.overlay import overlay
 from camseg.heat.refine import Refiner, refine_masks
+from camseg.heat.rules import ThresholdRule
 from camseg.io import codecs
 from camseg.models.imported import load_imported
 from camseg.models.inference import OnnxModel
 from camseg.models.modelconfig import CONFIG_FILE, Colour, ModelConfig, Source, from_metadata
 from camseg.models.modeldir import ONNX_FILE, load_model
-from camseg.pipeline.options import Choices, Encoding, Engine, Options, Segmenter, resolve
+from camseg.pipeline.options import Choices, Encoding, Engine, Options, resolve
 from camseg.pipeline.recipe_record import Recipe, load_recipe
 from camseg.pipeline.student import Student, load_student
 

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from camseg.core.errors import InvalidInputError, UnsupportedError
 from camseg.heat.cam import parse_method
+from camseg.heat.methods import Segmenter, as_method
 from camseg.models.runtime import make_session
 from camseg.models.unet import UNet
-from camseg.pipeline.options import Segmenter, as_method
 
 STUDENT_FILE = "student.pt"
 STUDENT_ONNX_FILE = "student.onnx"

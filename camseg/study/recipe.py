@@ -43,10 +43,10 @@ from camseg.core.metrics import dice
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.core.types import BoolArray, FloatArray
 from camseg.data.folder import FolderDataset
-from camseg.heat.cam import CamMethod
-from camseg.heat.masks import parse_rule
+from camseg.heat.methods import CamMethod, Segmenter
 from camseg.heat.refine import Refiner
-from camseg.pipeline.options import Options, Segmenter
+from camseg.heat.rules import parse_rule
+from camseg.pipeline.options import Options
 from camseg.pipeline.recipe_record import RECIPE_FILE, Recipe, Step, Views, load_recipe, save_recipe
 from camseg.pipeline.run import LoadedModel, make_masks, run
 from camseg.pipeline.student import DistillConfig

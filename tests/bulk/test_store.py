@@ -17,7 +17,7 @@ from camseg.bulk import batch, store
 from camseg.bulk.segment import segment_folder
 from camseg.core.errors import CancelledError, InvalidInputError, NotFoundError
 from camseg.data.synth import SynthConfig, generate
-from camseg.heat.masks import parse_rule
+from camseg.heat.rules import parse_rule
 from camseg.pipeline.options import Options
 from camseg.pipeline.run import LoadedModel
 

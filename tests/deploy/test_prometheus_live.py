@@ -21,7 +21,7 @@ import yaml
 
 from camseg.core.settings import Settings
 from camseg.data.synth import SynthConfig, synthesize
-from camseg.heat.masks import parse_rule
+from camseg.heat.rules import parse_rule
 from camseg.io.codecs import encode_png
 from camseg.pipeline.options import Options
 from services.gen.camseg.v1 import camseg_pb2 as pb

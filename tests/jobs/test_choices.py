@@ -14,8 +14,8 @@ import pytest
 
 from camseg.app.cli import main
 from camseg.bulk import batch
-from camseg.heat.cam import CamMethod
-from camseg.heat.masks import parse_rule
+from camseg.heat.methods import CamMethod
+from camseg.heat.rules import parse_rule
 from camseg.io import codecs
 from camseg.io.inputs import decode_image
 from camseg.pipeline.options import Options

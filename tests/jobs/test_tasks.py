@@ -20,8 +20,8 @@ import pytest
 from camseg.bulk import batch
 from camseg.bulk.segment import segment_folder
 from camseg.core.errors import InvalidInputError
-from camseg.heat.cam import CamMethod
-from camseg.heat.masks import parse_rule
+from camseg.heat.methods import CamMethod
+from camseg.heat.rules import parse_rule
 from camseg.pipeline.options import Options
 from camseg.pipeline.run import LoadedModel
 from jobs.app import make_app

@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from camseg.core.errors import InvalidInputError
-from camseg.heat.cam import CAMS, CamMethod
-from camseg.heat.masks import ThresholdRule
+from camseg.heat.cam import CAMS
+from camseg.heat.methods import CamMethod, Method, Segmenter
 from camseg.heat.refine import Refiner
-from camseg.pipeline.options import Encoding, Method, Options, Segmenter
+from camseg.heat.rules import ThresholdRule
+from camseg.pipeline.options import Encoding, Options
 from services import codec
 from services.gen.camseg.v1 import camseg_pb2 as pb
 

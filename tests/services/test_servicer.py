@@ -15,8 +15,9 @@ from PIL import Image
 
 from camseg.core.settings import Settings
 from camseg.data.folder import decode_image
-from camseg.heat.masks import parse_rule
-from camseg.pipeline.options import Options, Segmenter
+from camseg.heat.methods import Segmenter
+from camseg.heat.rules import parse_rule
+from camseg.pipeline.options import Options
 from camseg.pipeline.run import LoadedModel, run
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
@@ -75,7 +76,7 @@ def test_segment_applies_the_models_recipe_unless_the_request_chooses(
     method is served; ModelInfo tells both."""
     import shutil
 
-    from camseg.heat.cam import CamMethod
+    from camseg.heat.methods import CamMethod
     from camseg.heat.refine import Refiner
     from camseg.pipeline.recipe_record import Recipe, save_recipe
     from camseg.pipeline.student import DistillConfig

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from camseg.app.console import progress_bars
 from camseg.core.settings import Settings
-from camseg.pipeline.options import Options, Segmenter
+from camseg.heat.methods import Segmenter
+from camseg.pipeline.options import Options
 from camseg.pipeline.run import LoadedModel
 from camseg.pipeline.student import DistillConfig
 from camseg.study.recipe import make_distiller

@@ -13,8 +13,9 @@ from camseg.bulk import batch
 from camseg.bulk.segment import segment_folder
 from camseg.core.errors import InvalidInputError
 from camseg.core.settings import Settings
+from camseg.heat.methods import METHOD_CHOICES
 from camseg.heat.refine import REFINERS
-from camseg.pipeline.options import METHOD_CHOICES, Choices
+from camseg.pipeline.options import Choices
 from camseg.pipeline.recipe_record import RECIPE_FILE
 from camseg.pipeline.run import LoadedModel
 
