@@ -187,7 +187,7 @@ def main() -> None:
             asyncio.run(traced_call(repo, a.rpc, png, tracer, a.inline_decode_pixels))
         finally:
             sys.setprofile(None)
-            threading.setprofile(None)  # type: ignore[arg-type]
+            threading.setprofile(None)
     stays = stays_of(tracer.starts, a.rpc)
     modules = list(dict.fromkeys(s.module for s in stays))
     again = reentered(stays)
