@@ -52,7 +52,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("batcher", ("batching.py",)),
     ("reply (protobuf)", ("codec.py", "_pb2", "classification (", "SerializeToString")),
     ("metrics, interceptors", ("prometheus_client", "interceptors.py", "metrics.py")),
-    ("servicer", ("servicer.py",)),
+    ("servicer", ("servicer.py", "dataplane.py")),
     ("gRPC runtime", ("grpc/", "grpc_", "cygrpc", "_server.py")),
     ("asyncio, threads", ("asyncio/", "threading.py", "concurrent/futures", "selectors.py")),
 ]

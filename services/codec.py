@@ -1,12 +1,14 @@
 """The one place where ``camseg.v1`` messages meet the core's values: requests become
-decoded arrays and :class:`camseg.pipeline.options.Options`, results become messages. The
-servicer and :mod:`services.client` both use it."""
+:class:`camseg.pipeline.options.Options` and undecoded :class:`camseg.io.sources.Source`
+images (:func:`explain_request`, :func:`segment_request`), results become messages
+(:func:`classify_reply`, :func:`explain_reply`, :func:`segment_reply`). The servicer and
+:mod:`services.client` both use it; it calls nothing of either."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -17,15 +19,17 @@ from camseg.heat.cam import CAMS
 from camseg.heat.methods import CamMethod, Method, Segmenter, as_method
 from camseg.heat.refine import Refiner
 from camseg.heat.rules import ThresholdRule
-from camseg.io import codecs
-from camseg.io.guards import Budget, array_to_float, is_dicom
-from camseg.io.inputs import decode_image, decode_mask, mask_from_array, read_header
+from camseg.io.guards import Budget
+from camseg.io.sources import Raw, Source, decode_sources
+from camseg.io.sources import claimed_shapes as source_shapes
+from camseg.io.sources import decode_truths as truths_of
 from camseg.pipeline.options import Choices, Encoding, Options, resolve
-from camseg.pipeline.run import ImageResult, LoadedModel
+from camseg.pipeline.run import ImageResult, LoadedModel, Result
 from services.gen.camseg.v1 import camseg_pb2 as pb
 
 if TYPE_CHECKING:
     from camseg.core.windowing import Windowing
+    from services.repository import ServedModel
 
 # every CAM method of the registry and every segmenter, as the proto's CAM_METHOD_<NAME>;
 # a method the proto does not name fails here, at import, not in a request
@@ -98,32 +102,21 @@ def image_name(what: str, i: int, img: pb.Image) -> str:
     return f"{what} {i}" + (f" ({shown(img.id, quoted=False)})" if img.id else "")
 
 
-def _decode_one(img: pb.Image, name: str, max_pixels: int, budget: Budget | None, *,
-                mask: bool, windowing: Windowing | None = None) -> npt.NDArray[Any]:
+def source(img: pb.Image, name: str) -> Source:
+    """What ``img`` carries, nothing decoded: encoded bytes, a raw array, or neither (refused
+    when it is decoded)."""
     kind = img.WhichOneof("data")
     if kind == "encoded":
-        arr: npt.NDArray[Any] = (decode_mask(img.encoded, name=name, max_pixels=max_pixels, budget=budget) if mask
-                                 else decode_image(img.encoded, name=name, max_pixels=max_pixels, budget=budget,
-                                                   windowing=windowing))
-        return arr
+        return Source(name, encoded=img.encoded)
     if kind == "raw":
-        try:
-            raw = codecs.raw_array(img.raw.dtype, img.raw.shape, img.raw.data, max_pixels=max_pixels,
-                                   budget=budget, name=name)
-            return mask_from_array(raw, name) if mask else array_to_float(raw, name)
-        except InvalidInputError as exc:
-            raise type(exc)(f"{name}: {exc.message.removeprefix(name + ': ')}") from None
-    raise InvalidInputError(f"{name}: carries neither encoded bytes nor a raw array")
+        return Source(name, raw=Raw(img.raw.dtype, tuple(int(d) for d in img.raw.shape), img.raw.data))
+    return Source(name)
 
 
-def _decode_all(images: Sequence[pb.Image], *, max_images: int, max_pixels: int, budget: Budget | None, what: str,
-                mask: bool, windowing: Windowing | None = None) -> list[npt.NDArray[Any]]:
-    if not images:
-        raise InvalidInputError("the request holds no images")
-    if len(images) > max_images:
-        raise InvalidInputError(f"{len(images)} images exceed the limit of {max_images} per request")
-    return [_decode_one(img, image_name(what, i, img), max_pixels, budget, mask=mask, windowing=windowing)
-            for i, img in enumerate(images)]
+def sources(images: Sequence[pb.Image], what: str = "image") -> list[Source]:
+    """The images of a request as :class:`~camseg.io.sources.Source` values, named for errors
+    (``"image 0 (a)"``)."""
+    return [source(img, image_name(what, i, img)) for i, img in enumerate(images)]
 
 
 def decode_images(images: Sequence[pb.Image], *, max_images: int, max_pixels: int, budget: Budget | None = None,
@@ -131,52 +124,21 @@ def decode_images(images: Sequence[pb.Image], *, max_images: int, max_pixels: in
     """Decoded ``(H, W)`` or ``(H, W, 3)`` floats in [0, 1], each checked once (header
     first, then the budget, then the pixels); DICOM instances windowed by ``windowing``
     (default: per modality)."""
-    return _decode_all(images, max_images=max_images, max_pixels=max_pixels, budget=budget, what=what, mask=False,
-                       windowing=windowing)
-
-
-def wants_dicom_seg(request: pb.SegmentRequest) -> bool:
-    """Whether the masks are asked for as DICOM SEGs: every image must then be a DICOM instance."""
-    if pb.MASK_ENCODING_DICOM_SEG not in request.mask_encodings:
-        return False
-    for i, img in enumerate(request.images):
-        if img.WhichOneof("data") != "encoded" or not is_dicom(img.encoded):
-            raise InvalidInputError(f"{image_name('image', i, img)}: a DICOM SEG mask needs a DICOM instance "
-                                    "as the image")
-    return True
+    return decode_sources(sources(images, what), max_images=max_images, max_pixels=max_pixels, budget=budget,
+                          windowing=windowing)
 
 
 def claimed_shapes(images: Sequence[pb.Image]) -> list[tuple[int, int]]:
     """(height, width) each image claims, from headers and raw shapes alone (nothing
-    decoded): what a reply's size is estimated from before any work. An image whose
-    header cannot be read counts as empty; decoding it will refuse it."""
-    out = []
-    for i, img in enumerate(images):
-        kind = img.WhichOneof("data")
-        try:
-            if kind == "encoded":
-                h = read_header(img.encoded, image_name("image", i, img))
-                out.append((h.height, h.width))
-                continue
-            if kind == "raw" and len(img.raw.shape) >= 2:
-                out.append((max(int(img.raw.shape[0]), 0), max(int(img.raw.shape[1]), 0)))
-                continue
-        except InvalidInputError:
-            pass
-        out.append((0, 0))
-    return out
+    decoded); see :func:`camseg.io.sources.claimed_shapes`."""
+    return source_shapes(sources(images))
 
 
 def decode_truths(masks: Sequence[pb.Image], n: int, *, max_images: int, max_pixels: int,
                   budget: Budget | None = None) -> list[BoolArray] | None:
     """Truth masks, one per image, or None when none was sent. A pixel is tumor where its
     stored value is non-zero in any channel (float masks are not rescaled first)."""
-    if not masks:
-        return None
-    if len(masks) != n:
-        raise InvalidInputError(f"{len(masks)} truth masks for {n} images")
-    return _decode_all(masks, max_images=max_images, max_pixels=max_pixels, budget=budget, what="truth mask",
-                       mask=True)
+    return truths_of(sources(masks, "truth mask"), n, max_images=max_images, max_pixels=max_pixels, budget=budget)
 
 
 def explain_options(options: pb.ExplainOptions, *, overlay: bool, chunk: int,
@@ -221,6 +183,41 @@ def segment_options(request: pb.SegmentRequest, *, chunk: int, recipe: Options |
     return replace(opts, encodings=frozenset(enc), chunk=chunk), from_recipe
 
 
+@dataclass(frozen=True)
+class ExplainCall:
+    """An Explain request in the core's terms."""
+
+    options: Options
+    images: list[Source]
+    heat_bytes: int  # a heatmap pixel's bytes in the reply: 1 (uint8) or 2 (float16)
+
+
+def explain_request(request: pb.ExplainRequest, model: LoadedModel, *, chunk: int) -> ExplainCall:
+    return ExplainCall(
+        options=explain_options(request.options, overlay=request.overlay_png, chunk=chunk,
+                                default_method=model.default_method),
+        images=sources(request.images), heat_bytes=1 if request.encoding == pb.HEATMAP_ENCODING_UINT8 else 2)
+
+
+@dataclass(frozen=True)
+class SegmentCall:
+    """A Segment request in the core's terms."""
+
+    options: Options
+    from_recipe: bool  # the options are the model's recipe
+    images: list[Source]
+    truths: list[Source]  # none sent: empty
+    dicom_seg: bool  # the masks are also wanted as DICOM SEGs
+
+
+def segment_request(request: pb.SegmentRequest, model: LoadedModel, *, chunk: int) -> SegmentCall:
+    recipe = model.recipe.options if model.recipe is not None else None
+    options, from_recipe = segment_options(request, chunk=chunk, recipe=recipe, default_method=model.default_method)
+    return SegmentCall(options=options, from_recipe=from_recipe, images=sources(request.images),
+                       truths=sources(request.truth_masks, "truth mask"),
+                       dicom_seg=pb.MASK_ENCODING_DICOM_SEG in request.mask_encodings)
+
+
 # ------------------------------------------------------------------ responses
 def classification(model: LoadedModel, probs: npt.NDArray[np.float32], image_id: str) -> pb.Classification:
     idx = int(np.argmax(probs))
@@ -245,3 +242,30 @@ def mask(model: LoadedModel, r: ImageResult, image_id: str, rule: ThresholdRule)
         threshold_value=r.threshold_value,
         gated=r.gated, dice=r.dice, classification=classification(model, r.probabilities, image_id),
         overlay_png=r.overlay_png or b"")
+
+
+def classify_reply(request: pb.ClassifyRequest, served: ServedModel,
+                   probs: npt.NDArray[np.float32]) -> pb.ClassifyResponse:
+    return pb.ClassifyResponse(
+        results=[classification(served.model, p, img.id) for p, img in zip(probs, request.images, strict=True)],
+        model_name=served.name, model_version=served.version)
+
+
+def explain_reply(request: pb.ExplainRequest, served: ServedModel, res: Result) -> pb.ExplainResponse:
+    uint8 = request.encoding == pb.HEATMAP_ENCODING_UINT8
+    return pb.ExplainResponse(
+        heatmaps=[heatmap(served.model, r, img.id, res.layers[-1], uint8=uint8)
+                  for r, img in zip(res.items, request.images, strict=True)],
+        model_name=served.name, model_version=served.version, engine=res.engine.value)
+
+
+def segment_reply(request: pb.SegmentRequest, served: ServedModel, call: SegmentCall, res: Result,
+                  segs: Sequence[bytes] | None) -> pb.SegmentResponse:
+    """The masks under ``call``'s threshold rule, each with its DICOM SEG where ``segs`` holds them."""
+    rule = call.options.threshold
+    assert rule is not None
+    masks = [mask(served.model, r, img.id, rule) for r, img in zip(res.items, request.images, strict=True)]
+    for m, seg in zip(masks, segs or (), strict=False):
+        m.dicom_seg = seg
+    return pb.SegmentResponse(masks=masks, model_name=served.name, model_version=served.version,
+                              mean_dice=res.mean_dice, recipe=call.from_recipe)

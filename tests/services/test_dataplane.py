@@ -1,0 +1,99 @@
+"""services.dataplane.DataPlane without gRPC: the core's values in, the caller's reply out,
+on a real exported model and real thread pools."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from camseg.core.errors import InvalidInputError, ResourceExhaustedError
+from camseg.data.folder import decode_image
+from camseg.heat.masks import parse_rule
+from camseg.io.sources import Source
+from camseg.pipeline.options import Options
+from camseg.pipeline.run import LoadedModel, Result, run
+from services.dataplane import SEG_HEADER_BYTES, DataPlane, reply_size
+from services.metrics import ServiceMetrics
+from services.repository import ServedModel
+from services.settings import ServeSettings
+
+
+def never_gone(callback: Callable[[Any], None]) -> None:
+    """A call that never ends while the test runs."""
+
+
+def plane_of(repo: Path, **settings: Any) -> DataPlane:
+    return DataPlane(ServeSettings(model_repo=repo, metrics_port=None, plaintext=True, **settings), ServiceMetrics())
+
+
+def test_explain_replies_in_the_worker_thread_with_the_cores_heatmaps(
+        repo: Path, tumor_roi: tuple[bytes, bytes]) -> None:
+    image, _mask = tumor_roi
+    served = ServedModel("tiny", "1", LoadedModel.load(repo / "tiny" / "1"))
+    direct = run(served.model, [decode_image(image)], Options(threshold=None)).items[0]
+    plane = plane_of(repo)
+    threads: list[str] = []
+
+    def reply(res: Result) -> Result:
+        threads.append(threading.current_thread().name)
+        return res
+
+    async def main() -> Result:
+        try:
+            return await plane.explain(served, Options(threshold=None), [Source("image 0", encoded=image)],
+                                       heat_bytes=2, reply=reply, when_gone=never_gone)
+        finally:
+            await plane.close()
+
+    res = asyncio.run(main())
+    np.testing.assert_allclose(res.items[0].heatmap.numpy(), direct.heatmap.numpy(), atol=1e-6)
+    assert len(threads) == 1 and threads[0].startswith("cam")  # off the event loop
+    assert plane.inflight.used == 0  # the request's budget went back to the server's
+
+
+def test_a_reply_over_the_send_limit_is_refused_before_decoding(repo: Path, tumor_roi: tuple[bytes, bytes]) -> None:
+    image, _mask = tumor_roi
+    served = ServedModel("tiny", "1", LoadedModel.load(repo / "tiny" / "1"))
+    h, w = decode_image(image).shape[:2]
+    limit = reply_size([(h, w)] * 3, heat_bytes=2) - 1  # two images fit, three do not
+    plane = plane_of(repo, max_send_bytes=max(limit, 1024))
+    replies: list[Result] = []
+
+    async def explain(n: int) -> None:
+        await plane.explain(served, Options(threshold=None), [Source(f"image {i}", encoded=image) for i in range(n)],
+                            heat_bytes=2, reply=replies.append, when_gone=never_gone)
+
+    async def main() -> None:
+        try:
+            await explain(2)
+            with pytest.raises(ResourceExhaustedError, match="over the send limit"):
+                await explain(3)
+        finally:
+            await plane.close()
+
+    assert limit >= 1024, "the test image is too small for the smallest send limit"
+    asyncio.run(main())
+    assert len(replies) == 1 and plane.inflight.used == 0
+
+
+def test_dicom_seg_needs_dicom_instances_and_sizes_its_header(repo: Path, tumor_roi: tuple[bytes, bytes]) -> None:
+    image, _mask = tumor_roi
+    served = ServedModel("tiny", "1", LoadedModel.load(repo / "tiny" / "1"))
+    plane = plane_of(repo)
+
+    async def main() -> None:
+        try:
+            await plane.segment(served, Options(threshold=parse_rule("otsu")), [Source("image 0 (a)", encoded=image)],
+                                [], dicom_seg=True, reply=lambda res, segs: segs, when_gone=never_gone)
+        finally:
+            await plane.close()
+
+    with pytest.raises(InvalidInputError, match=r"image 0 \(a\): a DICOM SEG mask needs a DICOM instance"):
+        asyncio.run(main())
+    assert reply_size([(16, 16)], dicom_seg=True) - reply_size([(16, 16)]) == SEG_HEADER_BYTES + 256 // 8
