@@ -50,8 +50,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from serve_bench import images, make_repo  # noqa: E402
-from services.settings import ServeSettings  # noqa: E402
 
+from camseg.core.settings import Settings  # noqa: E402
 from services.gen.camseg.v1 import camseg_pb2 as pb  # noqa: E402
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc  # noqa: E402
 from services.server import start  # noqa: E402
@@ -154,7 +154,7 @@ def request(rpc: str, png: bytes) -> Any:
 
 
 async def traced_call(repo: Path, rpc: str, png: bytes, tracer: Tracer, inline_pixels: int) -> None:
-    settings = ServeSettings(model_repo=repo, port=0, metrics_port=None, plaintext=True, poll_seconds=600,
+    settings = Settings(model_repo=repo, port=0, metrics_port=None, plaintext=True, poll_seconds=600,
                              torch_threads=1, inline_decode_pixels=inline_pixels, jobs=False)
     running = await start(settings)
     try:

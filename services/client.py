@@ -31,8 +31,8 @@ from camseg.core.errors import (
 )
 from camseg.heat.rules import parse_rule
 from camseg.io import codecs
-from services.codec import method_to_pb, rule_to_pb
 from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
+from services.wire import method_to_pb, rule_to_pb
 
 ImageInput = Path | bytes | npt.NDArray[Any]
 

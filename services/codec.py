@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from camseg.core.errors import InvalidInputError, shown
 from camseg.core.types import BoolArray, FloatArray
-from camseg.heat.cam import CAMS
-from camseg.heat.methods import CamMethod, Method, Segmenter, as_method
+from camseg.heat.methods import CamMethod
 from camseg.heat.refine import Refiner
 from camseg.heat.rules import ThresholdRule
 from camseg.io.guards import Budget
@@ -26,16 +25,12 @@ from camseg.io.sources import decode_truths as truths_of
 from camseg.pipeline.options import Choices, Encoding, Options, resolve
 from camseg.pipeline.run import ImageResult, LoadedModel, Result
 from services.gen.camseg.v1 import camseg_pb2 as pb
+from services.wire import method_from_pb, rule_from_pb, rule_to_pb
 
 if TYPE_CHECKING:
     from camseg.core.windowing import Windowing
     from services.repository import ServedModel
 
-# every CAM method of the registry and every segmenter, as the proto's CAM_METHOD_<NAME>;
-# a method the proto does not name fails here, at import, not in a request
-METHOD_TO_PB: dict[Method, pb.CamMethod] = {
-    m: cast(pb.CamMethod, pb.CamMethod.Value(f"CAM_METHOD_{m.name}")) for m in (*CAMS, *Segmenter)}
-METHOD_FROM_PB: dict[int, Method] = {v: m for m, v in METHOD_TO_PB.items()}
 REFINER_FROM_PB: dict[int, Refiner] = {
     pb.REFINEMENT_UNSPECIFIED: Refiner.NONE,
     pb.REFINEMENT_NONE: Refiner.NONE,
@@ -44,45 +39,10 @@ REFINER_FROM_PB: dict[int, Refiner] = {
     pb.REFINEMENT_WATERSHED: Refiner.WATERSHED,
     pb.REFINEMENT_GRABCUT: Refiner.GRABCUT,
 }
-RULE_KIND_TO_PB = {"fixed": pb.THRESHOLD_KIND_FIXED, "percentile": pb.THRESHOLD_KIND_PERCENTILE,
-                   "otsu": pb.THRESHOLD_KIND_OTSU}
 ENCODING_FROM_PB: dict[int, Encoding] = {pb.MASK_ENCODING_PACKED_BITS: Encoding.MASK_BITS,
                                          pb.MASK_ENCODING_PNG: Encoding.MASK_PNG,
                                          pb.MASK_ENCODING_RLE: Encoding.MASK_RLE}
 ENCODING_TO_PB = {e: v for v, e in ENCODING_FROM_PB.items()}
-
-
-def method_from_pb(value: int, default: Method = CamMethod.GRADCAM) -> Method:
-    """The method of a request; UNSPECIFIED is the model's ``default``."""
-    if value == pb.CAM_METHOD_UNSPECIFIED:
-        return default
-    try:
-        return METHOD_FROM_PB[value]
-    except KeyError:
-        raise InvalidInputError(f"unknown CAM method {value}") from None
-
-
-def method_to_pb(method: str | Method) -> pb.CamMethod:
-    return METHOD_TO_PB[as_method(method)]
-
-
-def rule_from_pb(r: pb.ThresholdRule) -> ThresholdRule:
-    """UNSPECIFIED means Otsu; values outside a kind's range are INVALID_ARGUMENT."""
-    if r.kind in (pb.THRESHOLD_KIND_UNSPECIFIED, pb.THRESHOLD_KIND_OTSU):
-        return ThresholdRule("otsu")
-    if r.kind == pb.THRESHOLD_KIND_FIXED:
-        if not 0.0 <= r.value <= 1.0:
-            raise InvalidInputError(f"fixed threshold {r.value} is outside [0, 1]")
-        return ThresholdRule("fixed", r.value)
-    if r.kind == pb.THRESHOLD_KIND_PERCENTILE:
-        if not 0.0 <= r.value <= 100.0:
-            raise InvalidInputError(f"percentile {r.value} is outside [0, 100]")
-        return ThresholdRule("percentile", r.value)
-    raise InvalidInputError(f"unknown threshold kind {r.kind}")
-
-
-def rule_to_pb(rule: ThresholdRule) -> pb.ThresholdRule:
-    return pb.ThresholdRule(kind=RULE_KIND_TO_PB[rule.kind], value=rule.value)
 
 
 def encodings_from_pb(values: Sequence[int]) -> frozenset[Encoding]:

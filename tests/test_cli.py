@@ -105,6 +105,7 @@ LIGHT = [
     ["segment", "--help"],
     ["health", "--server", "127.0.0.1:1", "--plaintext", "--timeout", "0.2"],
     ["client", "classify", "--help"],
+    ["client", "classify", "README.md", "--server", "127.0.0.1:1", "--plaintext"],
     ["jobs", "list", "--help"],
 ]
 

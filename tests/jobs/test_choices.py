@@ -21,7 +21,7 @@ from camseg.io.inputs import decode_image
 from camseg.pipeline.options import Options
 from camseg.pipeline.recipe_record import Recipe, save_recipe
 from camseg.pipeline.run import LoadedModel, run
-from services import codec
+from services import wire
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from tests.jobs.conftest import JobEnv
@@ -54,10 +54,10 @@ def _request_fields(chosen: dict[str, Any]) -> dict[str, Any]:
     """The choices as the fields that SegmentRequest and SubmitJobRequest share."""
     fields: dict[str, Any] = {}
     if "method" in chosen or "layer" in chosen:
-        fields["options"] = pb.ExplainOptions(method=codec.method_to_pb(chosen["method"]) if "method" in chosen
+        fields["options"] = pb.ExplainOptions(method=wire.method_to_pb(chosen["method"]) if "method" in chosen
                                               else pb.CAM_METHOD_UNSPECIFIED, layer=chosen.get("layer", ""))
     if "threshold" in chosen:
-        fields["threshold"] = codec.rule_to_pb(parse_rule(chosen["threshold"]))
+        fields["threshold"] = wire.rule_to_pb(parse_rule(chosen["threshold"]))
     if chosen.get("largest"):
         fields["largest_component"] = True
     if chosen.get("no_gate"):
@@ -117,7 +117,7 @@ def test_the_same_choices_give_the_same_options_through_every_adapter(
                 assert np.mean(got != r.mask) <= 0.01, chosen  # one ONNX Runtime or another: a pixel at most
                 assert (m.threshold_value if m.HasField("threshold_value") else None) == (
                     pytest.approx(r.threshold_value, abs=1e-3) if r.threshold_value is not None else None), chosen
-                assert codec.rule_from_pb(m.threshold) == expected.threshold
+                assert wire.rule_from_pb(m.threshold) == expected.threshold
                 assert m.gated == r.gated
     finally:
         stop(server)

@@ -17,7 +17,7 @@ from camseg.heat.methods import CamMethod, Method, Segmenter
 from camseg.heat.refine import Refiner
 from camseg.heat.rules import ThresholdRule
 from camseg.pipeline.options import Encoding, Options
-from services import codec
+from services import codec, wire
 from services.gen.camseg.v1 import camseg_pb2 as pb
 
 BIG = 1 << 20
@@ -40,50 +40,50 @@ def decode(*images: pb.Image, max_images: int = 8, max_pixels: int = BIG) -> lis
 # ------------------------------------------------------------------ methods and rules
 @pytest.mark.parametrize("method", [*CamMethod, *Segmenter])
 def test_every_method_round_trips(method: Method) -> None:
-    value = codec.method_to_pb(method)
+    value = wire.method_to_pb(method)
     assert value != pb.CAM_METHOD_UNSPECIFIED
-    assert codec.method_from_pb(value) is method
-    assert codec.method_to_pb(method.value) == value  # the plain string of a command line
+    assert wire.method_from_pb(value) is method
+    assert wire.method_to_pb(method.value) == value  # the plain string of a command line
 
 
 def test_method_names_match_the_proto() -> None:
-    assert codec.method_to_pb("gradcam++") == pb.CAM_METHOD_GRADCAM_PP
-    assert codec.method_to_pb("FUSED") == pb.CAM_METHOD_FUSED
-    assert codec.method_from_pb(pb.CAM_METHOD_HIRESCAM) is CamMethod.HIRESCAM
-    assert codec.method_from_pb(pb.CAM_METHOD_LAYERCAM) is CamMethod.LAYERCAM
+    assert wire.method_to_pb("gradcam++") == pb.CAM_METHOD_GRADCAM_PP
+    assert wire.method_to_pb("FUSED") == pb.CAM_METHOD_FUSED
+    assert wire.method_from_pb(pb.CAM_METHOD_HIRESCAM) is CamMethod.HIRESCAM
+    assert wire.method_from_pb(pb.CAM_METHOD_LAYERCAM) is CamMethod.LAYERCAM
     # every proto value except UNSPECIFIED names a distinct method: the registry's and the student
     values = [v for v in pb.CamMethod.values() if v != pb.CAM_METHOD_UNSPECIFIED]
-    assert sorted({codec.method_from_pb(v) for v in values}) == sorted([*CAMS, *Segmenter])
+    assert sorted({wire.method_from_pb(v) for v in values}) == sorted([*CAMS, *Segmenter])
     # the mapping is generated from the registry; the numbers on the wire stay as they were
-    assert {m.value: int(v) for m, v in codec.METHOD_TO_PB.items()} == {
+    assert {m.value: int(v) for m, v in wire.METHOD_TO_PB.items()} == {
         "gradcam": 1, "gradcam++": 2, "hirescam": 3, "layercam": 4, "fused": 5, "distilled": 6, "scorecam": 7}
-    assert codec.method_from_pb(pb.CAM_METHOD_DISTILLED) is Segmenter.DISTILLED
+    assert wire.method_from_pb(pb.CAM_METHOD_DISTILLED) is Segmenter.DISTILLED
 
 
 def test_unspecified_method_is_gradcam_and_unknown_is_refused() -> None:
-    assert codec.method_from_pb(pb.CAM_METHOD_UNSPECIFIED) is CamMethod.GRADCAM
+    assert wire.method_from_pb(pb.CAM_METHOD_UNSPECIFIED) is CamMethod.GRADCAM
     with pytest.raises(InvalidInputError, match="unknown CAM method 99"):
-        codec.method_from_pb(99)
+        wire.method_from_pb(99)
     with pytest.raises(InvalidInputError, match="unknown CAM method"):
-        codec.method_to_pb("saliency")
+        wire.method_to_pb("saliency")
 
 
 @pytest.mark.parametrize("rule", [ThresholdRule("otsu"), ThresholdRule("fixed", 0.25), ThresholdRule("fixed", 0.0),
                                   ThresholdRule("fixed", 1.0), ThresholdRule("percentile", 80.0),
                                   ThresholdRule("percentile", 100.0)])
 def test_rules_round_trip(rule: ThresholdRule) -> None:
-    msg = codec.rule_to_pb(rule)
+    msg = wire.rule_to_pb(rule)
     assert msg.value == rule.value
-    assert codec.rule_from_pb(msg) == rule
+    assert wire.rule_from_pb(msg) == rule
 
 
 def test_rule_kinds_on_the_wire() -> None:
-    assert codec.rule_to_pb(ThresholdRule("fixed", 0.5)).kind == pb.THRESHOLD_KIND_FIXED
-    assert codec.rule_to_pb(ThresholdRule("percentile", 90)).kind == pb.THRESHOLD_KIND_PERCENTILE
-    assert codec.rule_to_pb(ThresholdRule("otsu")).kind == pb.THRESHOLD_KIND_OTSU
+    assert wire.rule_to_pb(ThresholdRule("fixed", 0.5)).kind == pb.THRESHOLD_KIND_FIXED
+    assert wire.rule_to_pb(ThresholdRule("percentile", 90)).kind == pb.THRESHOLD_KIND_PERCENTILE
+    assert wire.rule_to_pb(ThresholdRule("otsu")).kind == pb.THRESHOLD_KIND_OTSU
     # an unset rule (UNSPECIFIED, whatever its value) means Otsu
-    assert codec.rule_from_pb(pb.ThresholdRule()) == ThresholdRule("otsu")
-    assert codec.rule_from_pb(pb.ThresholdRule(value=0.7)) == ThresholdRule("otsu")
+    assert wire.rule_from_pb(pb.ThresholdRule()) == ThresholdRule("otsu")
+    assert wire.rule_from_pb(pb.ThresholdRule(value=0.7)) == ThresholdRule("otsu")
 
 
 @pytest.mark.parametrize(("kind", "value", "message"), [
@@ -96,7 +96,7 @@ def test_rule_kinds_on_the_wire() -> None:
 ])
 def test_rule_from_pb_refuses(kind: int, value: float, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
-        codec.rule_from_pb(pb.ThresholdRule(kind=kind, value=value))  # type: ignore[arg-type]
+        wire.rule_from_pb(pb.ThresholdRule(kind=kind, value=value))  # type: ignore[arg-type]
 
 
 def test_encodings() -> None:

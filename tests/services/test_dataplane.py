@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from camseg.core.errors import InvalidInputError, ResourceExhaustedError
+from camseg.core.settings import Settings
 from camseg.data.folder import decode_image
-from camseg.heat.masks import parse_rule
+from camseg.heat.rules import parse_rule
 from camseg.io.sources import Source
 from camseg.pipeline.options import Options
 from camseg.pipeline.run import LoadedModel, Result, run
 from services.dataplane import SEG_HEADER_BYTES, DataPlane, reply_size
 from services.metrics import ServiceMetrics
 from services.repository import ServedModel
-from services.settings import ServeSettings
 
 
 def never_gone(callback: Callable[[Any], None]) -> None:
@@ -29,7 +29,7 @@ def never_gone(callback: Callable[[Any], None]) -> None:
 
 
 def plane_of(repo: Path, **settings: Any) -> DataPlane:
-    return DataPlane(ServeSettings(model_repo=repo, metrics_port=None, plaintext=True, **settings), ServiceMetrics())
+    return DataPlane(Settings(model_repo=repo, metrics_port=None, plaintext=True, **settings), ServiceMetrics())
 
 
 def test_explain_replies_in_the_worker_thread_with_the_cores_heatmaps(
