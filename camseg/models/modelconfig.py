@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from camseg.core.errors import InvalidInputError, NotFoundError
 
 CONFIG_FILE = "camseg-model.json"
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "camseg-model.schema.json"
+SCHEMA_PATH = Path(__file__).parents[1] / "schemas" / "camseg-model.schema.json"
 
 
 class Layout(StrEnum):

@@ -16,6 +16,7 @@ import pytest
 from camseg.bulk import batch, store
 from camseg.bulk.segment import segment_folder
 from camseg.core.errors import CancelledError, InvalidInputError, NotFoundError
+from camseg.core.outdir import MARKER
 from camseg.data.synth import SynthConfig, generate
 from camseg.heat.rules import parse_rule
 from camseg.pipeline.options import Options
@@ -42,8 +43,8 @@ def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 def leftovers(job: Path) -> list[str]:
     """Temporary names of atomic writes still lying around (hidden files and folders,
-    the finish lock aside)."""
-    return [str(p.relative_to(job)) for p in job.rglob(".*") if p.name != ".finish.lock"]
+    the finish lock and the marks of camseg's own folders aside)."""
+    return [str(p.relative_to(job)) for p in job.rglob(".*") if p.name not in (".finish.lock", MARKER)]
 
 
 def test_a_planned_job_is_its_manifest_and_nothing_else(trained_dir: Path, tiny_folder: Path,
