@@ -208,10 +208,10 @@ def run_part(job_dir: Path, m: Manifest, kind: JobKind, index: int, *, model: Lo
     """Run part ``index``; False when it was already done (nothing is written), NotFoundError
     for an index the job does not have."""
     job_dir = Path(job_dir)
+    if not 0 <= index < len(m.chunks):  # before the marker: a kind's marker may index by part
+        raise NotFoundError(f"job {m.job_id} has no part {index}")
     if kind.marker(job_dir, m, index).is_file():
         return False
-    if not 0 <= index < len(m.chunks):
-        raise NotFoundError(f"job {m.job_id} has no part {index}")
     kind.run(job_dir, m, index, model, stopper(job_dir, should_stop), on_progress)
     return True
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from camseg import __version__
 from camseg.core.errors import InvalidInputError
+from camseg.core.outdir import fresh_dir
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.data.folder import FolderDataset, Sample, atomic_directory, decode_image, read_mask
 from camseg.models.export import export_model
@@ -346,11 +347,10 @@ def leave_one_case_out(
     if out.resolve() == data_dir.resolve() or out.resolve() in data_dir.resolve().parents:
         raise InvalidInputError(f"{out}: holds the data set {data_dir}; choose another output folder")
     arch, size, width, channels, dilated = _classifier(base_model, arch, size)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise InvalidInputError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
-        shutil.rmtree(out)
-    (out / "figures").mkdir(parents=True)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InvalidInputError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    fresh_dir(out, "camseg evaluate-real")  # only a folder camseg wrote is replaced
+    (out / "figures").mkdir()
     cases = list(by_case)
     n_lesion = {c: sum(ds.samples[i].mask_path is not None for i in idx) for c, idx in by_case.items()}
     config = {"arch": arch, "size": size, "width": width, "channels": channels, "dilated": dilated,

@@ -122,6 +122,8 @@ def test_workers_beat_and_settings(rendered: dict[str, list[dict[str, Any]]], ov
         names |= set(_env(objs, d))
         spec = d["spec"]["template"]["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
+        # Service links would put CAMSEG_SERVER_PORT=tcp://... beside the settings, which camseg refuses
+        assert spec["enableServiceLinks"] is False
         assert {m["mountPath"] for m in _container(d)["volumeMounts"]} >= {"/models", "/jobs-out"}
     assert not unknown_variables(names)
     if overlay == "keda+external-redis":
