@@ -31,12 +31,11 @@ from camseg.heat.cam import (
     compute_cam,
     dihedral,
     normalise_maps,
-    parse_method,
     raw_cam,
     tta_cam,
     undo_dihedral,
 )
-from camseg.heat.methods import CamMethod
+from camseg.heat.methods import CamMethod, parse_method
 from camseg.models import Classifier
 
 ModelFactory = Callable[..., Classifier]

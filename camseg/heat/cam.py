@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camseg.core.errors import InvalidInputError, NotFoundError
-from camseg.heat.methods import CamMethod
+from camseg.heat.methods import CamMethod, parse_method
 
 FUSED_LAYERS = 2  # the fused map multiplies LayerCAM of the last two stages
 
@@ -278,15 +278,6 @@ class CamResult:
     @property
     def probabilities(self) -> Tensor:
         return F.softmax(self.logits, dim=1)
-
-
-def parse_method(method: str | CamMethod) -> CamMethod:
-    """A CAM method by name (any case); InvalidInputError naming the choices otherwise."""
-    try:
-        return CamMethod(str(method).lower())
-    except ValueError:
-        raise InvalidInputError(f"unknown CAM method {method!r}; choose one of "
-                                f"{', '.join(m.value for m in CAMS)}") from None
 
 
 def cam_of(method: str | CamMethod) -> Cam:

@@ -34,6 +34,15 @@ METHOD_CHOICES: tuple[str, ...] = (*(m.value for m in CamMethod), *(s.value for 
 class per CAM method; a test keeps the two in step)."""
 
 
+def parse_method(method: str | CamMethod) -> CamMethod:
+    """A CAM method by name (any case); InvalidInputError naming the choices otherwise."""
+    try:
+        return CamMethod(str(method).lower())
+    except ValueError:
+        raise InvalidInputError(f"unknown CAM method {method!r}; choose one of "
+                                f"{', '.join(m.value for m in CamMethod)}") from None
+
+
 def as_method(name: str | Method) -> Method:
     """A CAM method or a segmenter by name (any case); InvalidInputError naming the choices."""
     key = str(name).lower()

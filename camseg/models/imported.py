@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from camseg.core.errors import InvalidInputError, NotFoundError, UnsupportedError
 from camseg.core.lazy import LazyModule
 from camseg.data.synth import SynthConfig, generate
-from camseg.heat.cam import parse_method
+from camseg.heat.methods import parse_method
 from camseg.models.inference import OnnxModel
 from camseg.models.modelconfig import (
     CONFIG_FILE,

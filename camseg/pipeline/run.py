@@ -33,9 +33,9 @@ from camseg.core.metrics import dice
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.core.types import BoolArray, FloatArray
 from camseg.data.tensors import resize_image, to_channels
-from camseg.heat.cam import CAMS, CamNetwork, RawCam, parse_method, raw_cam, raw_from_activations, score_cam, tta_cam
+from camseg.heat.cam import CAMS, CamNetwork, RawCam, raw_cam, raw_from_activations, score_cam, tta_cam
 from camseg.heat.masks import Masks, segment_maps
-from camseg.heat.methods import CamMethod, Segmenter
+from camseg.heat.methods import CamMethod, Segmenter, parse_method
 from camseg.heat.overlay import overlay
 from camseg.heat.refine import Refiner, refine_masks
 from camseg.heat.rules import ThresholdRule

@@ -18,8 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from camseg.core.errors import InvalidInputError, UnsupportedError
-from camseg.heat.cam import parse_method
-from camseg.heat.methods import Segmenter, as_method
+from camseg.heat.methods import Segmenter, as_method, parse_method
 from camseg.models.runtime import make_session
 from camseg.models.unet import UNet
 

@@ -65,8 +65,7 @@ from camseg.core.errors import InvalidInputError
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.core.types import FloatArray
 from camseg.data.folder import SPLITS, FolderDataset, decode_image
-from camseg.heat.cam import parse_method
-from camseg.heat.methods import CamMethod
+from camseg.heat.methods import CamMethod, parse_method
 from camseg.models.export import ExportParityError, onnx_bytes
 from camseg.models.modeldir import atomic_write_bytes, read_metadata, write_json
 from camseg.models.runtime import make_session

@@ -34,8 +34,9 @@ from camseg.core.metrics import mean_dice
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.data.folder import FolderDataset, atomic_directory
 from camseg.data.tensors import ArraySet, load_arrays
-from camseg.heat.cam import METHODS, CamNetwork, cam_batches, cam_of, lesion_targets, parse_method
+from camseg.heat.cam import METHODS, CamNetwork, cam_batches, cam_of, lesion_targets
 from camseg.heat.masks import segment_maps
+from camseg.heat.methods import parse_method
 from camseg.heat.rules import parse_rule
 from camseg.models import Classifier
 from camseg.pipeline.options import Options

@@ -55,7 +55,8 @@ from camseg.core.errors import InvalidInputError
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.data.folder import FolderDataset
 from camseg.data.tensors import ArraySet, load_arrays
-from camseg.heat.cam import CAMS, METHODS, CamNetwork, cam_batches, lesion_targets, parse_method
+from camseg.heat.cam import CAMS, METHODS, CamNetwork, cam_batches, lesion_targets
+from camseg.heat.methods import parse_method
 from camseg.models import PAPER_NAMES
 from camseg.pipeline.run import LoadedModel
 

@@ -35,8 +35,8 @@ from camseg.core.errors import InvalidInputError
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.data.folder import FolderDataset
 from camseg.data.tensors import ArraySet, load_arrays
-from camseg.heat.cam import cam_batches, parse_method
-from camseg.heat.methods import CamMethod
+from camseg.heat.cam import cam_batches
+from camseg.heat.methods import CamMethod, parse_method
 from camseg.models import ModelSpec
 from camseg.models.modeldir import atomic_write_bytes, load_model
 from camseg.models.training import TrainConfig, evaluate, train
