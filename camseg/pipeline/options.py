@@ -13,6 +13,7 @@ from camseg.heat.cam import TTA_SIZES
 from camseg.heat.methods import CamMethod, Method, as_method
 from camseg.heat.refine import Refiner, parse_refiner
 from camseg.heat.rules import ThresholdRule, parse_rule
+from camseg.pipeline.whole import Tiling
 
 
 class Engine(StrEnum):
@@ -60,6 +61,7 @@ class Options:
     tta: int = 1
     refine: Refiner = Refiner.NONE
     decision_threshold: float | None = None
+    tiling: Tiling = field(default_factory=Tiling)  # whole images: a call's choice, never a recipe's
 
     def __post_init__(self) -> None:
         # accept the plain strings of configuration files and command lines
@@ -89,7 +91,7 @@ class Options:
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Options:
         """Options from :meth:`to_record`'s values; absent keys take their defaults."""
-        known = {f.name for f in fields(cls)} - {"encodings", "engine"}
+        known = {f.name for f in fields(cls)} - {"encodings", "engine", "tiling"}
         unknown = set(rec) - known
         if unknown:
             raise InvalidInputError(f"unknown options {', '.join(sorted(unknown))}")
@@ -168,7 +170,7 @@ def resolve(recipe: Options | None, choices: Choices = Choices(), *,
       refinement, the most probable class decides); the modifiers as given (unset:
       gate on, no largest component, no hole filling).
 
-    Encodings, engine and chunk size belong to a call, not to this choice: a caller
+    Encodings, engine, chunk size and tiling belong to a call, not to this choice: a caller
     ``dataclasses.replace``-s them into the result.
 
     >>> recipe = Options(method="layercam", threshold="p85", tta=4)

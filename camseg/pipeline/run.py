@@ -17,6 +17,7 @@ image's size) and each encoding made only when asked for.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from camseg.models.modeldir import ONNX_FILE, load_model
 from camseg.pipeline.options import Choices, Encoding, Engine, Options, resolve
 from camseg.pipeline.recipe_record import Recipe, load_recipe
 from camseg.pipeline.student import Student, load_student
+from camseg.pipeline.whole import WholeInfo, is_whole, segment_whole
 
 
 @dataclass(frozen=True)
@@ -335,6 +337,7 @@ class ImageResult:
     mask_bits: bytes | None = None
     mask_rle: list[int] | None = None
     overlay_png: bytes | None = None
+    whole: WholeInfo | None = None  # set where the image was segmented whole (the sliding window)
 
     @property
     def area(self) -> int:
@@ -401,8 +404,11 @@ def run(
     tracker = Tracker(task, len(images), on_progress=on_progress, should_stop=should_stop)
     items: list[ImageResult | None] = [None] * len(images)
     layers: tuple[str, ...] = ()
-    for start in range(0, len(images), opts.chunk):
-        part = images[start : start + opts.chunk]
+    whole = [i for i, img in enumerate(images) if is_whole(model, img.shape, opts.tiling)]
+    rois = [i for i in range(len(images)) if i not in set(whole)]
+    for start in range(0, len(rois), opts.chunk):
+        chunk = rois[start : start + opts.chunk]
+        part = [images[i] for i in chunk]
         raw = model.raw_cam(engine, model.prepare(part), opts)
         layers = raw.layers
         probs = F.softmax(raw.logits, dim=1)
@@ -417,11 +423,33 @@ def run(
             if opts.threshold is not None:
                 seg = make_masks(model, [part[j] for j in idx], heat, predicted[index], opts)
             for k, j in enumerate(idx):
-                i = start + j
+                i = chunk[j]
+                mask = seg.masks[k].numpy() if seg is not None else None
+                tk = float(seg.thresholds[k]) if seg is not None else math.nan
                 items[i] = _finish(opts, images[i], heat[k], probs[j], int(predicted[j]), int(raw.targets[j]),
-                                   seg, k, truths[i] if truths is not None else None)
+                                   mask, tk if math.isfinite(tk) else None, bool(seg.gated[k]) if seg else False,
+                                   truths[i] if truths is not None else None)
         tracker.advance(len(part))
+    for i in whole:
+        probs_np, heat_np, mask, t, info = segment_whole(model, images[i], opts, engine, on_progress=on_progress,
+                                                         should_stop=should_stop)
+        p = torch.from_numpy(probs_np)[None]
+        label = int(model.decide(p, opts.decision_threshold)[0])
+        target = opts.target if opts.target is not None else model.positive
+        gated = bool(opts.gate and label not in model.positives)
+        items[i] = _finish(opts, images[i], torch.from_numpy(heat_np), p[0], label, target, mask, t, gated,
+                           truths[i] if truths is not None else None, info)
+        layers = layers or _layers(model, opts, engine)
+        tracker.advance(1)
     return Result([r for r in items if r is not None], engine, layers)
+
+
+def _layers(model: LoadedModel, opts: Options, engine: Engine) -> tuple[str, ...]:
+    """The layer(s) a run's heatmaps came from, without running the network."""
+    if isinstance(opts.method, Segmenter):
+        return (opts.method.value,)
+    layer = opts.layer or model.cam_layer
+    return (layer,) if layer else ()
 
 
 def make_masks(model: LoadedModel, images: Sequence[FloatArray], heat: Tensor, predicted: Tensor,
@@ -453,21 +481,20 @@ def _gray(image: FloatArray) -> npt.NDArray[np.float32]:
 
 
 def _finish(opts: Options, image: FloatArray, heat: Tensor, probs: Tensor, predicted: int, target: int,
-            seg: Masks | None, k: int, truth: BoolArray | None) -> ImageResult:
+            mask: BoolArray | None, t: float | None, gated: bool, truth: BoolArray | None,
+            whole: WholeInfo | None = None) -> ImageResult:
     p = probs.numpy().astype(np.float32)
     want = opts.encodings
-    if seg is None:
+    if mask is None:
         return ImageResult(p, predicted, target, heat,
                            overlay_png=codecs.encode_png(overlay(image, heat.numpy()))
-                           if Encoding.OVERLAY_PNG in want else None)
-    mask = seg.masks[k].numpy()
-    t = float(seg.thresholds[k])
-    d = float(dice(seg.masks[k], torch.from_numpy(truth))) if truth is not None else None
+                           if Encoding.OVERLAY_PNG in want else None, whole=whole)
+    d = float(dice(torch.from_numpy(mask), torch.from_numpy(truth))) if truth is not None else None
     return ImageResult(
-        p, predicted, target, heat, mask, t if np.isfinite(t) else None, bool(seg.gated[k]), d,
+        p, predicted, target, heat, mask, t, gated, d,
         mask_png=codecs.encode_png(mask) if Encoding.MASK_PNG in want else None,
         mask_bits=codecs.packed_bits(mask) if Encoding.MASK_BITS in want else None,
         mask_rle=codecs.run_lengths(mask) if Encoding.MASK_RLE in want else None,
         overlay_png=codecs.encode_png(overlay(image, heat.numpy(), mask, truth))
-        if Encoding.OVERLAY_PNG in want else None,
+        if Encoding.OVERLAY_PNG in want else None, whole=whole,
     )
