@@ -4,3 +4,8 @@ from __future__ import annotations
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 """Largest image accepted (height x width) unless a caller or ``CAMSEG_MAX_PIXELS`` says otherwise."""
+
+DEFAULT_MAX_WHOLE_PIXELS = 6144 * 6144
+"""Largest image accepted for whole-image inference (a scanned film mammogram is about
+6000 x 4000): the sliding window's memory, about 31 bytes per pixel at scale 1
+(:func:`camseg.pipeline.whole.whole_bytes`), keeps such an image near 1.2 GB."""

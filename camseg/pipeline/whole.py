@@ -133,6 +133,18 @@ class WholeInfo:
                 **({"note": self.note} if self.note else {})}
 
 
+def whole_bytes(shape: tuple[int, ...], scale: float, *, tile: tuple[int, int] = (64, 64), chunk: int = 16,
+                channels: int = 1) -> int:
+    """Bytes the sliding window holds for an image of ``shape`` at ``scale``, beyond
+    the decoded image: the model-space image (where resized) and its accumulators,
+    labels, tissue and mask (about 30 bytes per model-space pixel), the outputs at the
+    image's size (5 bytes per pixel) and one chunk of tiles. Budgets count this."""
+    h, w = int(shape[0]), int(shape[1])
+    small = math.ceil(h / scale) * math.ceil(w / scale)
+    resized = 4 * small * channels if abs(scale - 1.0) > 1e-6 else 0
+    return int(26 * small + resized + 5 * h * w + chunk * tile[0] * tile[1] * 4 * (channels + 4))
+
+
 def model_scale(model: LoadedModel, tiling: Tiling) -> float | None:
     """Source pixels per model pixel: the caller's, else the model's recorded one."""
     if tiling.scale is not None:
