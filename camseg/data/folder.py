@@ -44,13 +44,18 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Record:
-    """One ROI to write: pixel data in memory."""
+    """One ROI to write: pixel data in memory, written as ``images/<id>.png``.
+
+    ``files`` are further files of the record, ``(path relative to the data set root,
+    bytes)``; an image already encoded (``images/<id>.dcm``) is one, with ``image`` None.
+    """
 
     id: str
     label: int
     split: str | None
-    image: npt.NDArray[Any]
+    image: npt.NDArray[Any] | None
     mask: BoolArray | None
+    files: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -225,9 +230,14 @@ def write_dataset(
             writer.writerow(["id", "label", "split"])
             classes = meta.get("classes", CLASSES)
             for r in records:
-                write_png(tmp / "images" / f"{r.id}.png", r.image)
+                if r.image is not None:
+                    write_png(tmp / "images" / f"{r.id}.png", r.image)
                 if r.mask is not None:
                     write_png(tmp / "masks" / f"{r.id}.png", r.mask)
+                for name, data in r.files:
+                    path = path_under(tmp, tmp / name, r.id)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(data)
                 writer.writerow([r.id, classes[r.label], r.split or ""])
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return Path(out)
