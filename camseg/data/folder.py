@@ -47,15 +47,16 @@ class Record:
     """One ROI to write: pixel data in memory, written as ``images/<id>.png``.
 
     ``files`` are further files of the record, ``(path relative to the data set root,
-    bytes)``; an image already encoded (``images/<id>.dcm``) is one, with ``image`` None.
+    bytes)``. An image written as one of them (``images/<id>.dcm``) has ``png`` False.
     """
 
     id: str
     label: int
     split: str | None
-    image: npt.NDArray[Any] | None
+    image: npt.NDArray[Any]
     mask: BoolArray | None
     files: tuple[tuple[str, bytes], ...] = ()
+    png: bool = True
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def write_dataset(
             writer.writerow(["id", "label", "split"])
             classes = meta.get("classes", CLASSES)
             for r in records:
-                if r.image is not None:
+                if r.png:
                     write_png(tmp / "images" / f"{r.id}.png", r.image)
                 if r.mask is not None:
                     write_png(tmp / "masks" / f"{r.id}.png", r.mask)
