@@ -44,13 +44,19 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Record:
-    """One ROI to write: pixel data in memory."""
+    """One ROI to write: pixel data in memory, written as ``images/<id>.png``.
+
+    ``files`` are further files of the record, ``(path relative to the data set root,
+    bytes)``. An image written as one of them (``images/<id>.dcm``) has ``png`` False.
+    """
 
     id: str
     label: int
     split: str | None
     image: npt.NDArray[Any]
     mask: BoolArray | None
+    files: tuple[tuple[str, bytes], ...] = ()
+    png: bool = True
 
 
 @dataclass(frozen=True)
@@ -225,9 +231,14 @@ def write_dataset(
             writer.writerow(["id", "label", "split"])
             classes = meta.get("classes", CLASSES)
             for r in records:
-                write_png(tmp / "images" / f"{r.id}.png", r.image)
+                if r.png:
+                    write_png(tmp / "images" / f"{r.id}.png", r.image)
                 if r.mask is not None:
                     write_png(tmp / "masks" / f"{r.id}.png", r.mask)
+                for name, data in r.files:
+                    path = path_under(tmp, tmp / name, r.id)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(data)
                 writer.writerow([r.id, classes[r.label], r.split or ""])
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return Path(out)

@@ -82,30 +82,54 @@ def power_law_noise(
     return out
 
 
-def _mass(
-    rng: np.random.Generator, cfg: SynthConfig
-) -> tuple[FloatArray, BoolArray, dict[str, float]]:
-    """One mass: its additive intensity profile and its exact mask."""
-    s = cfg.size
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-    cy, cx = (s - 1) / 2 + rng.uniform(-cfg.centre_jitter, cfg.centre_jitter, 2) * s
-    radius = rng.uniform(*cfg.radius_range) * s
-    dy, dx = yy - cy, xx - cx
-    dist = np.hypot(dy, dx)
-    theta = np.arctan2(dy, dx)
-    boundary = np.ones_like(theta)
-    for k in range(2, 7):  # lobulation: a few random harmonics of the radius
-        boundary += rng.uniform(0.0, 0.16 / (k - 1) ** 0.5) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    boundary *= radius
-    edge = rng.uniform(*cfg.edge_width_range)
-    body = 1.0 / (1.0 + np.exp(-(boundary - dist) / edge))
-    dome = np.clip(1.0 - 0.35 * (dist / boundary) ** 2, 0.0, 1.0)
-    profile = body * dome
-    spiculated = rng.random() < cfg.spiculated_fraction
-    if spiculated:
-        for _ in range(int(rng.integers(6, 14))):
-            angle = rng.uniform(0, 2 * np.pi)
-            length = radius * rng.uniform(0.6, 1.4)
+@dataclass(frozen=True)
+class Mass:
+    """One mass's shape and contrast, drawn by :func:`draw_mass`, placed by :meth:`render`.
+
+    Lengths are pixels. The boundary at angle ``t`` from the centre is
+    ``radius * (1 + sum(a * cos(k * t + p)))`` over the lobulation harmonics ``(a, p)``,
+    ``k = 2, 3, ...``; each spicule is a ray ``(angle, length)`` beyond it.
+    """
+
+    radius: float
+    harmonics: tuple[tuple[float, float], ...]
+    edge: float
+    spicules: tuple[tuple[float, float], ...]
+    contrast: float
+
+    @property
+    def spiculated(self) -> bool:
+        return bool(self.spicules)
+
+    @property
+    def outer_radius(self) -> float:
+        """The largest distance of the mask boundary from the centre."""
+        return self.radius * (1.0 + sum(a for a, _ in self.harmonics))
+
+    @property
+    def reach(self) -> float:
+        """A distance from the centre beyond which the profile is below ``exp(-10)`` of
+        the contrast: the boundary, the longest spicule and ten edge widths."""
+        return self.outer_radius + max((length for _, length in self.spicules), default=0.0) + 10.0 * self.edge
+
+    def render(
+        self, centre: tuple[float, float], rows: tuple[int, int], cols: tuple[int, int]
+    ) -> tuple[FloatArray, BoolArray]:
+        """The additive intensity profile and the exact mask over the pixel grid
+        ``rows[0]:rows[1]`` x ``cols[0]:cols[1]`` (any size, the centre anywhere)."""
+        yy = np.arange(*rows).astype(np.float32).astype(np.float64)[:, None]
+        xx = np.arange(*cols).astype(np.float32).astype(np.float64)[None, :]
+        dy, dx = np.broadcast_arrays(yy - float(centre[0]), xx - float(centre[1]))
+        dist = np.hypot(dy, dx)
+        theta = np.arctan2(dy, dx)
+        boundary = np.ones_like(theta)
+        for k, (amplitude, phase) in enumerate(self.harmonics, start=2):
+            boundary += amplitude * np.cos(k * theta + phase)
+        boundary *= self.radius
+        body = 1.0 / (1.0 + np.exp(-(boundary - dist) / self.edge))
+        dome = np.clip(1.0 - 0.35 * (dist / boundary) ** 2, 0.0, 1.0)
+        profile = body * dome
+        for angle, length in self.spicules:
             # distance of each pixel to the ray from the centre at this angle
             along = dx * math.cos(angle) + dy * math.sin(angle)
             across = np.abs(-dx * math.sin(angle) + dy * math.cos(angle))
@@ -113,21 +137,51 @@ def _mass(
             fade = np.clip(1.0 - (along - boundary) / length, 0.0, 1.0)
             spicule = np.where(reach, np.exp(-(across**2) / 0.8) * fade, 0.0) * 0.55
             profile = np.maximum(profile, spicule)
+        return (self.contrast * profile).astype(np.float32), dist <= boundary
+
+    def info(self, centre: tuple[float, float]) -> dict[str, float]:
+        return {
+            "centre_y": float(centre[0]),
+            "centre_x": float(centre[1]),
+            "radius": float(self.radius),
+            "contrast": float(self.contrast),
+            "edge_width": float(self.edge),
+            "spiculated": float(self.spiculated),
+        }
+
+
+def draw_mass(rng: np.random.Generator, cfg: SynthConfig) -> Mass:
+    """A mass from the generator's distribution: radius a ``cfg.radius_range`` fraction of
+    the ROI side ``cfg.size``, lobulation, edge width, spicules (``cfg.spiculated_fraction``
+    of masses) and contrast (``cfg.subtle_fraction`` from the low third of the range)."""
+    radius = rng.uniform(*cfg.radius_range) * cfg.size
+    harmonics = []
+    for k in range(2, 7):  # lobulation: a few random harmonics of the radius
+        amplitude = rng.uniform(0.0, 0.16 / (k - 1) ** 0.5)
+        harmonics.append((amplitude, rng.uniform(0, 2 * np.pi)))
+    edge = rng.uniform(*cfg.edge_width_range)
+    spicules = []
+    if rng.random() < cfg.spiculated_fraction:
+        for _ in range(int(rng.integers(6, 14))):
+            angle = rng.uniform(0, 2 * np.pi)
+            spicules.append((angle, radius * rng.uniform(0.6, 1.4)))
     lo, hi = cfg.contrast_range
     if rng.random() < cfg.subtle_fraction:
         contrast = rng.uniform(lo, lo + (hi - lo) / 3)
     else:
         contrast = rng.uniform(lo + (hi - lo) / 3, hi)
-    mask = dist <= boundary
-    info = {
-        "centre_y": float(cy),
-        "centre_x": float(cx),
-        "radius": float(radius),
-        "contrast": float(contrast),
-        "edge_width": float(edge),
-        "spiculated": float(spiculated),
-    }
-    return (contrast * profile).astype(np.float32), mask, info
+    return Mass(float(radius), tuple(harmonics), float(edge), tuple(spicules), float(contrast))
+
+
+def _mass(
+    rng: np.random.Generator, cfg: SynthConfig
+) -> tuple[FloatArray, BoolArray, dict[str, float]]:
+    """One mass near the ROI's centre: its additive intensity profile and its exact mask."""
+    s = cfg.size
+    cy, cx = (s - 1) / 2 + rng.uniform(-cfg.centre_jitter, cfg.centre_jitter, 2) * s
+    mass = draw_mass(rng, cfg)
+    profile, mask = mass.render((cy, cx), (0, s), (0, s))
+    return profile, mask, mass.info((cy, cx))
 
 
 def generate(cfg: SynthConfig) -> tuple[FloatArray, BoolArray, npt.NDArray[np.int64], list[dict[str, float]]]:

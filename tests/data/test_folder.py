@@ -344,3 +344,19 @@ def test_write_dataset_refuses_non_empty_without_overwrite(tmp_path: Path) -> No
     (tmp_path / "set" / "x").write_text("x")
     with pytest.raises(InvalidInputError, match="not empty"):
         write_dataset(tmp_path / "set", _records(), {})
+
+
+def test_write_dataset_writes_a_records_files_and_refuses_escapes(tmp_path: Path) -> None:
+    png = tmp_path / "g.png"
+    Image.fromarray(GRAY8).save(png)
+    files = (("images/a.png", png.read_bytes()), ("extra/a.txt", b"x"))
+    # png=False: the image is one of the files, not the array (which would differ)
+    records = [Record("a", 0, "train", GRAY8 // 2, None, files=files, png=False),
+               Record("b", 1, "train", GRAY8, GRAY8 > 128)]
+    out = write_dataset(tmp_path / "set", records, {})
+    assert (out / "extra" / "a.txt").read_bytes() == b"x"
+    np.testing.assert_allclose(FolderDataset.open(out).load(0)[0], GRAY8 / 255.0, atol=1e-7)
+    escape = [Record("c", 0, "train", GRAY8, None, files=(("../outside.txt", b"x"),))]
+    with pytest.raises(InvalidInputError, match="resolves outside"):
+        write_dataset(tmp_path / "set2", escape, {})
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "set2").exists()

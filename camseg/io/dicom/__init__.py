@@ -30,7 +30,8 @@ Modules
   decoded and windowed.
 * :mod:`~camseg.io.dicom.geometry`: :class:`Geometry`, slice order and spacing checks.
 * :mod:`~camseg.io.dicom.series`: series found under folders, loaded; volume files.
-* :mod:`~camseg.io.dicom.write`: DICOM SEG, Part 10 bytes, NIfTI/NRRD volumes.
+* :mod:`~camseg.io.dicom.write`: DICOM SEG, Part 10 bytes, NIfTI/NRRD volumes, a DICOM MG
+  instance of a mammogram.
 
 The names below are the package's API, importable from ``camseg.io.dicom``.
 """
@@ -39,13 +40,14 @@ from camseg.io.dicom.geometry import ORIENTATION_TOLERANCE, SPACING_TOLERANCE_MM
 from camseg.io.dicom.pixels import decode_instance, frames, voi
 from camseg.io.dicom.read import dataset_header, header, read_dataset
 from camseg.io.dicom.series import Series, SeriesFiles, load_series, load_volume, scan
-from camseg.io.dicom.write import Algorithm, segmentation, to_bytes, write_volume
+from camseg.io.dicom.write import Algorithm, MammogramIds, mammogram, segmentation, to_bytes, write_volume
 
 __all__ = [
     "ORIENTATION_TOLERANCE",
     "SPACING_TOLERANCE_MM",
     "Algorithm",
     "Geometry",
+    "MammogramIds",
     "Series",
     "SeriesFiles",
     "dataset_header",
@@ -54,6 +56,7 @@ __all__ = [
     "header",
     "load_series",
     "load_volume",
+    "mammogram",
     "read_dataset",
     "scan",
     "segmentation",

@@ -1,5 +1,5 @@
 """Tumor masks out: a DICOM SEG over a series' source instances, its Part 10 bytes, and
-NIfTI or NRRD volumes written atomically."""
+NIfTI or NRRD volumes written atomically; a mammogram as a DICOM MG instance."""
 
 from __future__ import annotations
 
@@ -15,9 +15,14 @@ import nibabel as nib
 import nrrd
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    DigitalMammographyXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
 
 import camseg
 from camseg.core.errors import InvalidInputError, UnsupportedError
@@ -146,6 +151,123 @@ def to_bytes(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class MammogramIds:
+    """Who and what a mammogram instance belongs to."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    instance_number: int = 1
+    date: str = "20000101"  # DICOM DA
+    description: str = "camseg synthetic"
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def mammogram(pixels: npt.NDArray[np.uint16], *, spacing_mm: float, laterality: str, ids: MammogramIds) -> Dataset:
+    """A Digital Mammography X-Ray Image (For Presentation) instance, cranio-caudal view, of
+    ``pixels`` (uint16 ``(R, C)``, high = dense), RLE Lossless.
+
+    MONOCHROME1, 16 bits stored: the stored value is ``65535 - pixels`` (high = dark), with
+    Presentation LUT Shape INVERSE and a VOI window over the whole range, so a reader that
+    mirrors MONOCHROME1 (:func:`camseg.io.dicom.frames`) gets ``pixels`` back. PixelSpacing
+    and ImagerPixelSpacing are ``spacing_mm``. ``laterality`` ``L`` puts the chest wall on
+    the left edge (Patient Orientation A\\R), ``R`` on the right (P\\L). The encoded copy is
+    held beside the array, so memory is about three times the pixel data's.
+
+    Raises:
+        InvalidInputError: not a 2-D uint16 array; laterality not L or R; spacing not > 0.
+    """
+    arr = np.asarray(pixels)
+    if arr.ndim != 2 or arr.dtype != np.uint16:
+        raise InvalidInputError(f"a mammogram must be a 2-D uint16 array, got {arr.dtype} {tuple(arr.shape)}")
+    if laterality not in ("L", "R"):
+        raise InvalidInputError(f"laterality must be L or R, got {laterality!r}")
+    if not spacing_mm > 0:
+        raise InvalidInputError(f"pixel spacing must be > 0 mm, got {spacing_mm}")
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = DigitalMammographyXRayImageStorageForPresentation
+    ds.SOPInstanceUID = ids.sop_instance_uid
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = ids.date
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = "120000"
+    ds.AccessionNumber = ""
+    ds.Modality = "MG"
+    ds.Manufacturer = "camseg"
+    ds.ManufacturerModelName = "camseg.data.fullfield"
+    ds.SoftwareVersions = camseg.__version__
+    ds.InstitutionName = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = ds.SeriesDescription = ids.description[:64]
+    ds.PatientName = f"SYNTHETIC^{ids.patient_id}"[:64]
+    ds.PatientID = ids.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "F"
+    ds.BodyPartExamined = "BREAST"
+    ds.StudyInstanceUID = ids.study_uid
+    ds.SeriesInstanceUID = ids.series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = ids.instance_number
+    ds.PatientOrientation = ["A", "R"] if laterality == "L" else ["P", "L"]
+    ds.ImageLaterality = laterality
+    ds.BurnedInAnnotation = "NO"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.PositionerType = "MAMMOGRAPHIC"
+    ds.OrganExposed = "BREAST"
+    ds.BreastImplantPresent = "NO"
+    ds.PartialView = "NO"
+    ds.DetectorType = "DIRECT"
+    ds.KVP = ""
+    ds.DistanceSourceToDetector = ""
+    ds.DistanceSourceToPatient = ""
+    ds.PositionerPrimaryAngle = ""
+    ds.BodyPartThickness = ""
+    ds.CompressionForce = ""
+    ds.EstimatedRadiographicMagnificationFactor = 1
+    ds.ContrastBolusAgent = ""
+    ds.AcquisitionContextSequence = DicomSequence([])
+    ds.AnatomicRegionSequence = DicomSequence([_code("76752008", "SCT", "Breast")])
+    view = _code("399162004", "SCT", "cranio-caudal")
+    view.ViewModifierCodeSequence = DicomSequence([])
+    ds.ViewCodeSequence = DicomSequence([view])
+    spacing = [_ds_text(spacing_mm), _ds_text(spacing_mm)]
+    ds.PixelSpacing = spacing
+    ds.ImagerPixelSpacing = spacing
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.Rows, ds.Columns = (int(n) for n in arr.shape)
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = 1
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.RescaleType = "US"
+    ds.PresentationLUTShape = "INVERSE"
+    ds.WindowCenter = "32767.5"
+    ds.WindowWidth = "65535"
+    ds.VOILUTFunction = "LINEAR"
+    ds.LossyImageCompression = "00"
+    ds.QualityControlImage = "NO"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    stored = np.subtract(np.uint16(65535), arr)
+    ds.compress(RLELossless, stored, encoding_plugin="pydicom")
+    return ds
 
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
