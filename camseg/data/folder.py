@@ -26,6 +26,7 @@ from typing import Any
 import numpy.typing as npt
 
 from camseg.core.errors import InvalidInputError, NotFoundError
+from camseg.core.limits import DEFAULT_MAX_WHOLE_PIXELS
 from camseg.core.outdir import check_replaceable, mark
 from camseg.core.types import BoolArray, FloatArray
 from camseg.io.codecs import write_png
@@ -72,7 +73,7 @@ class Sample:
 
 def read_mask(path: Path) -> BoolArray:
     """A mask image: non-zero pixels (any channel) are tumor."""
-    return decode_mask(path, name=str(path))
+    return decode_mask(path, name=str(path), max_pixels=DEFAULT_MAX_WHOLE_PIXELS)
 
 
 def _find_image(images_dir: Path, sample_id: str) -> Path | None:
@@ -172,9 +173,10 @@ class FolderDataset:
         return Sample(sid, label, split, image_path, None)
 
     def load(self, index: int) -> tuple[FloatArray, BoolArray | None]:
-        """Pixel data of one sample; checks that its mask has the image's shape."""
+        """Pixel data of one sample; checks that its mask has the image's shape. Images
+        up to the whole-image limit are read (a data set of full-field images)."""
         s = self.samples[index]
-        image = decode_image(s.image_path, name=str(s.image_path))
+        image = decode_image(s.image_path, name=str(s.image_path), max_pixels=DEFAULT_MAX_WHOLE_PIXELS)
         mask = None
         if s.mask_path is not None:
             mask = read_mask(s.mask_path)
