@@ -36,9 +36,9 @@ def test_dict_round_trip_and_model_scale() -> None:
         assert Scale.from_dict(scale.to_dict()) == scale
         assert model_scale({"scale": scale.to_dict()}) == scale
     assert model_scale({}) is None
-    with pytest.raises(InvalidInputError, match=r"metadata.json: scale: unknown key\(s\) inches"):
+    with pytest.raises(InvalidInputError, match=r"metadata\.json: scale: unknown key\(s\) inches"):
         model_scale({"scale": {"inches": 1}})
-    with pytest.raises(InvalidInputError, match="metadata.json: scale: source_pixels_per_model_pixel must be"):
+    with pytest.raises(InvalidInputError, match=r"metadata\.json: scale: source_pixels_per_model_pixel must be"):
         model_scale({"scale": {"source_pixels_per_model_pixel": -1}})
 
 
