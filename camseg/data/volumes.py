@@ -83,6 +83,16 @@ def display_flip(info: Mapping[str, Any], axis: int) -> bool:
     return bool(vec[world] * _ROW_SIGN[world] < 0)
 
 
+def slice_spacing(info: Mapping[str, Any], axis: int) -> tuple[float, float]:
+    """The ``(row, column)`` pixel spacing of slices along ``axis`` (mm for the usual files):
+    the steps of the later and the earlier in-plane index axes (:func:`slice_pair`'s rows
+    and columns)."""
+    _check_axis(axis)
+    col_axis, row_axis = (a for a in range(3) if a != axis)
+    spacing = info["spacing"]
+    return float(spacing[row_axis]), float(spacing[col_axis])
+
+
 def _check_axis(axis: int) -> None:
     if axis not in (0, 1, 2):
         raise InvalidInputError(f"axis must be 0, 1 or 2, got {axis!r}")
@@ -153,6 +163,31 @@ def slice_pair(
     image_path, label_path = Path(image_path), Path(label_path)
     image, info = read_volume(image_path)
     label, _ = read_volume(label_path)
+    return slice_arrays(image, info, label, axis=axis, id_prefix=id_prefix, window=window,
+                        normal_stride=normal_stride, flip_rows=flip_rows, image_path=image_path,
+                        label_path=label_path)
+
+
+def slice_arrays(
+    image: npt.NDArray[Any],
+    info: Mapping[str, Any],
+    label: npt.NDArray[Any],
+    *,
+    axis: int,
+    id_prefix: str,
+    window: tuple[float, float] | None = None,
+    normal_stride: int = 1,
+    flip_rows: bool | None = None,
+    image_path: Path = Path("image"),
+    label_path: Path = Path("label"),
+) -> list[Record]:
+    """:func:`slice_pair` of volumes already read (:func:`~camseg.io.volume.read_volume`'s
+    arrays and the image's header summary ``info``); the paths name the files in messages."""
+    _check_axis(axis)
+    if not _ID_RE.match(id_prefix):
+        raise InvalidInputError(f"id_prefix {id_prefix!r} must be letters, digits, '.', '_' or '-'")
+    if normal_stride < 1:
+        raise InvalidInputError(f"normal_stride must be at least 1, got {normal_stride}")
     if image.shape != label.shape:
         raise InvalidInputError(
             f"{label_path}: label shape {tuple(label.shape)} differs from image {image_path} "
@@ -191,7 +226,7 @@ def slice_pair(
     return records
 
 
-def _volume_ids(pairs: Sequence[tuple[Path, Path]]) -> list[str]:
+def volume_ids(pairs: Sequence[tuple[Path, Path]]) -> list[str]:
     """Id prefixes from file names: the common stem of image and label ("brain1")."""
     ids: list[str] = []
     seen: dict[str, int] = {}
@@ -300,7 +335,7 @@ def convert_volumes(
             if not p.is_file():
                 raise NotFoundError(f"{p}: no such volume file")
             _format(p)
-    prefixes = list(ids) if ids is not None else _volume_ids(pairs)
+    prefixes = list(ids) if ids is not None else volume_ids(pairs)
     if len(prefixes) != len(pairs):
         raise InvalidInputError(f"ids: {len(prefixes)} ids for {len(pairs)} volume pairs")
     bad = [p for p in prefixes if not _ID_RE.match(p)]

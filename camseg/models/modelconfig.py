@@ -21,11 +21,16 @@ Preprocessing (:func:`preprocess`): decoded images arrive as floats in [0, 1] (8
 model's input is that unit value (the pixel divided by 255 or 65535), with
 ``divide: null`` it is the pixel on the 8-bit scale (0..255); then ``(x - mean) /
 std`` per channel where given, then the declared layout.
+
+``scale`` (optional) states the scale the model was trained at, in source pixels or
+millimetres per model pixel (:class:`camseg.core.scale.Scale`); :func:`model_scale`
+reads it from a camseg model's metadata.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +40,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from camseg.core.errors import InvalidInputError, NotFoundError
+from camseg.core.scale import Scale
 
 CONFIG_FILE = "camseg-model.json"
 SCHEMA_PATH = Path(__file__).parents[1] / "schemas" / "camseg-model.schema.json"
@@ -113,6 +119,23 @@ class CamSpec(_Strict):
                                                  "(gradient-free: ONNX Runtime alone)")
 
 
+class ScaleSpec(_Strict):
+    """The scale the model was trained at (:class:`camseg.core.scale.Scale`): exactly one of
+    source pixels per model pixel and millimetres per model pixel."""
+
+    source_pixels_per_model_pixel: float | None = Field(None, gt=0, allow_inf_nan=False)
+    mm_per_model_pixel: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one(self) -> ScaleSpec:
+        if (self.source_pixels_per_model_pixel is None) == (self.mm_per_model_pixel is None):
+            raise ValueError("give exactly one of source_pixels_per_model_pixel and mm_per_model_pixel")
+        return self
+
+    def to_scale(self) -> Scale:
+        return Scale(self.source_pixels_per_model_pixel, self.mm_per_model_pixel)
+
+
 class ModelConfig(_Strict):
     """The contents of ``camseg-model.json``."""
 
@@ -124,6 +147,8 @@ class ModelConfig(_Strict):
     classes: tuple[str, ...] = Field(min_length=2)
     lesion_classes: tuple[str, ...] = Field(min_length=1, description="classes that count as lesion")
     cam: CamSpec = CamSpec()
+    scale: ScaleSpec | None = Field(None, description="the scale the model was trained at; "
+                                                      "none: images are taken as they come")
 
     @model_validator(mode="after")
     def _classes(self) -> ModelConfig:
@@ -170,6 +195,22 @@ def load_config(path: Path | str) -> ModelConfig:
         raise field_error(path, exc) from None
 
 
+def model_scale(meta: Mapping[str, Any]) -> Scale | None:
+    """The scale a camseg-trained model's ``metadata.json`` records (copied from its training
+    data set's ``dataset.json``), or None where it records none.
+
+    Raises:
+        InvalidInputError: a recorded scale that is not one positive number of one kind.
+    """
+    raw = meta.get("scale")
+    if raw is None:
+        return None
+    try:
+        return Scale.from_dict(raw)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"metadata.json: {exc.message}") from None
+
+
 def from_metadata(meta: dict[str, Any], *, cam_layer: str | None = None) -> ModelConfig:
     """The config a camseg-trained model's ``metadata.json`` implies: NCHW input in
     [0, 1] (normalisation is inside the network and its ONNX graph), probabilities
@@ -189,13 +230,15 @@ def from_metadata(meta: dict[str, Any], *, cam_layer: str | None = None) -> Mode
             raise InvalidInputError(f"positive class {n!r} is not one of the classes {', '.join(classes)}")
     channels = int(spec["in_channels"])
     onnx_meta = meta.get("onnx") or {}
+    scale = model_scale(meta)
     try:
         return ModelConfig(
             input=InputSpec(name=onnx_meta.get("input"), height=int(spec["input_size"]),
                             width=int(spec["input_size"]), channels=channels,
                             colour=Colour.GRAY if channels == 1 else Colour.RGB),
             output=OutputSpec(name="probabilities" if onnx_meta else None, kind=OutputKind.PROBABILITIES),
-            classes=classes, lesion_classes=tuple(dict.fromkeys(lesion)), cam=CamSpec(layer=cam_layer))
+            classes=classes, lesion_classes=tuple(dict.fromkeys(lesion)), cam=CamSpec(layer=cam_layer),
+            scale=None if scale is None else ScaleSpec(**scale.to_dict()))
     except ValidationError as exc:
         raise field_error("metadata.json", exc) from None
 

@@ -20,6 +20,7 @@ import camseg
 from camseg.core.errors import InvalidInputError
 from camseg.core.metrics import accuracy, roc_auc
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
+from camseg.core.scale import Scale
 from camseg.data.folder import FolderDataset
 from camseg.data.tensors import ArraySet, load_arrays
 from camseg.models import Classifier, ModelSpec, build, count_parameters
@@ -237,9 +238,18 @@ def train_from_folder(
 ) -> dict[str, Any]:
     """Train ``arch`` on a folder data set and write the model directory; returns metadata.
 
-    ``init_from``: fine-tune from that model directory's weights (see :func:`train`).
+    ``init_from``: fine-tune from that model directory's weights (see :func:`train`). The
+    data set's scale (``dataset.json`` ``scale``, :mod:`camseg.data.rois`) is copied to the
+    metadata as ``scale`` (:func:`camseg.models.modelconfig.model_scale` reads it back),
+    times ``roi_size / input_size`` where the model's input size is not the ROIs' size.
     """
     ds = FolderDataset.open(data_dir)
+    scale = None
+    if ds.meta.get("scale") is not None:
+        try:
+            scale = Scale.from_dict(ds.meta["scale"])
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{Path(data_dir) / 'dataset.json'}: {exc.message}") from None
     size = input_size or _native_size(ds)
     spec = ModelSpec(arch=arch, in_channels=channels, num_classes=len(ds.classes), input_size=size, width=width,
                      extra={"dilated": 1} if cfg.dilated else {})
@@ -275,6 +285,11 @@ def train_from_folder(
     }
     if init_from is not None:
         metadata["fine_tuned_from"] = str(Path(init_from).resolve())
+    if scale is not None:
+        # trained at another size than the ROIs were cut at, a model pixel spans more or less
+        roi_size = ds.meta.get("roi_size")
+        factor = roi_size / size if isinstance(roi_size, int) and roi_size > 0 else 1.0
+        metadata["scale"] = scale.resized(factor).to_dict()
     save_model(Path(out), result.model, metadata)
     return metadata
 

@@ -7,10 +7,13 @@ from pathlib import Path
 
 from camseg.app.console import progress_bars
 from camseg.app.parsing import Subcommands
+from camseg.core.errors import InvalidInputError
+from camseg.core.scale import Scale
 from camseg.core.settings import Settings
 from camseg.data.folder import FolderDataset
 from camseg.data.fullfield import FORMATS, FullFieldConfig, synthesize_fullfield
 from camseg.data.real import build_real_dataset
+from camseg.data.rois import DEFAULT_OFFSET, RoiConfig, dicom_cases, extract_rois, folder_cases, volume_cases
 from camseg.data.synth import SynthConfig, synthesize
 from camseg.data.volumes import convert_volumes
 
@@ -51,6 +54,46 @@ def add_arguments(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -
     v.add_argument("--pair", nargs=2, action="append", metavar=("IMAGE", "LABEL"), required=True, type=Path)
     v.add_argument("--axis", type=int, default=2, choices=(0, 1, 2))
     v.add_argument("--overwrite", action="store_true")
+    r = data.add_parser("rois", help="lesion and normal ROIs for training, cut at a stated scale from whole images "
+                                     "with truth masks")
+    r.add_argument("--out", type=Path, required=True)
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source", type=Path, help="a folder data set of whole images with masks")
+    src.add_argument("--pair", nargs=2, action="append", metavar=("IMAGE", "LABEL"), type=Path,
+                     help="an NRRD/NIfTI image + label volume (repeat for each case)")
+    src.add_argument("--dicom", nargs=2, action="append", metavar=("SERIES_DIR", "SEG"), type=Path,
+                     help="a DICOM series folder and its DICOM SEG (repeat for each case)")
+    how = r.add_mutually_exclusive_group(required=True)
+    how.add_argument("--scale", type=float, metavar="S", help="source pixels per model pixel")
+    how.add_argument("--mm", type=float, metavar="M", help="millimetres per model pixel (needs the pixel spacing)")
+    r.add_argument("--size", type=int, default=64, help="ROI side in model pixels (default 64)")
+    r.add_argument("--per-lesion", type=int, default=2, metavar="K", help="ROIs per lesion (default 2)")
+    r.add_argument("--offset", type=float, default=DEFAULT_OFFSET,
+                   help=f"largest lesion-centre offset, a fraction of the ROI side (default {DEFAULT_OFFSET})")
+    r.add_argument("--normal-ratio", type=float, default=1.0, help="normal ROIs per lesion ROI (default 1)")
+    r.add_argument("--min-tissue", type=float, default=0.7, help="least tissue fraction of a normal ROI")
+    r.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="slice axis of volumes")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--overwrite", action="store_true")
+
+
+def _rois(args: argparse.Namespace, progress: bool) -> Path:
+    scale = Scale(source_pixels_per_model_pixel=args.scale) if args.scale is not None \
+        else Scale(mm_per_model_pixel=args.mm)
+    cfg = RoiConfig(scale=scale, size=args.size, per_lesion=args.per_lesion, offset=args.offset,
+                    normal_ratio=args.normal_ratio, min_tissue=args.min_tissue, seed=args.seed)
+    cfg.validate()
+    if args.source is not None:
+        cases, provenance = folder_cases(args.source, scale)
+    elif args.pair:
+        cases, provenance = volume_cases([tuple(p) for p in args.pair], axis=args.axis)
+    elif args.dicom:
+        cases, provenance = dicom_cases([tuple(p) for p in args.dicom])
+    else:  # pragma: no cover - argparse requires one
+        raise InvalidInputError("give --source, --pair or --dicom")
+    with progress_bars(progress) as bars:
+        return extract_rois(cases, args.out, cfg, provenance=provenance, overwrite=args.overwrite,
+                            on_progress=bars)
 
 
 def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
@@ -70,6 +113,8 @@ def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
         return 0
     elif args.data_cmd == "real":
         out = build_real_dataset(args.out, settings.data_cache, overwrite=args.overwrite)
+    elif args.data_cmd == "rois":
+        out = _rois(args, progress)
     else:
         out = convert_volumes([tuple(p) for p in args.pair], args.out, axis=args.axis, overwrite=args.overwrite)
     ds = FolderDataset.open(out)
