@@ -14,6 +14,7 @@ import torch
 from camseg.core.errors import CancelledError, InvalidInputError
 from camseg.data.synth import SynthConfig, generate
 from camseg.heat.tissue import tissue_mask
+from camseg.models.modelconfig import ScaleSpec
 from camseg.pipeline.options import Engine, Options
 from camseg.pipeline.run import LoadedModel, run
 from camseg.pipeline.whole import WHOLE_FACTOR, Tiling, is_whole, positions, whole_bytes, window
@@ -109,7 +110,9 @@ def test_small_image_is_padded_to_one_tile(model: LoadedModel) -> None:
 
 
 def test_a_model_without_a_scale_is_a_one_line_error(model: LoadedModel) -> None:
-    unscaled = replace(model, meta={k: v for k, v in model.meta.items() if k != "scale"})
+    assert model.config is not None and model.config.scale is not None  # synthetic ROIs record scale 1
+    assert model.config.scale.source_pixels_per_model_pixel == 1.0
+    unscaled = replace(model, config=model.config.model_copy(update={"scale": None}))
     big = np.full((400, 400), 0.5, np.float32)
     with pytest.raises(InvalidInputError, match="no recorded scale") as exc:
         run(unscaled, [big], Options())
@@ -155,3 +158,14 @@ def test_tissue_mask_and_budget() -> None:
     # 31 bytes a pixel at scale 1: a 4096 x 5120 image is under 1.5 GB, a 6144^2 one near 1.2 GB
     assert whole_bytes((4096, 5120), 1.0) < 1.5 * 2**30
     assert whole_bytes((4096, 5120), 4.0) < whole_bytes((4096, 5120), 1.0)
+
+
+def test_a_scale_in_millimetres_needs_the_pixel_spacing(model: LoadedModel) -> None:
+    assert model.config is not None
+    in_mm = replace(model, config=model.config.model_copy(
+        update={"scale": ScaleSpec(mm_per_model_pixel=0.4)}))
+    big = np.full((400, 400), 0.5, np.float32)
+    with pytest.raises(InvalidInputError, match="no pixel spacing"):
+        run(in_mm, [big], Options())
+    item = run(in_mm, [big], Options(tiling=Tiling(spacing_mm=0.2))).items[0]
+    assert item.whole is not None and item.whole.scale == pytest.approx(2.0)

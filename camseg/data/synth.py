@@ -247,6 +247,10 @@ def synthesize(out: Path, cfg: SynthConfig, *, overwrite: bool = False) -> Path:
         "generator": "camseg.data.synth",
         "classes": list(CLASSES),
         "parameters": asdict(cfg),
+        # ROIs at the source's own pixel scale: a model trained on them slides over
+        # whole images of the same scale (camseg.data.fullfield) at one pixel per pixel
+        "scale": {"source_pixels_per_model_pixel": 1.0},
+        "roi_size": cfg.size,
         "masses": {r.id: info for r, info in zip(records, infos, strict=True) if info},
     }
     return write_dataset(out, records, meta, overwrite=overwrite)

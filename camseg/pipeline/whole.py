@@ -81,7 +81,8 @@ class Tiling:
     the model's recorded scale; ``overlap`` is the fraction of a tile shared with its
     neighbour, in [0, 0.9]; ``sigma`` the Gaussian window's width as a fraction of the
     tile side (0: a flat window); ``tissue_factor`` the tissue mask's downsampling in
-    model pixels; ``min_area`` the smallest lesion candidate kept, in image pixels."""
+    model pixels; ``min_area`` the smallest lesion candidate kept, in image pixels;
+    ``spacing_mm`` the images' pixel spacing where the model's scale is in millimetres."""
 
     mode: Whole = Whole.AUTO
     scale: float | None = None
@@ -89,6 +90,7 @@ class Tiling:
     sigma: float = 0.125
     tissue_factor: int = 8
     min_area: int = 0
+    spacing_mm: float | None = None  # the image's pixel spacing, for a scale recorded in millimetres
 
     def __post_init__(self) -> None:
         try:
@@ -102,6 +104,8 @@ class Tiling:
             raise InvalidInputError(f"overlap must be within 0..0.9, got {self.overlap}")
         if not 0.0 <= self.sigma <= 1.0:
             raise InvalidInputError(f"sigma must be within 0..1, got {self.sigma}")
+        if self.spacing_mm is not None and not (math.isfinite(self.spacing_mm) and self.spacing_mm > 0):
+            raise InvalidInputError(f"pixel spacing must be a positive number of mm, got {self.spacing_mm}")
         if not 1 <= self.tissue_factor <= 64 or self.min_area < 0:
             raise InvalidInputError("tissue_factor must be within 1..64 and min_area >= 0")
 
@@ -146,15 +150,14 @@ def whole_bytes(shape: tuple[int, ...], scale: float, *, tile: tuple[int, int] =
 
 
 def model_scale(model: LoadedModel, tiling: Tiling) -> float | None:
-    """Source pixels per model pixel: the caller's, else the model's recorded one."""
+    """Source pixels per model pixel: the caller's, else the model's recorded scale (in
+    millimetres it needs ``tiling.spacing_mm``, the image's pixel spacing), else None."""
     if tiling.scale is not None:
         return tiling.scale
-    rec = model.meta.get("scale")
-    if isinstance(rec, dict) and rec.get("source_pixels_per_model_pixel"):
-        return float(rec["source_pixels_per_model_pixel"])
-    if isinstance(rec, (int, float)) and rec > 0:
-        return float(rec)
-    return None
+    spec = model.config.scale if model.config is not None else None
+    if spec is None:
+        return None
+    return spec.to_scale().pixels(tiling.spacing_mm)
 
 
 def is_whole(model: LoadedModel, shape: tuple[int, ...], tiling: Tiling) -> bool:
@@ -163,7 +166,11 @@ def is_whole(model: LoadedModel, shape: tuple[int, ...], tiling: Tiling) -> bool
         return False
     if tiling.mode is Whole.ALWAYS:
         return True
-    view = max(model.input_hw) * (model_scale(model, tiling) or 1.0)
+    try:
+        scale = model_scale(model, tiling)
+    except InvalidInputError:  # a scale in millimetres and no spacing: segment_whole says so
+        scale = None
+    view = max(model.input_hw) * (scale or 1.0)
     return max(int(shape[0]), int(shape[1])) > WHOLE_FACTOR * view
 
 
