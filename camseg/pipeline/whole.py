@@ -259,14 +259,31 @@ def _region_masks(lesion_map: FloatArray, regions: np.ndarray, n: int, rule: Thr
     return mask, first
 
 
-def segment_whole(model: LoadedModel, image: FloatArray, opts: Options, engine: Engine, *,
-                  on_progress: OnProgress | None = None, should_stop: ShouldStop | None = None,
-                  ) -> tuple[FloatArray, FloatArray, BoolArray | None, float | None, WholeInfo]:
-    """Slide ``model`` over ``image`` (see the module's docstring).
+@dataclass(frozen=True)
+class WholeMaps:
+    """The sliding window's maps of one image in model space (``h x w``), before any
+    threshold: the blended lesion probability ``prob``, the blended heatmap ``heat``
+    (``calibrated`` where it is the student's probability), the ``tissue`` and the
+    gray model-space image (for refinement); with the probabilities of the most
+    suspicious tile and the tile counts. :func:`masks_of` makes masks of them under any
+    options, so a caller choosing a threshold slides the classifier once."""
 
-    Returns the probabilities of the most suspicious tile ``(classes,)``, the lesion
-    map at the image's size, the mask (None without a threshold rule), its threshold
-    (the first region's; None where no region had one) and the :class:`WholeInfo`."""
+    prob: FloatArray
+    heat: FloatArray
+    tissue: BoolArray
+    gray: FloatArray
+    calibrated: bool
+    best_probs: FloatArray
+    scale: float
+    shape: tuple[int, int]
+    tiles: int
+    skipped: int
+    padded: bool
+
+
+def whole_maps(model: LoadedModel, image: FloatArray, opts: Options, engine: Engine, *,
+               on_progress: OnProgress | None = None, should_stop: ShouldStop | None = None) -> WholeMaps:
+    """Slide ``model`` over ``image``: tissue, tiles, blending (the module's steps 1-3)."""
     tiling = opts.tiling
     scale = require_scale(model, tiling)
     shape = (int(image.shape[0]), int(image.shape[1]))
@@ -313,24 +330,30 @@ def segment_whole(model: LoadedModel, image: FloatArray, opts: Options, engine: 
     covered = acc_w > 0
     np.divide(acc_h, acc_w, out=acc_h, where=covered)
     np.divide(acc_p, acc_w, out=acc_p, where=covered)
-    del acc_w
-    prob_map, lesion_map = acc_p[:h, :w], acc_h[:h, :w]
-    if not calibrated:
-        lesion_map *= prob_map
-    tissue = np.zeros((h, w), dtype=bool)
-    tissue[:] = np.repeat(np.repeat(tissue_lo, f, 0), f, 1)[:h, :w] if f > 1 else tissue_lo[:h, :w]
+    del acc_w, covered
+    tissue = np.repeat(np.repeat(tissue_lo, f, 0), f, 1)[:h, :w] if f > 1 else tissue_lo[:h, :w]
+    if best_p < 0:  # no tile had tissue: the classifier never ran
+        negatives = [c for c in range(n_classes) if c not in pos] or pos
+        best_probs[negatives[0]] = 1.0
+    gray = small[:h, :w].mean(axis=2) if small.ndim == 3 else small[:h, :w]
+    return WholeMaps(acc_p[:h, :w], acc_h[:h, :w], np.ascontiguousarray(tissue), gray, calibrated, best_probs,
+                     scale, shape, len(kept), len(tiles) - len(kept), padded)
+
+
+def masks_of(maps: WholeMaps, opts: Options) -> tuple[FloatArray, BoolArray | None, float | None, WholeInfo]:
+    """The lesion map at the image's size, the mask (None without a threshold rule), its
+    threshold (the first region's; None where no region had one) and the
+    :class:`WholeInfo`, under ``opts`` (the module's steps 3-5). ``maps`` is not changed."""
+    prob_map, tissue, scale = maps.prob, maps.tissue, maps.scale
+    lesion_map = maps.heat.copy() if maps.calibrated else maps.heat * prob_map
     tau = opts.decision_threshold if opts.decision_threshold is not None else DEFAULT_DECISION
     if opts.gate:
         lesion_map[prob_map < tau] = 0.0
     lesion_map[~tissue] = 0.0
-    if calibrated:
+    if maps.calibrated:
         score = float(lesion_map.max()) if tissue.any() else 0.0
     else:
         score = float(prob_map[tissue].max()) if tissue.any() else 0.0
-    if best_p < 0:  # no tile had tissue: the classifier never ran
-        best_probs = np.zeros(n_classes, dtype=np.float32)
-        negatives = [c for c in range(n_classes) if c not in pos] or pos
-        best_probs[negatives[0]] = 1.0
     mask: BoolArray | None = None
     threshold: float | None = None
     lesions: list[Lesion] = []
@@ -338,8 +361,8 @@ def segment_whole(model: LoadedModel, image: FloatArray, opts: Options, engine: 
         gate_area = (prob_map >= tau) & tissue if opts.gate else tissue
         regions, n = label_components(gate_area)
         mask, threshold = _region_masks(lesion_map, regions, n, opts.threshold)
-        mask = _finish_mask(mask, regions, lesion_map, small[:h, :w], opts)
-        min_area = tiling.min_area / (scale * scale)
+        mask = _finish_mask(mask, regions, lesion_map, maps.gray, opts)
+        min_area = opts.tiling.min_area / (scale * scale)
         lesions = [Lesion(c.score, round(c.area * scale * scale),
                           (int(c.box[0] * scale), int(c.box[1] * scale), math.ceil(c.box[2] * scale),
                            math.ceil(c.box[3] * scale)), (c.centroid[0] * scale, c.centroid[1] * scale))
@@ -348,19 +371,26 @@ def segment_whole(model: LoadedModel, image: FloatArray, opts: Options, engine: 
             labels, _ = label_components(mask)
             sizes = np.bincount(labels.ravel())
             mask = np.isin(labels, np.flatnonzero(sizes >= min_area)) & (labels > 0)
-        mask = _to_image_size(mask, shape)
-    info = WholeInfo(scale, len(kept), len(tiles) - len(kept), float(tissue.mean()) if tissue.size else 0.0,
-                     padded, score, lesions)
-    heat_full = _to_image_size(np.ascontiguousarray(lesion_map), shape)
-    return best_probs, heat_full, mask, threshold, info
+        mask = _to_image_size(mask, maps.shape)
+    info = WholeInfo(scale, maps.tiles, maps.skipped, float(tissue.mean()) if tissue.size else 0.0,
+                     maps.padded, score, lesions)
+    return _to_image_size(np.ascontiguousarray(lesion_map), maps.shape), mask, threshold, info
 
 
-def _finish_mask(mask: BoolArray, regions: np.ndarray, lesion_map: FloatArray, small: FloatArray,
+def segment_whole(model: LoadedModel, image: FloatArray, opts: Options, engine: Engine, *,
+                  on_progress: OnProgress | None = None, should_stop: ShouldStop | None = None,
+                  ) -> tuple[FloatArray, FloatArray, BoolArray | None, float | None, WholeInfo]:
+    """Slide ``model`` over ``image`` (see the module's docstring): the probabilities of
+    the most suspicious tile ``(classes,)`` and :func:`masks_of`'s four results."""
+    maps = whole_maps(model, image, opts, engine, on_progress=on_progress, should_stop=should_stop)
+    return (maps.best_probs, *masks_of(maps, opts))
+
+
+def _finish_mask(mask: BoolArray, regions: np.ndarray, lesion_map: FloatArray, gray: FloatArray,
                  opts: Options) -> BoolArray:
     """Refinement, the largest component and hole filling, region by region."""
     if opts.refine is Refiner.NONE and not opts.largest and not opts.fill_holes:
         return mask
-    gray = small.mean(axis=2) if small.ndim == 3 else small
     out = mask.copy()
     for k, box in enumerate(ndimage.find_objects(regions), start=1):
         if box is None or not mask[box].any():
