@@ -62,6 +62,7 @@ bench: $(BENCH_STAMP) redis
 	$(BIN)/python bench/serve_bench.py
 	$(BIN)/python bench/imported_bench.py
 	$(BIN)/python bench/onnxgraph_compare.py
+	$(BIN)/python bench/whole_bench.py
 
 clean:
 	rm -rf $(VENV) .tools demo-out quality-out paper-out .pytest_cache .mypy_cache .ruff_cache
