@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, RLELossless, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, RLELossless, generate_uid
 
 from camseg.data.folder import Record, write_dataset
 
-MG_STORAGE = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
+MG_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.2")  # Digital Mammography X-Ray Image Storage - For Presentation
 
 
 def mammogram(shape: tuple[int, int] = (300, 400), *, seed: int = 0, blob: tuple[int, int] | None = (150, 110),

@@ -85,10 +85,11 @@ class Options:
         """The options as plain JSON values (no encodings: those are per call). The tiling
         is a call's choice, so only a call's record (a job's, an output's key) asks for it
         with ``tiling``; a recipe never records one."""
-        rec = {"method": self.method.value, "layer": self.layer, "target": self.target,
-               "threshold": str(self.threshold) if self.threshold is not None else None, "gate": self.gate,
-               "largest": self.largest, "fill_holes": self.fill_holes, "chunk": self.chunk, "tta": self.tta,
-               "refine": self.refine.value, "decision_threshold": self.decision_threshold}
+        rec: dict[str, Any] = {"method": self.method.value, "layer": self.layer, "target": self.target,
+                               "threshold": str(self.threshold) if self.threshold is not None else None,
+                               "gate": self.gate, "largest": self.largest, "fill_holes": self.fill_holes,
+                               "chunk": self.chunk, "tta": self.tta, "refine": self.refine.value,
+                               "decision_threshold": self.decision_threshold}
         if tiling:
             rec["tiling"] = {**asdict(self.tiling), "mode": self.tiling.mode.value}
         return rec
