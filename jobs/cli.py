@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from camseg.app.parsing import add_tiling_arguments
 from camseg.core.settings import Settings
 from camseg.heat.methods import METHOD_CHOICES
 
@@ -51,6 +52,7 @@ def register(sub: Any) -> None:
                         "the source's format for volumes)")
     s.add_argument("--window", default=None, help="series: DICOM windowing (default: CAMSEG_DICOM_WINDOW, auto)")
     s.add_argument("--chunk-size", type=int, default=None)
+    add_tiling_arguments(s)
     s.add_argument("--thresholds", nargs="+", type=float, default=[0.5], help="retrain: filter thresholds")
     s.add_argument("--filters", nargs="+", default=None, help="retrain: filters (default: all four)")
     s.add_argument("--epochs", type=int, default=None, help="retrain: epochs (default: the model's)")
@@ -130,7 +132,7 @@ def beat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from camseg.pipeline.options import Choices
+    from camseg.pipeline.options import Choices, tiling_of
     from jobs import submit
     from jobs.app import make_app
 
@@ -139,13 +141,15 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
     if args.jobs_cmd == "submit" and args.kind != "segment" and args.data is None:
         print("camseg: error: --kind series, evaluate and retrain need --data", file=sys.stderr)
         return 2
-    opts = None
+    opts = tiling = None
     if args.jobs_cmd == "submit":  # resolved against the model's recipe when the job is planned
         opts = Choices(method=args.method, layer=args.layer, threshold=args.threshold,
                        largest=args.largest or None, gate=False if args.no_gate else None)
+        tiling = tiling_of(args.whole, args.scale, args.overlap)
     if args.jobs_cmd == "submit" and args.kind == "series":
         sub = submit.submit_series(app, s, model=args.model, version=args.version, data=args.data,
-                                   output=args.format, heatmaps=args.heatmaps, windowing=args.window, options=opts)
+                                   output=args.format, heatmaps=args.heatmaps, windowing=args.window, options=opts,
+                                   tiling=tiling)
         print(f"{sub.job_id}\t{sub.chunks} series")
         return _watch(s, sub.job_id) if args.watch else 0
     if args.jobs_cmd == "submit" and args.kind != "segment":
@@ -159,7 +163,7 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
     if args.jobs_cmd == "submit":
         sub = submit.submit_segment(app, s, model=args.model, version=args.version, data=args.data,
                                     volumes=[tuple(v) for v in args.volumes], axis=args.axis, split=args.split,
-                                    options=opts, heatmaps=args.heatmaps, chunk_size=args.chunk_size)
+                                    options=opts, tiling=tiling, heatmaps=args.heatmaps, chunk_size=args.chunk_size)
         print(f"{sub.job_id}\t{sub.images} images in {sub.chunks} chunks")
         return _watch(s, sub.job_id) if args.watch else 0
     if args.jobs_cmd == "list":

@@ -17,6 +17,7 @@ from camseg.core.errors import InvalidInputError
 from camseg.core.settings import Settings
 from camseg.models.repository import ModelStore
 from camseg.pipeline.options import Choices, Options
+from camseg.pipeline.whole import Tiling
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def enqueue_pending(app: Celery, settings: Settings, job_id: str) -> int:
 
 def submit_segment(app: Celery, settings: Settings, *, model: str, version: str, data: Path | None = None,
                    volumes: Sequence[tuple[Path, Path]] = (), axis: int = 2, split: str | None = None,
-                   options: Options | Choices | None = None, heatmaps: bool = False,
+                   options: Options | Choices | None = None, tiling: Tiling | None = None, heatmaps: bool = False,
                    chunk_size: int | None = None) -> Submitted:
     """Plan a bulk segmentation job on disk, then enqueue its chunks.
 
@@ -55,7 +56,8 @@ def submit_segment(app: Celery, settings: Settings, *, model: str, version: str,
     (``volumes``), which are sliced along ``axis`` into the job's own ``data/`` folder
     first (a slice is a tumor slice when its label has any voxel). ``options`` run as
     given; a caller's :class:`Choices` (None: none) are resolved against the model's
-    recipe when the job is planned, and the manifest records the options.
+    recipe when the job is planned, and the manifest records the options, with the
+    ``tiling`` of whole images (None: the options' own) and the settings' pixel limits.
     """
     if (data is None) == (not volumes):
         raise InvalidInputError("give either a data set folder or image + label volume pairs")
@@ -72,22 +74,25 @@ def submit_segment(app: Celery, settings: Settings, *, model: str, version: str,
     else:
         assert data is not None
         path, data_dir, labels = _prepare(settings, model, version, data)
-    job = batch.create_segment_job(settings.output_root, path, data_dir, split=split, options=options,
+    job = batch.create_segment_job(settings.output_root, path, data_dir, split=split, options=options, tiling=tiling,
                                    chunk_size=chunk_size or settings.chunk_size, heatmaps=heatmaps, labels=labels,
-                                   job_id=job_id)
+                                   job_id=job_id, max_pixels=settings.max_pixels,
+                                   max_whole_pixels=settings.max_whole_pixels)
     return _enqueue(app, settings, job)
 
 
 def submit_series(app: Celery, settings: Settings, *, model: str, version: str, data: Path,
                   output: str = "auto", heatmaps: bool = False, windowing: str | None = None,
-                  options: Options | Choices | None = None, job_id: str | None = None) -> Submitted:
+                  options: Options | Choices | None = None, tiling: Tiling | None = None,
+                  job_id: str | None = None) -> Submitted:
     """Plan the segmentation of every DICOM series and NRRD/NIfTI volume under ``data``
-    (one SEG or mask volume each, :func:`camseg.bulk.batch.create_series_job`), then enqueue one
-    task per series."""
+    (one SEG or mask volume each, :func:`camseg.bulk.batch.create_series_job`; slices such
+    as mammograms go whole under ``tiling``), then enqueue one task per series."""
     path, data_dir, labels = _prepare(settings, model, version, data)
-    job = batch.create_series_job(settings.output_root, path, data_dir, options=options, output=output,
-                                  heatmaps=heatmaps, windowing=windowing or settings.dicom_window, job_id=job_id,
-                                  labels=labels)
+    job = batch.create_series_job(settings.output_root, path, data_dir, options=options, tiling=tiling,
+                                  output=output, heatmaps=heatmaps, windowing=windowing or settings.dicom_window,
+                                  job_id=job_id, labels=labels, max_pixels=settings.max_pixels,
+                                  max_whole_pixels=settings.max_whole_pixels)
     return _enqueue(app, settings, job)
 
 

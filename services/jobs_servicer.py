@@ -20,6 +20,8 @@ import grpc
 from camseg.bulk import batch
 from camseg.core.errors import InvalidInputError
 from camseg.core.settings import Settings
+from camseg.pipeline.options import tiling_of
+from camseg.pipeline.whole import Tiling
 from jobs import submit
 from services import codec
 from services.gen.camseg.v1 import camseg_pb2 as pb
@@ -28,8 +30,12 @@ from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 T = TypeVar("T")
 
 KIND_FROM_PB = {pb.JOB_KIND_UNSPECIFIED: "segment", pb.JOB_KIND_SEGMENT: "segment",
-                pb.JOB_KIND_EVALUATE: "evaluate", pb.JOB_KIND_RETRAIN: "retrain"}
-KIND_TO_PB = {"segment": pb.JOB_KIND_SEGMENT, "evaluate": pb.JOB_KIND_EVALUATE, "retrain": pb.JOB_KIND_RETRAIN}
+                pb.JOB_KIND_EVALUATE: "evaluate", pb.JOB_KIND_RETRAIN: "retrain",
+                pb.JOB_KIND_SEGMENT_SERIES: batch.SERIES}
+KIND_TO_PB = {"segment": pb.JOB_KIND_SEGMENT, "evaluate": pb.JOB_KIND_EVALUATE, "retrain": pb.JOB_KIND_RETRAIN,
+              batch.SERIES: pb.JOB_KIND_SEGMENT_SERIES}
+WHOLE_FROM_PB = {pb.SubmitJobRequest.WHOLE_UNSPECIFIED: None, pb.SubmitJobRequest.WHOLE_AUTO: "auto",
+                 pb.SubmitJobRequest.WHOLE_ALWAYS: "always", pb.SubmitJobRequest.WHOLE_NEVER: "never"}
 STATE_TO_PB = {batch.JobState.QUEUED: pb.JOB_STATE_QUEUED, batch.JobState.RUNNING: pb.JOB_STATE_RUNNING,
                batch.JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED, batch.JobState.FAILED: pb.JOB_STATE_FAILED,
                batch.JobState.CANCELLED: pb.JOB_STATE_CANCELLED}
@@ -46,6 +52,14 @@ def job_message(settings: Settings, st: batch.JobStatus) -> pb.Job:
         if isinstance(d, int | float) and math.isfinite(d):
             job.mean_dice = float(d)
     return job
+
+
+def tiling_from_pb(request: pb.SubmitJobRequest) -> Tiling:
+    """The request's whole-image fields (unset: the defaults)."""
+    if request.whole not in WHOLE_FROM_PB:
+        raise InvalidInputError(f"unknown whole-image mode {request.whole}")
+    return tiling_of(WHOLE_FROM_PB[request.whole], request.scale if request.HasField("scale") else None,
+                     request.overlap if request.HasField("overlap") else None)
 
 
 class JobsServicer(pb_grpc.JobsServicer):
@@ -86,10 +100,17 @@ class JobsServicer(pb_grpc.JobsServicer):
                                              thresholds=list(request.thresholds) or [0.5],
                                              filters=list(request.filters) or None, epochs=request.epochs or None)
             choices = codec.choices(request)  # resolved against the model's recipe when the job is planned
+            if kind == batch.SERIES:
+                assert data is not None
+                return submit.submit_series(self.app, s, model=name, version=version, data=data,
+                                            output=request.output or "auto", heatmaps=request.heatmaps,
+                                            windowing=request.windowing or None, options=choices,
+                                            tiling=tiling_from_pb(request))
             axis = request.axis if request.HasField("axis") else 2
             return submit.submit_segment(self.app, s, model=name, version=version, data=data, volumes=volumes,
                                          axis=axis, split=request.split or None, options=choices,
-                                         heatmaps=request.heatmaps, chunk_size=request.chunk_size or None)
+                                         tiling=tiling_from_pb(request), heatmaps=request.heatmaps,
+                                         chunk_size=request.chunk_size or None)
 
         sub = await self._run(go)
         return await self._run(lambda: self._status(sub.job_id))

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from camseg.bulk import batch
+from camseg.bulk.kinds.common import read_pipeline
 from camseg.bulk.segment import segment_folder
 from camseg.core.errors import InvalidInputError
 from camseg.data.synth import SynthConfig, synthesize
@@ -127,14 +128,14 @@ def test_the_recipe_travels_with_the_model(chosen: tuple[Path, Recipe], recipe_d
     # camseg segment without options: the recipe
     summary = segment_folder(model, recipe_data, tmp_path / "seg", split="test")
     rec = {k: v for k, v in summary["options"].items() if k not in ("encodings", "overlays")}
-    assert rec == recipe.options.to_record()
+    assert rec == recipe.options.to_record(tiling=True)  # the recipe's options, the call's (default) tiling
     # ... and its Dice is the recipe's reported number (the same masks, the same split)
     final = recipe.final
     assert final is not None
     assert summary["mean_dice"] == pytest.approx(final.report.all_tumors, abs=1e-5)  # rows hold 6 decimals
     # a bulk job without options records the recipe in its manifest
     job = batch.create_segment_job(tmp_path / "jobs", model_dir, recipe_data, split="test")
-    assert batch.read_manifest(job).options == recipe.options.to_record()
+    assert read_pipeline(batch.read_manifest(job).options)[0] == recipe.options
     # an explicit choice wins
     job2 = batch.create_segment_job(tmp_path / "jobs", model_dir, recipe_data, split="test",
                                     options=Options(threshold=parse_rule("p90")))

@@ -13,11 +13,12 @@ import torch
 
 from camseg.core.errors import CancelledError, InvalidInputError
 from camseg.data.synth import SynthConfig, generate
+from camseg.heat.rules import parse_rule
 from camseg.heat.tissue import tissue_mask
 from camseg.models.modelconfig import ScaleSpec
 from camseg.pipeline.options import Engine, Options
 from camseg.pipeline.run import LoadedModel, run
-from camseg.pipeline.whole import WHOLE_FACTOR, Tiling, is_whole, positions, whole_bytes, window
+from camseg.pipeline.whole import WHOLE_FACTOR, Tiling, Whole, is_whole, positions, whole_bytes, window
 
 ONE = Tiling(scale=1.0)
 
@@ -57,8 +58,8 @@ def test_is_whole_by_fields_of_view(model: LoadedModel) -> None:
     big = int(WHOLE_FACTOR * side) + 1
     assert not is_whole(model, (big - 1, big - 1), ONE)
     assert is_whole(model, (big, 10), ONE)
-    assert not is_whole(model, (big * 4, big), Tiling(mode="never"))
-    assert is_whole(model, (10, 10), Tiling(mode="always", scale=1.0))
+    assert not is_whole(model, (big * 4, big), Tiling(mode=Whole.NEVER))
+    assert is_whole(model, (10, 10), Tiling(mode=Whole.ALWAYS, scale=1.0))
     assert not is_whole(model, (big, big), Tiling(scale=2.0))  # two image pixels per model pixel
 
 
@@ -70,7 +71,7 @@ def test_bad_tiling_is_refused() -> None:
 
 def test_whole_image_mask_heat_and_lesions(model: LoadedModel, scene: tuple[np.ndarray, np.ndarray]) -> None:
     img, truth = scene
-    res = run(model, [img], Options(threshold="0.3", tiling=ONE), truths=[truth])
+    res = run(model, [img], Options(threshold=parse_rule("0.3"), tiling=ONE), truths=[truth])
     item = res.items[0]
     info = item.whole
     assert info is not None and info.scale == 1.0 and not info.padded
@@ -104,7 +105,7 @@ def test_no_tissue_gives_an_empty_mask_and_says_so(model: LoadedModel) -> None:
 
 def test_small_image_is_padded_to_one_tile(model: LoadedModel) -> None:
     img = np.full((20, 25), 0.5, np.float32)
-    item = run(model, [img], Options(tiling=Tiling(mode="always", scale=1.0))).items[0]
+    item = run(model, [img], Options(tiling=Tiling(mode=Whole.ALWAYS, scale=1.0))).items[0]
     assert item.whole is not None and item.whole.padded and item.whole.tiles == 1
     assert item.mask is not None and item.mask.shape == (20, 25) and item.heatmap.shape == (20, 25)
 
@@ -122,8 +123,8 @@ def test_a_model_without_a_scale_is_a_one_line_error(model: LoadedModel) -> None
 
 def test_scale_two_works_in_model_space(model: LoadedModel, scene: tuple[np.ndarray, np.ndarray]) -> None:
     img, _ = scene
-    one = run(model, [img], Options(tiling=Tiling(mode="always", scale=1.0))).items[0]
-    two = run(model, [img], Options(tiling=Tiling(mode="always", scale=2.0))).items[0]
+    one = run(model, [img], Options(tiling=Tiling(mode=Whole.ALWAYS, scale=1.0))).items[0]
+    two = run(model, [img], Options(tiling=Tiling(mode=Whole.ALWAYS, scale=2.0))).items[0]
     assert two.whole is not None and one.whole is not None and two.whole.tiles < one.whole.tiles
     assert two.mask is not None and two.mask.shape == img.shape
 

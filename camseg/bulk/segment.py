@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from camseg.bulk.wholerows import LESIONS, WHOLE_COLUMNS, lesion_rows, whole_values, write_lesions
 from camseg.core.errors import InvalidInputError
+from camseg.core.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_WHOLE_PIXELS
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.data.folder import FolderDataset, atomic_directory
 from camseg.models.modelconfig import Source
@@ -25,11 +27,13 @@ from camseg.models.modeldir import write_json
 from camseg.pipeline.options import Encoding, Options
 from camseg.pipeline.outputs import data_fingerprint, model_fingerprint, output_key, reusable
 from camseg.pipeline.run import ImageResult, LoadedModel, run
+from camseg.pipeline.whole import decode_limit
 
 logger = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
-COLUMNS = ["id", "label", "probability", "predicted_label", "correct", "mask_area", "threshold", "gated", "dice"]
+COLUMNS = ["id", "label", "probability", "predicted_label", "correct", "mask_area", "threshold", "gated", "dice",
+           *WHOLE_COLUMNS]
 
 
 def segment_folder(
@@ -43,14 +47,22 @@ def segment_folder(
     overwrite: bool = False,
     on_progress: OnProgress | None = None,
     should_stop: ShouldStop | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_whole_pixels: int = DEFAULT_MAX_WHOLE_PIXELS,
 ) -> dict[str, Any]:
     """Segment every image of ``data_dir`` (or one split) with the model's heatmaps.
 
+    An image larger than the model's field of view by the whole-image factor (or as
+    ``options.tiling`` forces) is segmented whole (:mod:`camseg.pipeline.whole`); images
+    are decoded up to ``max_whole_pixels`` unless whole-image inference is off, else up
+    to ``max_pixels``.
+
     Writes ``out/masks/<id>.png`` (8-bit, 255 = tumor, at each image's own size),
-    ``out/overlays/<id>.png`` when ``overlays``, ``out/results.csv`` and, last,
-    ``out/summary.json``. Returns the summary (``reused`` tells whether a complete
-    output of the same inputs was found instead). Mean Dice is over the images with a
-    truth mask.
+    ``out/overlays/<id>.png`` when ``overlays``, ``out/results.csv`` (with the
+    whole-image columns of :mod:`camseg.bulk.wholerows`), ``out/lesions.csv`` (the
+    lesion candidates of the whole images) and, last, ``out/summary.json``. Returns the
+    summary (``reused`` tells whether a complete output of the same inputs was found
+    instead). Mean Dice is over the images with a truth mask.
     """
     loaded = model if isinstance(model, LoadedModel) else LoadedModel.load(model)
     opts = options or loaded.default_options()  # the model's recipe where it has one
@@ -69,6 +81,8 @@ def segment_folder(
     encodings = {Encoding.MASK_PNG} | ({Encoding.OVERLAY_PNG} if overlays else set())
     opts = replace(opts, encodings=frozenset(encodings))
     rows: list[dict[str, Any]] = []
+    lesions: list[dict[str, Any]] = []
+    limit = decode_limit(opts.tiling, max_pixels, max_whole_pixels)
     tracker = Tracker(f"segment {loaded.path.name}", len(indices), on_progress=on_progress, should_stop=should_stop)
     with atomic_directory(out, overwrite=True) as tmp:
         (tmp / "masks").mkdir()
@@ -76,7 +90,7 @@ def segment_folder(
             (tmp / "overlays").mkdir()
         for start in range(0, len(indices), opts.chunk):
             chunk = indices[start : start + opts.chunk]
-            loaded_pairs = [ds.load(i) for i in chunk]
+            loaded_pairs = [ds.load(i, max_pixels=limit) for i in chunk]
             result = run(loaded, [p[0] for p in loaded_pairs], opts, truths=[p[1] for p in loaded_pairs])
             for i, item in zip(chunk, result.items, strict=True):
                 sample = ds.samples[i]
@@ -85,16 +99,19 @@ def segment_folder(
                 if item.overlay_png is not None:
                     (tmp / "overlays" / f"{sample.id}.png").write_bytes(item.overlay_png)
                 rows.append(result_row(ds, i, loaded, item))
+                lesions += lesion_rows(sample.id, item.whole)
             tracker.advance(len(chunk))
         _write_results(tmp / "results.csv", rows)
-        summary = _summary(rows, opts, loaded, data_dir, split, key, overlays)
+        write_lesions(tmp / LESIONS, lesions)
+        summary = {**_summary(rows, opts, loaded, data_dir, split, key, overlays),
+                   "whole_images": sum(int(r["whole"]) for r in rows), "lesions": len(lesions)}
         write_json(tmp / SUMMARY, summary)
     logger.info("segmented %d images into %s (mean Dice %.4f)", len(rows), out, summary["mean_dice"])
     return {**summary, "reused": False}
 
 
 def _options_record(opts: Options) -> dict[str, Any]:
-    return {**opts.to_record(), "encodings": sorted(e.value for e in opts.encodings)}
+    return {**opts.to_record(tiling=True), "encodings": sorted(e.value for e in opts.encodings)}
 
 
 def check_classes(ds: FolderDataset, model: LoadedModel) -> None:
@@ -131,6 +148,7 @@ def result_row(ds: FolderDataset, i: int, model: LoadedModel, item: ImageResult)
         "threshold": "" if item.threshold_value is None else round(item.threshold_value, 6),
         "gated": int(item.gated),
         "dice": "" if item.dice is None else round(item.dice, 6),
+        **whole_values(item.whole),
     }
 
 

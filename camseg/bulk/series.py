@@ -8,7 +8,11 @@ into a mask volume on the source's own grid. The outputs say where they sit:
 * ``nifti`` / ``nrrd``: a mask volume with the source's affine (spacing, origin, direction);
 * ``auto``: SEG for DICOM, and the source's own format for a volume file.
 
-Heatmaps can come beside them as a float volume in the same grid. What this module writes
+A slice (a mammogram, one MG instance) larger than the model's field of view by the
+whole-image factor goes through whole-image inference (:mod:`camseg.pipeline.whole`),
+under the options' tiling; the results row then says how (the columns of
+:data:`COLUMNS` from ``whole_slices`` on) and ``lesions.csv`` lists its lesion
+candidates. Heatmaps can come beside them as a float volume in the same grid. What this module writes
 for one series is the same for the ``camseg segment`` command and for a bulk job's part:
 :func:`write_outputs` is the one place.
 """
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from camseg.bulk.wholerows import LESIONS, lesion_rows, write_lesions
 from camseg.core.errors import InvalidInputError, UnsupportedError
 from camseg.core.progress import OnProgress, ShouldStop
 from camseg.core.windowing import Windowing
@@ -34,6 +39,7 @@ from camseg.models.modeldir import atomic_write_bytes
 from camseg.pipeline.options import Encoding, Options
 from camseg.pipeline.recipe_record import describe
 from camseg.pipeline.run import LoadedModel, run
+from camseg.pipeline.whole import WholeInfo
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +48,8 @@ OUTPUTS = ("auto", "seg", "nifti", "nrrd")
 
 SUFFIX = {"seg": ".dcm", "nifti": ".nii.gz", "nrrd": ".nrrd"}
 COLUMNS = ["index", "name", "series_uid", "modality", "slices", "rows", "columns", "tumor_slices", "mask_voxels",
-           "mask_ml", "output", "heatmap", "error"]
+           "mask_ml", "output", "heatmap", "whole_slices", "image_score", "tiles", "lesions", "lesion_file", "note",
+           "error"]
 
 
 def check_output(output: str) -> str:
@@ -75,6 +82,7 @@ class SeriesResult:
     heatmap: npt.NDArray[np.float32]
     probabilities: npt.NDArray[np.float32]  # (N, classes)
     predicted: npt.NDArray[np.int64]  # (N,)
+    whole: tuple[WholeInfo | None, ...] = ()  # per slice: how it was segmented whole (None: as an ROI)
 
     @property
     def tumor_slices(self) -> int:
@@ -103,7 +111,8 @@ def segment_series(model: LoadedModel, series: dicom.Series, options: Options, *
     mask = np.stack([np.asarray(r.mask, dtype=bool) for r in res.items])
     heat = np.stack([r.heatmap.numpy().astype(np.float32) for r in res.items])
     probs = np.stack([r.probabilities for r in res.items]).astype(np.float32)
-    return SeriesResult(series, mask, heat, probs, np.array([r.label for r in res.items], dtype=np.int64))
+    return SeriesResult(series, mask, heat, probs, np.array([r.label for r in res.items], dtype=np.int64),
+                        tuple(r.whole for r in res.items))
 
 
 def algorithm(model: LoadedModel, options: Options, labels: dict[str, str] | None = None) -> dicom.Algorithm:
@@ -122,7 +131,9 @@ def write_outputs(result: SeriesResult, out_dir: Path, output: str, algo: dicom.
     """Write the series' mask (``mask.dcm`` SEG, ``mask.nii.gz`` or ``mask.nrrd``) and, with
     ``heatmaps``, ``heatmap.nii.gz`` / ``heatmap.nrrd`` (float32, the same grid) into
     ``out_dir``; returns the series' results row (see :data:`COLUMNS`), file names relative
-    to ``out_dir``."""
+    to ``out_dir``. Where slices went whole, their lesion candidates go to ``lesions.csv``
+    (``slice`` the slice index) and the row says how: the slices segmented whole, the
+    highest image-level score, the tiles run, the candidates and any note."""
     s = result.series
     fmt = output_format(output, s)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +150,21 @@ def write_outputs(result: SeriesResult, out_dir: Path, output: str, algo: dicom.
         heat_file = heat_path.name
     ml = result.mask_ml
     return row(s, error="", output=mask_file.name, heatmap=heat_file, tumor_slices=result.tumor_slices,
-               mask_voxels=int(result.mask.sum()), mask_ml="" if ml is None else round(ml, 4))
+               mask_voxels=int(result.mask.sum()), mask_ml="" if ml is None else round(ml, 4),
+               **_whole_columns(result, out_dir))
+
+
+def _whole_columns(result: SeriesResult, out_dir: Path) -> dict[str, Any]:
+    """The row's whole-image columns; ``lesions.csv`` written where a slice went whole."""
+    whole = [(k, w) for k, w in enumerate(result.whole) if w is not None]
+    if not whole:
+        return {"whole_slices": 0}
+    lesions = [r for k, w in whole for r in lesion_rows(result.series.name, w, slice_index=k)]
+    write_lesions(out_dir / LESIONS, lesions)
+    notes = sorted({w.note for _, w in whole if w.note})
+    return {"whole_slices": len(whole), "image_score": round(max(w.score for _, w in whole), 6),
+            "tiles": sum(w.tiles for _, w in whole), "lesions": len(lesions), "lesion_file": LESIONS,
+            "note": "; ".join(notes)}
 
 
 def instance_segmentation(data: bytes | Path, mask: npt.NDArray[np.bool_], algo: dicom.Algorithm, *,
@@ -167,10 +192,18 @@ def row(series: dicom.Series | None, *, error: str, name: str = "", uid: str = "
     return out
 
 
-def load(entry: dict[str, Any], root: Path) -> dicom.Series:
-    """The series a job's plan names: DICOM files, or a volume file, relative to ``root``."""
+def load(entry: dict[str, Any], root: Path, *, max_pixels: int | None = None) -> dicom.Series:
+    """The series a job's plan names: DICOM files, or a volume file, relative to ``root``;
+    a slice of more than ``max_pixels`` (rows x columns; None: no limit) is refused (a
+    DICOM series' before its pixel data is read)."""
     files = [root / f for f in entry["files"]]
-    series = dicom.load_volume(files[0]) if entry["kind"] == "volume" else dicom.load_series(files, entry["name"])
+    if entry["kind"] == "volume":
+        series = dicom.load_volume(files[0])
+        if max_pixels is not None and series.values.shape[1] * series.values.shape[2] > max_pixels:
+            raise InvalidInputError(f"{entry['name']}: {series.values.shape[2]}x{series.values.shape[1]} pixels per "
+                                    f"slice exceed the limit of {max_pixels}")
+    else:
+        series = dicom.load_series(files, entry["name"], max_pixels=max_pixels)
     series.name = entry["name"]
     return series
 

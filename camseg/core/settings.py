@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from camseg.core.errors import InvalidInputError, shown
-from camseg.core.limits import DEFAULT_MAX_PIXELS
+from camseg.core.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_WHOLE_PIXELS
 from camseg.core.windowing import Windowing
 
 PREFIX = "CAMSEG_"
@@ -80,6 +80,8 @@ class ServeSection(BaseModel):
     max_receive_bytes: int = Field(64 * MiB, ge=1024, description="largest request message")
     max_send_bytes: int = Field(64 * MiB, ge=1024, description="largest reply message")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image accepted (height x width)")
+    max_whole_pixels: int = Field(
+        DEFAULT_MAX_WHOLE_PIXELS, ge=1, description="largest image accepted for whole-image inference (height x width)")
     max_images: int = Field(256, ge=1, description="images per request")
     max_request_values: int = Field(
         3 * DEFAULT_MAX_PIXELS, ge=1,

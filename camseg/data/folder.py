@@ -172,14 +172,15 @@ class FolderDataset:
             return Sample(sid, label, split, image_path, mask_path)
         return Sample(sid, label, split, image_path, None)
 
-    def load(self, index: int) -> tuple[FloatArray, BoolArray | None]:
-        """Pixel data of one sample; checks that its mask has the image's shape. Images
-        up to the whole-image limit are read (a data set of full-field images)."""
+    def load(self, index: int, *, max_pixels: int = DEFAULT_MAX_WHOLE_PIXELS) -> tuple[FloatArray, BoolArray | None]:
+        """Pixel data of one sample (an image larger than ``max_pixels`` is refused before
+        it is decoded: by default the whole-image limit, so a data set of full-field images
+        reads); checks that its mask has the image's shape."""
         s = self.samples[index]
-        image = decode_image(s.image_path, name=str(s.image_path), max_pixels=DEFAULT_MAX_WHOLE_PIXELS)
+        image = decode_image(s.image_path, name=str(s.image_path), max_pixels=max_pixels)
         mask = None
         if s.mask_path is not None:
-            mask = read_mask(s.mask_path)
+            mask = decode_mask(s.mask_path, name=str(s.mask_path), max_pixels=max_pixels)
             if mask.shape != image.shape[:2]:
                 raise InvalidInputError(
                     f"{s.mask_path}: mask shape {mask.shape} differs from its image {image.shape[:2]}"

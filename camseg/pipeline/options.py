@@ -4,7 +4,7 @@ recipe make those options."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -81,20 +81,33 @@ class Options:
         if self.layer == "":
             object.__setattr__(self, "layer", None)
 
-    def to_record(self) -> dict[str, Any]:
-        """The options as plain JSON values (no encodings: those are per call)."""
-        return {"method": self.method.value, "layer": self.layer, "target": self.target,
-                "threshold": str(self.threshold) if self.threshold is not None else None, "gate": self.gate,
-                "largest": self.largest, "fill_holes": self.fill_holes, "chunk": self.chunk, "tta": self.tta,
-                "refine": self.refine.value, "decision_threshold": self.decision_threshold}
+    def to_record(self, *, tiling: bool = False) -> dict[str, Any]:
+        """The options as plain JSON values (no encodings: those are per call). The tiling
+        is a call's choice, so only a call's record (a job's, an output's key) asks for it
+        with ``tiling``; a recipe never records one."""
+        rec: dict[str, Any] = {"method": self.method.value, "layer": self.layer, "target": self.target,
+                               "threshold": str(self.threshold) if self.threshold is not None else None,
+                               "gate": self.gate, "largest": self.largest, "fill_holes": self.fill_holes,
+                               "chunk": self.chunk, "tta": self.tta, "refine": self.refine.value,
+                               "decision_threshold": self.decision_threshold}
+        if tiling:
+            rec["tiling"] = {**asdict(self.tiling), "mode": self.tiling.mode.value}
+        return rec
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> Options:
-        """Options from :meth:`to_record`'s values; absent keys take their defaults."""
-        known = {f.name for f in fields(cls)} - {"encodings", "engine", "tiling"}
+    def from_record(cls, rec: dict[str, Any], *, tiling: bool = False) -> Options:
+        """Options from :meth:`to_record`'s values; absent keys take their defaults. A
+        ``tiling`` is read only from a call's record (``tiling``): a recipe has none."""
+        known = {f.name for f in fields(cls)} - {"encodings", "engine"} - (set() if tiling else {"tiling"})
         unknown = set(rec) - known
         if unknown:
             raise InvalidInputError(f"unknown options {', '.join(sorted(unknown))}")
+        if isinstance(rec.get("tiling"), dict):
+            tiling_known = {f.name for f in fields(Tiling)}
+            bad = set(rec["tiling"]) - tiling_known
+            if bad:
+                raise InvalidInputError(f"unknown tiling options {', '.join(sorted(bad))}")
+            rec = {**rec, "tiling": Tiling(**rec["tiling"])}
         return cls(**rec)
 
 
@@ -150,6 +163,14 @@ class Choices:
         """Whether any pick is chosen (so the recipe is set aside)."""
         return any(v is not None for v in (self.method, self.layer, self.target, self.threshold, self.tta,
                                            self.refine, self.decision_threshold))
+
+
+def tiling_of(mode: str | None = None, scale: float | None = None, overlap: float | None = None) -> Tiling:
+    """A caller's whole-image choices (:class:`~camseg.pipeline.whole.Tiling`): each None
+    (a flag or a wire field left unset) takes its default; bad values are refused in one
+    line. The command line, the jobs and the gRPC service call this."""
+    given: dict[str, Any] = {"mode": mode or None, "scale": scale, "overlap": overlap}
+    return Tiling(**{k: v for k, v in given.items() if v is not None})
 
 
 def resolve(recipe: Options | None, choices: Choices = Choices(), *,

@@ -174,6 +174,12 @@ def is_whole(model: LoadedModel, shape: tuple[int, ...], tiling: Tiling) -> bool
     return max(int(shape[0]), int(shape[1])) > WHOLE_FACTOR * view
 
 
+def decode_limit(tiling: Tiling, max_pixels: int, max_whole_pixels: int) -> int:
+    """The largest image (height x width) to decode for a run under ``tiling``: whole
+    images may reach ``max_whole_pixels`` unless whole-image inference is off."""
+    return max_pixels if tiling.mode is Whole.NEVER else max(max_pixels, max_whole_pixels)
+
+
 def require_scale(model: LoadedModel, tiling: Tiling) -> float:
     scale = model_scale(model, tiling)
     if scale is None:

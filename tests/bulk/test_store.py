@@ -16,6 +16,7 @@ import pytest
 from camseg.bulk import batch, store
 from camseg.bulk.segment import segment_folder
 from camseg.core.errors import CancelledError, InvalidInputError, NotFoundError
+from camseg.core.limits import DEFAULT_MAX_WHOLE_PIXELS
 from camseg.core.outdir import MARKER
 from camseg.data.synth import SynthConfig, generate
 from camseg.heat.rules import parse_rule
@@ -57,7 +58,9 @@ def test_a_planned_job_is_its_manifest_and_nothing_else(trained_dir: Path, tiny_
     assert [len(c) for c in m.chunks] == [10, 10, 4] and m.images == 24
     assert sorted(i for c in m.chunks for i in c) == list(range(24))  # every image once
     assert m.model == str(trained_dir.resolve()) and m.data == str(tiny_folder.resolve())
-    assert m.options == OPTS.to_record() and m.labels == {"model": "tiny", "version": "1"}
+    # the options, the tiling of whole images and the largest image the parts decode
+    assert m.options == {**OPTS.to_record(tiling=True), "max_pixels": DEFAULT_MAX_WHOLE_PIXELS}
+    assert m.labels == {"model": "tiny", "version": "1"}
     assert sorted(p.name for p in job.iterdir()) == [batch.MANIFEST]
     assert batch.pending_chunks(job) == [0, 1, 2]
     assert batch.status(job) == store.JobStatus("j1", "segment", batch.JobState.QUEUED, 0, 3, 0, 24)

@@ -66,8 +66,10 @@ def _request_fields(chosen: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ran(record: dict[str, Any]) -> Options:
-    """The options a summary or a manifest records (less what belongs to one call)."""
-    return Options.from_record({k: v for k, v in record.items() if k not in ("encodings", "overlays")})
+    """The options a summary or a manifest records (less what belongs to one call: the
+    encodings, the overlays, the pixel limit; the tiling is the default one here)."""
+    return Options.from_record({k: v for k, v in record.items() if k not in ("encodings", "overlays", "max_pixels")},
+                               tiling=True)
 
 
 def test_the_same_choices_give_the_same_options_through_every_adapter(

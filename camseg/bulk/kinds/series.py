@@ -4,7 +4,9 @@ one part per series, each writing one SEG or mask volume (:mod:`camseg.bulk.seri
 Part ``i`` writes ``series/<i>/`` (built aside, renamed into place) with ``row.json``,
 its completion marker. A series that cannot be read (no pixel data, inconsistent
 spacing, mixed series, an unsupported transfer syntax) gets a row with the reason and
-no mask; the job goes on. The results are ``results.csv`` and ``outputs/``.
+no mask; the job goes on. A slice larger than the model's field of view (a mammogram)
+goes whole under the tiling the job records, its candidates in the series'
+``lesions.csv``. The results are ``results.csv`` and ``outputs/``.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from camseg.bulk import series as ser
-from camseg.bulk.kinds.common import segmentation_options
+from camseg.bulk.kinds.common import pipeline_record, read_pipeline, segmentation_options
 from camseg.bulk.store import RESULTS, JobKind, Manifest, create_job, link_into, summary_of, write_csv
 from camseg.core.errors import CamsegError, CancelledError, InvalidInputError, NotFoundError
+from camseg.core.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_WHOLE_PIXELS
 from camseg.core.progress import OnProgress, ShouldStop
 from camseg.core.windowing import Windowing
 from camseg.data.folder import atomic_directory
 from camseg.pipeline.options import Choices, Options
 from camseg.pipeline.run import LoadedModel
+from camseg.pipeline.whole import Tiling
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +35,18 @@ NAME = "segment-series"
 
 
 def create_series_job(out_root: Path, model_dir: Path, data: Path, *, options: Options | Choices | None = None,
-                      output: str = "auto", heatmaps: bool = False, windowing: str = "auto",
-                      job_id: str | None = None, labels: dict[str, str] | None = None) -> Path:
+                      tiling: Tiling | None = None, output: str = "auto", heatmaps: bool = False,
+                      windowing: str = "auto", job_id: str | None = None, labels: dict[str, str] | None = None,
+                      max_pixels: int = DEFAULT_MAX_PIXELS, max_whole_pixels: int = DEFAULT_MAX_WHOLE_PIXELS) -> Path:
     """Plan the segmentation of every DICOM series and NRRD/NIfTI image volume under
-    ``data`` (a folder or one file): one part per series. Files that are DICOM but
-    unreadable are recorded in the plan and reported in the summary; the series go on.
-    InvalidInputError when ``data`` holds no series at all."""
+    ``data`` (a folder or one file): one part per series, under ``tiling`` (None: the
+    options' own) and a slice limit of ``max_pixels`` (``max_whole_pixels`` unless
+    whole-image inference is off). Files that are DICOM but unreadable are recorded in
+    the plan and reported in the summary; the series go on. InvalidInputError when
+    ``data`` holds no series at all."""
     ser.check_output(output)
     window = str(Windowing.parse(windowing))
-    _, opts = segmentation_options(model_dir, options)
+    _, opts = segmentation_options(model_dir, options, tiling)
     data = Path(data)
     if not data.exists():
         raise NotFoundError(f"{data}: no such file or folder")
@@ -47,8 +54,9 @@ def create_series_job(out_root: Path, model_dir: Path, data: Path, *, options: O
     if not entries:
         raise InvalidInputError(f"{data}: no DICOM series and no NRRD/NIfTI volumes"
                                 + (f" ({len(unreadable)} unreadable DICOM files)" if unreadable else ""))
+    pipeline = pipeline_record(opts, max_pixels=max_pixels, max_whole_pixels=max_whole_pixels)
     job_dir = create_job(out_root, job_id, kind=NAME, model_dir=model_dir, data=data if data.is_dir() else data.parent,
-                         options={"pipeline": opts.to_record(), "output": output, "windowing": window,
+                         options={"pipeline": pipeline, "output": output, "windowing": window,
                                   "series": entries, "unreadable": unreadable},
                          chunks=[[i] for i in range(len(entries))], heatmaps=heatmaps, labels=labels)
     logger.info("job %s: %d series (%d unreadable files)", job_dir.name, len(entries), len(unreadable))
@@ -67,10 +75,10 @@ def _run(job_dir: Path, m: Manifest, index: int, model: LoadedModel | None, shou
          on_progress: OnProgress | None) -> None:
     model = model or LoadedModel.load(m.model)
     entry = m.options["series"][index]
-    opts = Options.from_record(m.options["pipeline"])
+    opts, limit = read_pipeline(m.options["pipeline"])
     with atomic_directory(_series_dir(job_dir, index), overwrite=True) as tmp:
         try:
-            s = ser.load(entry, Path(m.data))
+            s = ser.load(entry, Path(m.data), max_pixels=limit)
             result = ser.segment_series(model, s, opts, windowing=Windowing.parse(m.options["windowing"]),
                                         on_progress=on_progress, should_stop=should_stop)
             row = ser.write_outputs(result, tmp, m.options["output"], ser.algorithm(model, opts, m.labels),
@@ -86,7 +94,7 @@ def _run(job_dir: Path, m: Manifest, index: int, model: LoadedModel | None, shou
 
 def _finish(job_dir: Path, m: Manifest) -> dict[str, Any]:
     """Every series' row into ``results.csv``, its outputs linked under ``outputs/`` as
-    ``<name>.mask<suffix>`` (``.heatmap<suffix>``); failures are the failed series and the
+    ``<name>.mask<suffix>`` (``.heatmap<suffix>``, ``.lesions.csv``); failures are the failed series and the
     unreadable files of the plan."""
     rows = []
     out = job_dir / "outputs"
@@ -94,9 +102,9 @@ def _finish(job_dir: Path, m: Manifest) -> dict[str, Any]:
     for i in range(len(m.chunks)):
         sdir = _series_dir(job_dir, i)
         row = json.loads((sdir / "row.json").read_text())
-        for key in ("output", "heatmap"):
-            if row[key]:
-                name = f"{row['name']}.{'heatmap' if key == 'heatmap' else 'mask'}{_suffixes(row[key])}"
+        for key, what in (("output", "mask"), ("heatmap", "heatmap"), ("lesion_file", "lesions")):
+            if row.get(key):
+                name = f"{row['name']}.{what}{_suffixes(row[key])}"
                 link_into(sdir / row[key], out / name)
                 row[key] = f"outputs/{name}"
         rows.append(row)
@@ -108,7 +116,9 @@ def _finish(job_dir: Path, m: Manifest) -> dict[str, Any]:
         m, options=m.options["pipeline"], output=m.options["output"], windowing=m.options["windowing"],
         series=len(rows), segmented=len(ok), failed=len(failures), failures=failures[:1000],
         images=sum(int(r["slices"]) for r in ok), tumor_series=sum(1 for r in ok if int(r["tumor_slices"])),
-        mean_dice=math.nan, outputs={r["name"]: r["output"] for r in ok})
+        mean_dice=math.nan, outputs={r["name"]: r["output"] for r in ok},
+        whole_slices=sum(int(r.get("whole_slices") or 0) for r in ok),
+        lesions=sum(int(r.get("lesions") or 0) for r in ok))
 
 
 def _images(job_dir: Path, m: Manifest, index: int) -> int:

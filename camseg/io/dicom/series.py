@@ -111,7 +111,7 @@ def scan(paths: Path | Sequence[Path]) -> tuple[list[SeriesFiles], list[tuple[Pa
     return series, failures
 
 
-def load_series(files: Sequence[Path], name: str | None = None) -> Series:
+def load_series(files: Sequence[Path], name: str | None = None, *, max_pixels: int | None = None) -> Series:
     """One series from its files.
 
     * All files share one SeriesInstanceUID (``mixed series: ...`` otherwise); every
@@ -129,9 +129,11 @@ def load_series(files: Sequence[Path], name: str | None = None) -> Series:
       step SliceThickness, else SpacingBetweenSlices, else 1 mm), else None.
     * PixelSpacing missing: ImagerPixelSpacing, else 1 mm.
 
-    ``name`` (default: the uid) names the series in messages; ``Series.name`` is its safe
-    file-name form. ``Series.datasets`` are the instances' headers in slice order, read up to
-    the pixel data (so without it, and without anything a file stores after it).
+    ``max_pixels`` (None: no limit) bounds each slice's rows x columns, checked on the
+    headers before any pixel data is read. ``name`` (default: the uid) names the series in
+    messages; ``Series.name`` is its safe file-name form. ``Series.datasets`` are the
+    instances' headers in slice order, read up to the pixel data (so without it, and
+    without anything a file stores after it).
 
     Raises:
         InvalidInputError: any of the above, or an unreadable instance (named).
@@ -158,6 +160,9 @@ def load_series(files: Sequence[Path], name: str | None = None) -> Series:
             raise InvalidInputError(f"{label}: {p} is {hdr.width}x{hdr.height}x{hdr.samples}, {paths[0]} is "
                                     f"{first.width}x{first.height}x{first.samples} (columns x rows x samples)")
 
+    if max_pixels is not None and first.height * first.width > max_pixels:
+        raise InvalidInputError(f"{label}: {first.width}x{first.height} pixels per slice exceed the limit of "
+                                f"{max_pixels}")
     ordered, ordered_paths, geometry = series_geometry(headers, paths, shapes, label)
 
     values: FloatArray | None = None

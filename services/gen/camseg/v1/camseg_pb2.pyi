@@ -54,6 +54,7 @@ class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_KIND_SEGMENT: _ClassVar[JobKind]
     JOB_KIND_EVALUATE: _ClassVar[JobKind]
     JOB_KIND_RETRAIN: _ClassVar[JobKind]
+    JOB_KIND_SEGMENT_SERIES: _ClassVar[JobKind]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -93,6 +94,7 @@ JOB_KIND_UNSPECIFIED: JobKind
 JOB_KIND_SEGMENT: JobKind
 JOB_KIND_EVALUATE: JobKind
 JOB_KIND_RETRAIN: JobKind
+JOB_KIND_SEGMENT_SERIES: JobKind
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -362,7 +364,17 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ..., recipe: _Optional[str] = ..., distilled: _Optional[bool] = ..., source: _Optional[str] = ..., config: _Optional[str] = ..., gradients_unavailable: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("kind", "model", "data", "split", "options", "threshold", "gate", "largest_component", "heatmaps", "chunk_size", "thresholds", "filters", "epochs", "volumes", "axis")
+    __slots__ = ("kind", "model", "data", "split", "options", "threshold", "gate", "largest_component", "heatmaps", "chunk_size", "thresholds", "filters", "epochs", "volumes", "axis", "whole", "scale", "overlap", "output", "windowing")
+    class Whole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        WHOLE_UNSPECIFIED: _ClassVar[SubmitJobRequest.Whole]
+        WHOLE_AUTO: _ClassVar[SubmitJobRequest.Whole]
+        WHOLE_ALWAYS: _ClassVar[SubmitJobRequest.Whole]
+        WHOLE_NEVER: _ClassVar[SubmitJobRequest.Whole]
+    WHOLE_UNSPECIFIED: SubmitJobRequest.Whole
+    WHOLE_AUTO: SubmitJobRequest.Whole
+    WHOLE_ALWAYS: SubmitJobRequest.Whole
+    WHOLE_NEVER: SubmitJobRequest.Whole
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -378,6 +390,11 @@ class SubmitJobRequest(_message.Message):
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
     AXIS_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    WINDOWING_FIELD_NUMBER: _ClassVar[int]
     kind: JobKind
     model: ModelRef
     data: str
@@ -393,7 +410,12 @@ class SubmitJobRequest(_message.Message):
     epochs: int
     volumes: _containers.RepeatedCompositeFieldContainer[VolumePair]
     axis: int
-    def __init__(self, kind: _Optional[_Union[JobKind, str]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., data: _Optional[str] = ..., split: _Optional[str] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., heatmaps: _Optional[bool] = ..., chunk_size: _Optional[int] = ..., thresholds: _Optional[_Iterable[float]] = ..., filters: _Optional[_Iterable[str]] = ..., epochs: _Optional[int] = ..., volumes: _Optional[_Iterable[_Union[VolumePair, _Mapping]]] = ..., axis: _Optional[int] = ...) -> None: ...
+    whole: SubmitJobRequest.Whole
+    scale: float
+    overlap: float
+    output: str
+    windowing: str
+    def __init__(self, kind: _Optional[_Union[JobKind, str]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., data: _Optional[str] = ..., split: _Optional[str] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., heatmaps: _Optional[bool] = ..., chunk_size: _Optional[int] = ..., thresholds: _Optional[_Iterable[float]] = ..., filters: _Optional[_Iterable[str]] = ..., epochs: _Optional[int] = ..., volumes: _Optional[_Iterable[_Union[VolumePair, _Mapping]]] = ..., axis: _Optional[int] = ..., whole: _Optional[_Union[SubmitJobRequest.Whole, str]] = ..., scale: _Optional[float] = ..., overlap: _Optional[float] = ..., output: _Optional[str] = ..., windowing: _Optional[str] = ...) -> None: ...
 
 class VolumePair(_message.Message):
     __slots__ = ("image", "label")
