@@ -21,6 +21,7 @@ import numpy as np
 
 from camseg.core.settings import Settings
 from camseg.models.repository import version_key
+from camseg.pipeline.whole import Tiling, model_scale
 from services import codec
 from services.dataplane import DataPlane
 from services.gen.camseg.v1 import camseg_pb2 as pb
@@ -68,6 +69,18 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                                         reply=partial(codec.segment_reply, request, served, call),
                                         when_gone=context.add_done_callback)
 
+    async def SegmentUpload(self, request_iterator: AsyncIterator[pb.SegmentChunk],
+                            context: grpc.aio.ServicerContext) -> pb.SegmentResponse:
+        # the upload's bytes count on the server's budget until the reply is made
+        with self.plane.upload_budget() as held:
+            request, image = await codec.upload_request(request_iterator, max_bytes=self.settings.max_upload_bytes,
+                                                        budget=held)
+            served = self.repo.get(request.model.name, request.model.version)
+            call = codec.segment_request(request, served.model, chunk=self.settings.cam_chunk, images=[image])
+            return await self.plane.segment(served, call.options, call.images, call.truths, dicom_seg=call.dicom_seg,
+                                            reply=partial(codec.segment_reply, request, served, call),
+                                            when_gone=context.add_done_callback)
+
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         snap = self.repo.snapshot
@@ -88,7 +101,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             recipe=json.dumps(m.recipe.options.to_record()) if m.recipe is not None else "",
             distilled=m.student is not None, source=m.source.value,
             config=m.config.model_dump_json(exclude_none=True) if m.config is not None else "",
-            gradients_unavailable=m.unavailable or "")
+            gradients_unavailable=m.unavailable or "", scale=model_scale(m, Tiling()) or 0.0)
 
 
 def _flat_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
