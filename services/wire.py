@@ -70,11 +70,11 @@ def tiling_from_pb(t: pb.Tiling) -> Tiling:
     """The core's :class:`~camseg.pipeline.whole.Tiling` of a request: UNSPECIFIED is auto,
     a scale of 0 the model's, an unset overlap 0.5; values out of range are
     INVALID_ARGUMENT with the core's message."""
-    from camseg.pipeline.whole import Tiling  # the server's side only: it brings torch
+    from camseg.pipeline.whole import Tiling, Whole  # the server's side only: it brings torch
 
     if t.mode not in WHOLE_MODES:
         raise InvalidInputError(f"unknown whole-image mode {t.mode}")
-    return Tiling(mode=WHOLE_MODES[t.mode], scale=t.scale if t.scale != 0 else None,
+    return Tiling(mode=Whole(WHOLE_MODES[t.mode]), scale=t.scale if t.scale != 0 else None,
                   overlap=t.overlap if t.HasField("overlap") else Tiling.overlap, min_area=t.min_area)
 
 

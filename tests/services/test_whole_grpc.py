@@ -148,13 +148,13 @@ def test_a_model_without_a_scale_refuses_whole_images_unless_the_request_gives_o
 @pytest.mark.parametrize(("tiling", "message"), [
     (pb.Tiling(overlap=0.95), "overlap must be within 0..0.9, got 0.95"),
     (pb.Tiling(scale=-1), "scale must be within 0.05..64"),
-    (pb.Tiling(mode=99), "unknown whole-image mode 99"),
+    (pb.Tiling(mode=99), "unknown whole-image mode 99"),  # type: ignore[arg-type]
 ])
 def test_bad_tiling_is_invalid_argument_with_the_cores_message(stub: pb_grpc.SegmentationStub, image: bytes,
                                                                tiling: pb.Tiling, message: str) -> None:
     for call in (lambda: segment(stub, image, tiling=tiling),
-                 lambda: stub.Explain(pb.ExplainRequest(model=pb.ModelRef(name="scaled"), images=[pb.Image(encoded=image)],
-                                                      tiling=tiling), timeout=60)):
+                 lambda: stub.Explain(pb.ExplainRequest(model=pb.ModelRef(name="scaled"),
+                                                        images=[pb.Image(encoded=image)], tiling=tiling), timeout=60)):
         with pytest.raises(grpc.RpcError) as err:
             call()
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
