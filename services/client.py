@@ -44,12 +44,14 @@ MAX_UPLOAD_BYTES = 128 * 1024 * 1024
 @dataclass(frozen=True)
 class Tiling:
     """Whole images' tiling in a request: ``mode`` auto, always or never; ``scale`` in
-    source pixels per model pixel (None: the model's); ``overlap`` (None: 0.5)."""
+    source pixels per model pixel (None: the model's); ``overlap`` (None: 0.5);
+    ``spacing_mm`` the images' pixel spacing, for a model whose scale is in millimetres."""
 
     mode: str = "auto"
     scale: float | None = None
     overlap: float | None = None
     min_area: int = 0
+    spacing_mm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class SegmentationClient:
     @staticmethod
     def _tiling(tiling: Tiling | None) -> Any:
         t = tiling or Tiling()
-        return tiling_to_pb(t.mode, scale=t.scale, overlap=t.overlap, min_area=t.min_area)
+        return tiling_to_pb(t.mode, scale=t.scale, overlap=t.overlap, min_area=t.min_area, spacing_mm=t.spacing_mm)
 
     def _call(self, method: Any, request: Any) -> Any:
         try:

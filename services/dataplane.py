@@ -228,7 +228,11 @@ class DataPlane:
             if h * w > self.settings.max_whole_pixels:
                 raise InvalidInputError(f"{src.name}: {w}x{h} pixels exceed the whole-image limit of "
                                         f"{self.settings.max_whole_pixels}")
-            scale = model_scale(model, tiling)
+            try:
+                scale = model_scale(model, tiling)
+            except InvalidInputError as exc:  # a scale in millimetres and no spacing
+                raise InvalidInputError(f"model {served.name} version {served.version}: {exc.message} "
+                                        f"({src.name}); give the request's tiling a spacing_mm or a scale") from None
             if scale is None:
                 raise InvalidInputError(
                     f"model {served.name} version {served.version} has no recorded scale (source pixels per model "

@@ -21,7 +21,6 @@ import numpy as np
 
 from camseg.core.settings import Settings
 from camseg.models.repository import version_key
-from camseg.pipeline.whole import Tiling, model_scale
 from services import codec
 from services.dataplane import DataPlane
 from services.gen.camseg.v1 import camseg_pb2 as pb
@@ -92,6 +91,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         served = self.repo.get(request.model.name, request.model.version)
         m = served.model
         meta = m.meta
+        scale = m.config.scale if m.config is not None else None
         return pb.ModelInfo(
             name=served.name, version=served.version, architecture=meta.get("architecture", ""),
             input_size=m.size, input_channels=m.channels, classes=m.classes,
@@ -101,7 +101,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             recipe=json.dumps(m.recipe.options.to_record()) if m.recipe is not None else "",
             distilled=m.student is not None, source=m.source.value,
             config=m.config.model_dump_json(exclude_none=True) if m.config is not None else "",
-            gradients_unavailable=m.unavailable or "", scale=model_scale(m, Tiling()) or 0.0)
+            gradients_unavailable=m.unavailable or "",
+            scale=(scale.source_pixels_per_model_pixel or 0.0) if scale else 0.0,
+            mm_per_model_pixel=(scale.mm_per_model_pixel or 0.0) if scale else 0.0)
 
 
 def _flat_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:

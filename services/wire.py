@@ -68,22 +68,23 @@ WHOLE_MODE_TO_PB = {"auto": pb.WHOLE_MODE_AUTO, "always": pb.WHOLE_MODE_ALWAYS, 
 
 def tiling_from_pb(t: pb.Tiling) -> Tiling:
     """The core's :class:`~camseg.pipeline.whole.Tiling` of a request: UNSPECIFIED is auto,
-    a scale of 0 the model's, an unset overlap 0.5; values out of range are
-    INVALID_ARGUMENT with the core's message."""
+    a scale of 0 the model's, an unset overlap 0.5, a spacing of 0 none; values out of
+    range are INVALID_ARGUMENT with the core's message."""
     from camseg.pipeline.whole import Tiling, Whole  # the server's side only: it brings torch
 
     if t.mode not in WHOLE_MODES:
         raise InvalidInputError(f"unknown whole-image mode {t.mode}")
     return Tiling(mode=Whole(WHOLE_MODES[t.mode]), scale=t.scale if t.scale != 0 else None,
-                  overlap=t.overlap if t.HasField("overlap") else Tiling.overlap, min_area=t.min_area)
+                  overlap=t.overlap if t.HasField("overlap") else Tiling.overlap, min_area=t.min_area,
+                  spacing_mm=t.spacing_mm if t.spacing_mm != 0 else None)
 
 
 def tiling_to_pb(mode: str = "auto", *, scale: float | None = None, overlap: float | None = None,
-                 min_area: int = 0) -> pb.Tiling:
+                 min_area: int = 0, spacing_mm: float | None = None) -> pb.Tiling:
     """A request's tiling from plain values (the client's)."""
     if mode not in WHOLE_MODE_TO_PB:
         raise InvalidInputError(f"whole-image mode must be one of {', '.join(WHOLE_MODE_TO_PB)}, got {mode!r}")
-    t = pb.Tiling(mode=WHOLE_MODE_TO_PB[mode], scale=scale or 0.0, min_area=min_area)
+    t = pb.Tiling(mode=WHOLE_MODE_TO_PB[mode], scale=scale or 0.0, min_area=min_area, spacing_mm=spacing_mm or 0.0)
     if overlap is not None:
         t.overlap = overlap
     return t

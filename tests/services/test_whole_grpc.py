@@ -45,15 +45,18 @@ def film(seed: int = 0) -> npt.NDArray[np.uint16]:
 
 @pytest.fixture(scope="module")
 def whole_repo(exported: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``tiny``: the exported model as it is (no recorded scale); ``scaled``: the same with
-    a scale of 1 source pixel per model pixel in its metadata."""
+    """The exported model three times: ``scaled`` at 1 source pixel per model pixel,
+    ``mm`` at 0.2 mm per model pixel, and ``tiny`` with no recorded scale."""
     root = tmp_path_factory.mktemp("whole-repo")
-    shutil.copytree(exported[0], root / "tiny" / "1")
-    shutil.copytree(exported[0], root / "scaled" / "1")
-    meta_path = root / "scaled" / "1" / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    meta["scale"] = {"source_pixels_per_model_pixel": 1.0}
-    meta_path.write_text(json.dumps(meta))
+    for name, scale in (("scaled", {"source_pixels_per_model_pixel": 1.0}), ("mm", {"mm_per_model_pixel": 0.2}),
+                        ("tiny", None)):
+        shutil.copytree(exported[0], root / name / "1")
+        meta_path = root / name / "1" / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        meta.pop("scale", None)
+        if scale is not None:
+            meta["scale"] = scale
+        meta_path.write_text(json.dumps(meta))
     return root
 
 
@@ -182,8 +185,20 @@ def test_an_image_without_tissue_gets_an_empty_mask_and_the_note(stub: pb_grpc.S
 
 
 def test_model_info_gives_the_scale(stub: pb_grpc.SegmentationStub) -> None:
-    assert stub.GetModelInfo(pb.GetModelInfoRequest(model=pb.ModelRef(name="scaled")), timeout=10).scale == 1.0
-    assert stub.GetModelInfo(pb.GetModelInfoRequest(model=pb.ModelRef(name="tiny")), timeout=10).scale == 0.0
+    def info(name: str) -> tuple[float, float]:
+        i = stub.GetModelInfo(pb.GetModelInfoRequest(model=pb.ModelRef(name=name)), timeout=10)
+        return i.scale, i.mm_per_model_pixel
+
+    assert (info("scaled"), info("mm"), info("tiny")) == ((1.0, 0.0), (0.0, 0.2), (0.0, 0.0))
+
+
+def test_a_scale_in_millimetres_needs_the_images_spacing(stub: pb_grpc.SegmentationStub, image: bytes) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        segment(stub, image, model="mm")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("model mm version 1: the scale is 0.2 mm per model pixel")
+    m = segment(stub, image, model="mm", tiling=pb.Tiling(spacing_mm=0.1)).masks[0]
+    assert m.whole.scale == pytest.approx(2.0) and mask_of(m).shape == (H, W)
 
 
 def test_upload_in_pieces_equals_segment(whole_server: Server, stub: pb_grpc.SegmentationStub, image: bytes,

@@ -180,16 +180,18 @@ class ExplainOptions(_message.Message):
     def __init__(self, method: _Optional[_Union[CamMethod, str]] = ..., target_class: _Optional[int] = ..., layer: _Optional[str] = ...) -> None: ...
 
 class Tiling(_message.Message):
-    __slots__ = ("mode", "scale", "overlap", "min_area")
+    __slots__ = ("mode", "scale", "overlap", "min_area", "spacing_mm")
     MODE_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_FIELD_NUMBER: _ClassVar[int]
     MIN_AREA_FIELD_NUMBER: _ClassVar[int]
+    SPACING_MM_FIELD_NUMBER: _ClassVar[int]
     mode: WholeMode
     scale: float
     overlap: float
     min_area: int
-    def __init__(self, mode: _Optional[_Union[WholeMode, str]] = ..., scale: _Optional[float] = ..., overlap: _Optional[float] = ..., min_area: _Optional[int] = ...) -> None: ...
+    spacing_mm: float
+    def __init__(self, mode: _Optional[_Union[WholeMode, str]] = ..., scale: _Optional[float] = ..., overlap: _Optional[float] = ..., min_area: _Optional[int] = ..., spacing_mm: _Optional[float] = ...) -> None: ...
 
 class Lesion(_message.Message):
     __slots__ = ("score", "area", "y0", "x0", "y1", "x1", "centroid_y", "centroid_x")
@@ -400,7 +402,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "architecture", "input_size", "input_channels", "classes", "gradcam_layer", "layers", "metrics", "providers", "one_pass_cam", "recipe", "distilled", "source", "config", "gradients_unavailable", "scale")
+    __slots__ = ("name", "version", "architecture", "input_size", "input_channels", "classes", "gradcam_layer", "layers", "metrics", "providers", "one_pass_cam", "recipe", "distilled", "source", "config", "gradients_unavailable", "scale", "mm_per_model_pixel")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -425,6 +427,7 @@ class ModelInfo(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     GRADIENTS_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
+    MM_PER_MODEL_PIXEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     architecture: str
@@ -442,7 +445,8 @@ class ModelInfo(_message.Message):
     config: str
     gradients_unavailable: str
     scale: float
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ..., recipe: _Optional[str] = ..., distilled: _Optional[bool] = ..., source: _Optional[str] = ..., config: _Optional[str] = ..., gradients_unavailable: _Optional[str] = ..., scale: _Optional[float] = ...) -> None: ...
+    mm_per_model_pixel: float
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ..., recipe: _Optional[str] = ..., distilled: _Optional[bool] = ..., source: _Optional[str] = ..., config: _Optional[str] = ..., gradients_unavailable: _Optional[str] = ..., scale: _Optional[float] = ..., mm_per_model_pixel: _Optional[float] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("kind", "model", "data", "split", "options", "threshold", "gate", "largest_component", "heatmaps", "chunk_size", "thresholds", "filters", "epochs", "volumes", "axis")
