@@ -10,7 +10,7 @@ certificate for mutual TLS. Plaintext is for loopback development.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,9 +32,26 @@ from camseg.core.errors import (
 from camseg.heat.rules import parse_rule
 from camseg.io import codecs
 from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
-from services.wire import method_to_pb, rule_to_pb
+from services.wire import WholeImage, method_to_pb, rule_to_pb, tiling_to_pb, whole_from_pb
 
 ImageInput = Path | bytes | npt.NDArray[Any]
+UPLOAD_CHUNK = 1024 * 1024
+"""Bytes per SegmentUpload chunk: well under any message limit."""
+MAX_UPLOAD_BYTES = 128 * 1024 * 1024
+"""The largest image :meth:`SegmentationClient.segment_upload` sends (the server's default)."""
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Whole images' tiling in a request: ``mode`` auto, always or never; ``scale`` in
+    source pixels per model pixel (None: the model's); ``overlap`` (None: 0.5);
+    ``spacing_mm`` the images' pixel spacing, for a model whose scale is in millimetres."""
+
+    mode: str = "auto"
+    scale: float | None = None
+    overlap: float | None = None
+    min_area: int = 0
+    spacing_mm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,7 @@ class Heatmap:
     target_class: int
     layer: str
     overlay_png: bytes
+    whole: WholeImage | None = None  # where the image was explained whole
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,7 @@ class MaskResult:
     dice: float | None
     classification: Classification
     overlay_png: bytes
+    whole: WholeImage | None = None  # where the image was segmented whole
 
 
 _ERRORS: dict[grpc.StatusCode, type[CamsegError]] = {
@@ -108,6 +127,11 @@ class SegmentationClient:
         arr = np.ascontiguousarray(item)
         return pb.Image(raw=pb.RawArray(dtype=arr.dtype.name, shape=list(arr.shape), data=arr.tobytes()), id=str(i))
 
+    @staticmethod
+    def _tiling(tiling: Tiling | None) -> Any:
+        t = tiling or Tiling()
+        return tiling_to_pb(t.mode, scale=t.scale, overlap=t.overlap, min_area=t.min_area, spacing_mm=t.spacing_mm)
+
     def _call(self, method: Any, request: Any) -> Any:
         try:
             return method(request, timeout=self.timeout)
@@ -135,40 +159,75 @@ class SegmentationClient:
         return opts
 
     def explain(self, images: Sequence[ImageInput], *, method: str = "gradcam", target: int | None = None,
-                layer: str = "", overlay: bool = False) -> list[Heatmap]:
+                layer: str = "", overlay: bool = False, tiling: Tiling | None = None) -> list[Heatmap]:
         pb = self._pb
         req = pb.ExplainRequest(model=self.model, images=[self._image(x, i) for i, x in enumerate(images)],
                                 options=self._options(method, target, layer), encoding=pb.HEATMAP_ENCODING_FLOAT16,
-                                overlay_png=overlay)
+                                overlay_png=overlay, tiling=self._tiling(tiling))
         out = []
         for h in self._call(self.stub.Explain, req).heatmaps:
             heat = np.frombuffer(h.data, np.float16).reshape(tuple(h.shape)).astype(np.float32)
-            out.append(Heatmap(heat, self._cls(h.classification), h.target_class, h.layer, h.overlay_png))
+            out.append(Heatmap(heat, self._cls(h.classification), h.target_class, h.layer, h.overlay_png,
+                               whole_from_pb(h)))
         return out
 
-    def segment(self, images: Sequence[ImageInput], *, method: str | None = None, threshold: str | None = None,
-                gate: bool = True, largest: bool = False, truth: Sequence[ImageInput] = (), layer: str = "",
-                overlay: bool = False, png: bool = False) -> list[MaskResult]:
-        """Masks (from packed bits); ``png`` and ``overlay`` also ask for those encodings.
-        Without ``method``, ``threshold``, ``layer`` and ``largest`` the model's recipe
-        chooses (the defaults, Grad-CAM and Otsu, where it has none)."""
+    def _segment_request(self, images: Sequence[ImageInput], *, method: str | None, threshold: str | None,
+                         gate: bool, largest: bool, truth: Sequence[ImageInput], layer: str, overlay: bool,
+                         png: bool, tiling: Tiling | None) -> Any:
         pb = self._pb
         encodings = [pb.MASK_ENCODING_PACKED_BITS] + ([pb.MASK_ENCODING_PNG] if png else [])
         req = pb.SegmentRequest(
             model=self.model, images=[self._image(x, i) for i, x in enumerate(images)], gate=gate,
             largest_component=largest, truth_masks=[self._image(x, i) for i, x in enumerate(truth)],
-            overlay_png=overlay, mask_encodings=encodings)
+            overlay_png=overlay, mask_encodings=encodings, tiling=self._tiling(tiling))
         if method is not None or layer:
             req.options.CopyFrom(self._options(method or "gradcam", None, layer))
         if threshold is not None:
             req.threshold.CopyFrom(rule_to_pb(parse_rule(threshold)))
-        out = []
-        for m in self._call(self.stub.Segment, req).masks:
-            out.append(MaskResult(codecs.unpack_bits(m.packed_bits, m.shape), m.png, m.area,
-                                  m.threshold_value if m.HasField("threshold_value") else None,
-                                  m.gated, m.dice if m.HasField("dice") else None, self._cls(m.classification),
-                                  m.overlay_png))
-        return out
+        return req
+
+    def _masks(self, reply: Any) -> list[MaskResult]:
+        return [MaskResult(codecs.unpack_bits(m.packed_bits, m.shape), m.png, m.area,
+                           m.threshold_value if m.HasField("threshold_value") else None,
+                           m.gated, m.dice if m.HasField("dice") else None, self._cls(m.classification),
+                           m.overlay_png, whole_from_pb(m))
+                for m in reply.masks]
+
+    def segment(self, images: Sequence[ImageInput], *, method: str | None = None, threshold: str | None = None,
+                gate: bool = True, largest: bool = False, truth: Sequence[ImageInput] = (), layer: str = "",
+                overlay: bool = False, png: bool = False, tiling: Tiling | None = None) -> list[MaskResult]:
+        """Masks (from packed bits); ``png`` and ``overlay`` also ask for those encodings.
+        Without ``method``, ``threshold``, ``layer`` and ``largest`` the model's recipe
+        chooses (the defaults, Grad-CAM and Otsu, where it has none). ``tiling`` says how
+        whole images are tiled (default: images larger than four fields of view go whole)."""
+        req = self._segment_request(images, method=method, threshold=threshold, gate=gate, largest=largest,
+                                    truth=truth, layer=layer, overlay=overlay, png=png, tiling=tiling)
+        return self._masks(self._call(self.stub.Segment, req))
+
+    def segment_upload(self, image: Path | bytes, *, method: str | None = None, threshold: str | None = None,
+                       gate: bool = True, largest: bool = False, layer: str = "", overlay: bool = False,
+                       png: bool = False, tiling: Tiling | None = None, chunk: int = UPLOAD_CHUNK,
+                       max_bytes: int = MAX_UPLOAD_BYTES) -> MaskResult:
+        """:meth:`segment` of one encoded image (a file or its bytes) sent in pieces of
+        ``chunk`` bytes (SegmentUpload), for an image larger than a message; one larger
+        than ``max_bytes`` is refused before anything is sent."""
+        data = image.read_bytes() if isinstance(image, Path) else image
+        if len(data) > max_bytes:
+            raise InvalidInputError(f"the image holds {len(data)} bytes, over the upload limit of {max_bytes}")
+        if chunk < 1:
+            raise InvalidInputError(f"chunk must be at least 1 byte, got {chunk}")
+        head = self._segment_request([], method=method, threshold=threshold, gate=gate, largest=largest, truth=(),
+                                     layer=layer, overlay=overlay, png=png, tiling=tiling)
+        image_id = image.stem if isinstance(image, Path) else "0"
+        pb = self._pb
+
+        def chunks() -> Iterator[Any]:
+            view = memoryview(data)
+            yield pb.SegmentChunk(request=head, id=image_id, data=bytes(view[:chunk]))
+            for start in range(chunk, len(data), chunk):
+                yield pb.SegmentChunk(data=bytes(view[start : start + chunk]))
+
+        return self._masks(self._call(self.stub.SegmentUpload, chunks()))[0]
 
     def list_models(self) -> dict[str, list[str]]:
         reply = self._call(self.stub.ListModels, self._pb.ListModelsRequest())

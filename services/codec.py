@@ -6,14 +6,15 @@ images (:func:`explain_request`, :func:`segment_request`), results become messag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from camseg.core.errors import InvalidInputError, shown
+from camseg.core.errors import InvalidInputError, ResourceExhaustedError, shown
 from camseg.core.types import BoolArray, FloatArray
 from camseg.heat.methods import CamMethod
 from camseg.heat.refine import Refiner
@@ -25,7 +26,7 @@ from camseg.io.sources import decode_truths as truths_of
 from camseg.pipeline.options import Choices, Encoding, Options, resolve
 from camseg.pipeline.run import ImageResult, LoadedModel, Result
 from services.gen.camseg.v1 import camseg_pb2 as pb
-from services.wire import method_from_pb, rule_from_pb, rule_to_pb
+from services.wire import method_from_pb, rule_from_pb, rule_to_pb, tiling_from_pb, whole_to_pb
 
 if TYPE_CHECKING:
     from camseg.core.windowing import Windowing
@@ -153,10 +154,11 @@ class ExplainCall:
 
 
 def explain_request(request: pb.ExplainRequest, model: LoadedModel, *, chunk: int) -> ExplainCall:
-    return ExplainCall(
-        options=explain_options(request.options, overlay=request.overlay_png, chunk=chunk,
-                                default_method=model.default_method),
-        images=sources(request.images), heat_bytes=1 if request.encoding == pb.HEATMAP_ENCODING_UINT8 else 2)
+    options = explain_options(request.options, overlay=request.overlay_png, chunk=chunk,
+                              default_method=model.default_method)
+    return ExplainCall(options=replace(options, tiling=tiling_from_pb(request.tiling)),
+                       images=sources(request.images),
+                       heat_bytes=1 if request.encoding == pb.HEATMAP_ENCODING_UINT8 else 2)
 
 
 @dataclass(frozen=True)
@@ -170,12 +172,49 @@ class SegmentCall:
     dicom_seg: bool  # the masks are also wanted as DICOM SEGs
 
 
-def segment_request(request: pb.SegmentRequest, model: LoadedModel, *, chunk: int) -> SegmentCall:
+def segment_request(request: pb.SegmentRequest, model: LoadedModel, *, chunk: int,
+                    images: list[Source] | None = None) -> SegmentCall:
+    """The request's call; ``images`` (an upload's) stand for the request's own."""
     recipe = model.recipe.options if model.recipe is not None else None
     options, from_recipe = segment_options(request, chunk=chunk, recipe=recipe, default_method=model.default_method)
-    return SegmentCall(options=options, from_recipe=from_recipe, images=sources(request.images),
+    return SegmentCall(options=replace(options, tiling=tiling_from_pb(request.tiling)), from_recipe=from_recipe,
+                       images=sources(request.images) if images is None else images,
                        truths=sources(request.truth_masks, "truth mask"),
                        dicom_seg=pb.MASK_ENCODING_DICOM_SEG in request.mask_encodings)
+
+
+async def upload_request(chunks: AsyncIterator[pb.SegmentChunk], *, max_bytes: int,
+                         budget: Budget | None = None) -> tuple[pb.SegmentRequest, Source]:
+    """A SegmentUpload's request and its one image: the first chunk's request (which must
+    hold no images; its reply names the image by the first chunk's id) and the chunks'
+    bytes joined. More than ``max_bytes`` is refused as it arrives; ``budget`` is charged
+    a value per 4 bytes received (the joined bytes are held until the call ends)."""
+    head: pb.SegmentChunk | None = None
+    parts: list[bytes] = []
+    size = 0
+    async for c in chunks:
+        if head is None:
+            if not c.HasField("request"):
+                raise InvalidInputError("the first chunk of an upload must carry the request")
+            if c.request.images:
+                raise InvalidInputError("an upload's request holds no images: the chunks carry its image's bytes")
+            head = c
+        elif c.HasField("request"):
+            raise InvalidInputError("only the first chunk of an upload carries the request")
+        size += len(c.data)
+        if size > max_bytes:
+            raise ResourceExhaustedError(f"the uploaded image exceeds the limit of {max_bytes} bytes")
+        if budget is not None:
+            budget.take(math.ceil(len(c.data) / 4), "the upload's bytes")
+        parts.append(c.data)
+    if head is None:
+        raise InvalidInputError("the upload carries no chunks")
+    request = pb.SegmentRequest()
+    request.CopyFrom(head.request)
+    image = request.images.add(id=head.id)  # the reply's id; the bytes stay out of the message
+    data = b"".join(parts)
+    parts.clear()
+    return request, Source(image_name("image", 0, image), encoded=data)
 
 
 # ------------------------------------------------------------------ responses
@@ -191,7 +230,7 @@ def heatmap(model: LoadedModel, r: ImageResult, image_id: str, layer: str, *, ui
     return pb.Heatmap(data=data, shape=list(h.shape),
                       encoding=pb.HEATMAP_ENCODING_UINT8 if uint8 else pb.HEATMAP_ENCODING_FLOAT16,
                       overlay_png=r.overlay_png or b"", classification=classification(model, r.probabilities, image_id),
-                      target_class=r.target, layer=layer)
+                      target_class=r.target, layer=layer, whole=whole_to_pb(r.whole) if r.whole else None)
 
 
 def mask(model: LoadedModel, r: ImageResult, image_id: str, rule: ThresholdRule) -> pb.Mask:
@@ -201,7 +240,7 @@ def mask(model: LoadedModel, r: ImageResult, image_id: str, rule: ThresholdRule)
         area=r.area, threshold=rule_to_pb(rule),
         threshold_value=r.threshold_value,
         gated=r.gated, dice=r.dice, classification=classification(model, r.probabilities, image_id),
-        overlay_png=r.overlay_png or b"")
+        overlay_png=r.overlay_png or b"", whole=whole_to_pb(r.whole) if r.whole else None)
 
 
 def classify_reply(request: pb.ClassifyRequest, served: ServedModel,

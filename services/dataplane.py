@@ -6,7 +6,9 @@ It owns the thread pools (decoding, ONNX Runtime batches, Grad-CAM), a Classify 
 per loaded model version (:class:`services.batching.DynamicBatcher`), the budgets of
 decoded values (a request's, drawing on the server's), the check of a reply's size
 before any work, and the encodings made at the edge from the core's results (DICOM
-SEG). Its methods take the core's values (a served model, :class:`Options`, undecoded
+SEG). An image that goes whole (:mod:`camseg.pipeline.whole`) has its own pixel limit
+(``max_whole_pixels``) and charges its sliding window's memory to the budgets before it
+is decoded. Its methods take the core's values (a served model, :class:`Options`, undecoded
 :class:`Source` images) and hand the core's results to the caller's ``reply`` function,
 which runs in the pool thread that did the work: a large reply is encoded there, not on
 the event loop, so health checks and small calls are not held up by it.
@@ -21,6 +23,7 @@ gone (cancelled, deadline passed), so an abandoned request does not hold the poo
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,9 +38,11 @@ from camseg.core.settings import Settings
 from camseg.core.types import BoolArray, FloatArray
 from camseg.core.windowing import Windowing
 from camseg.io.guards import Budget, is_dicom
-from camseg.io.sources import Source, claimed_shapes, decode_sources, decode_truths
+from camseg.io.inputs import read_header
+from camseg.io.sources import Source, claimed_shapes, decode_source, decode_sources, decode_truths
 from camseg.pipeline.options import Encoding, Options
 from camseg.pipeline.run import Result, run
+from camseg.pipeline.whole import is_whole, model_scale, whole_bytes
 from services.batching import DynamicBatcher
 from services.metrics import ServiceMetrics
 from services.repository import ServedModel
@@ -117,9 +122,10 @@ class DataPlane:
         served.model.engine_for(options)
 
         def decode(should_stop: ShouldStop) -> list[FloatArray]:
-            self._check_reply(reply_size(claimed_shapes(images), heat_bytes=heat_bytes,
+            shapes = claimed_shapes(images)
+            self._check_reply(reply_size(shapes, heat_bytes=heat_bytes,
                                          overlay=Encoding.OVERLAY_PNG in options.encodings))
-            return self._decode(images, budget)
+            return self._decode(images, budget, self._windows(served, images, shapes, options))
 
         def work(should_stop: ShouldStop) -> R:
             return reply(run(served.model, decoded, options, should_stop=should_stop))
@@ -145,12 +151,16 @@ class DataPlane:
                     raise InvalidInputError(f"{src.name}: a DICOM SEG mask needs a DICOM instance as the image")
 
         def decode(should_stop: ShouldStop) -> tuple[list[FloatArray], list[BoolArray] | None]:
-            self._check_reply(reply_size(claimed_shapes(images), mask_bits=Encoding.MASK_BITS in enc,
+            shapes = claimed_shapes(images)
+            self._check_reply(reply_size(shapes, mask_bits=Encoding.MASK_BITS in enc,
                                          png=Encoding.MASK_PNG in enc, rle=Encoding.MASK_RLE in enc,
                                          overlay=Encoding.OVERLAY_PNG in enc, dicom_seg=dicom_seg))
-            decoded = self._decode(images, budget)
+            windows = self._windows(served, images, shapes, options)
+            decoded = self._decode(images, budget, windows)
             s = self.settings
-            return decoded, decode_truths(truths, len(decoded), max_images=s.max_images, max_pixels=s.max_pixels,
+            # a whole image's truth mask is as large as the image
+            limit = s.max_whole_pixels if any(v is not None for v in windows) else s.max_pixels
+            return decoded, decode_truths(truths, len(decoded), max_images=s.max_images, max_pixels=limit,
                                           budget=budget)
 
         def work(should_stop: ShouldStop) -> R:
@@ -174,13 +184,64 @@ class DataPlane:
             segs.append(instance_segmentation(src.encoded, r.mask, algo, name=src.name))
         return segs
 
+    def upload_budget(self) -> Budget:
+        """A budget for an upload's bytes (as values of 4 bytes), drawing on the server's."""
+        return Budget(math.ceil(self.settings.max_upload_bytes / 4), "upload's budget", parent=self.inflight)
+
     # ------------------------------------------------------------ what the paths share
     def _budget(self) -> Budget:
         return Budget(self.settings.max_request_values, "request's budget of decoded values", parent=self.inflight)
 
-    def _decode(self, images: Sequence[Source], budget: Budget) -> list[FloatArray]:
-        return decode_sources(images, max_images=self.settings.max_images, max_pixels=self.settings.max_pixels,
-                              budget=budget, windowing=self.windowing)
+    def _decode(self, images: Sequence[Source], budget: Budget,
+                windows: Sequence[int | None] = ()) -> list[FloatArray]:
+        """The images decoded, each checked header first; one that goes whole (its entry
+        of ``windows`` set: its sliding window's memory, in values) against
+        ``max_whole_pixels``, and its window charged to ``budget`` before it is decoded."""
+        s = self.settings
+        if not any(v is not None for v in windows) or not images or len(images) > s.max_images:
+            # no whole image, or a count decode_sources refuses before anything is decoded
+            return decode_sources(images, max_images=s.max_images, max_pixels=s.max_pixels, budget=budget,
+                                  windowing=self.windowing)
+        out = []
+        for src, window in zip(images, windows, strict=True):
+            if window is not None:
+                # the request's own limit is for decoded values: it grows by the window, which
+                # the server's budget in flight counts
+                budget.limit += window
+                budget.take(window, f"{src.name} (the sliding window of a whole image)")
+            out.append(decode_source(src, max_pixels=s.max_pixels if window is None else s.max_whole_pixels,
+                                     budget=budget, windowing=self.windowing))
+        return out
+
+    def _windows(self, served: ServedModel, images: Sequence[Source], shapes: Sequence[tuple[int, int]],
+                 options: Options) -> list[int | None]:
+        """For each image that goes whole under ``options.tiling`` (from its claimed shape,
+        nothing decoded), the memory its sliding window holds, in values of 4 bytes
+        (:func:`camseg.pipeline.whole.whole_bytes`); None for the others. An image over
+        ``max_whole_pixels``, or a model without a scale for it, is refused here."""
+        model, tiling = served.model, options.tiling
+        out: list[int | None] = []
+        for src, (h, w) in zip(images, shapes, strict=True):
+            if h * w == 0 or not is_whole(model, (h, w), tiling):
+                out.append(None)
+                continue
+            if h * w > self.settings.max_whole_pixels:
+                raise InvalidInputError(f"{src.name}: {w}x{h} pixels exceed the whole-image limit of "
+                                        f"{self.settings.max_whole_pixels}")
+            try:
+                scale = model_scale(model, tiling)
+            except InvalidInputError as exc:  # a scale in millimetres and no spacing
+                raise InvalidInputError(f"model {served.name} version {served.version}: {exc.message} "
+                                        f"({src.name}); give the request's tiling a spacing_mm or a scale") from None
+            if scale is None:
+                raise InvalidInputError(
+                    f"model {served.name} version {served.version} has no recorded scale (source pixels per model "
+                    f"pixel) for whole images ({src.name} is {w}x{h}); give the request's tiling a scale, or send "
+                    "the image as an ROI (tiling mode never)")
+            size = whole_bytes((h, w), scale, tile=model.input_hw, chunk=options.chunk,
+                               channels=_claimed_channels(src))
+            out.append(math.ceil(size / 4))
+        return out
 
     def _batcher(self, served: ServedModel) -> DynamicBatcher:
         key = (served.name, served.version, served.signature)
@@ -219,3 +280,15 @@ class DataPlane:
             return await asyncio.get_running_loop().run_in_executor(pool, work, gone.is_set)
         except CancelledError:
             raise asyncio.CancelledError from None
+
+
+def _claimed_channels(src: Source) -> int:
+    """Channels an image will decode to (1 or 3), from its header or raw shape alone."""
+    try:
+        if src.encoded is not None:
+            return 3 if read_header(src.encoded, src.name).samples >= 3 else 1
+    except InvalidInputError:
+        return 1
+    if src.raw is not None and len(src.raw.shape) == 3 and src.raw.shape[2] >= 3:
+        return 3
+    return 1

@@ -57,8 +57,9 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
                 logger.error("%s failed", rpc, exc_info=exc)
                 await context.abort(code, "internal error")
 
-        if handler.unary_unary:
-            inner = handler.unary_unary
+        def single(inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+                   ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+            """A call with one reply (from one request or a stream of them), counted and mapped."""
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 start = time.perf_counter()
@@ -71,8 +72,15 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
                 await finish(context, None, start)
                 return reply
 
+            return unary
+
+        if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer,
+                single(handler.unary_unary), request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                single(handler.stream_unary), request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
 
         def streamed(inner_stream: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]

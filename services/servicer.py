@@ -68,6 +68,18 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
                                         reply=partial(codec.segment_reply, request, served, call),
                                         when_gone=context.add_done_callback)
 
+    async def SegmentUpload(self, request_iterator: AsyncIterator[pb.SegmentChunk],
+                            context: grpc.aio.ServicerContext) -> pb.SegmentResponse:
+        # the upload's bytes count on the server's budget until the reply is made
+        with self.plane.upload_budget() as held:
+            request, image = await codec.upload_request(request_iterator, max_bytes=self.settings.max_upload_bytes,
+                                                        budget=held)
+            served = self.repo.get(request.model.name, request.model.version)
+            call = codec.segment_request(request, served.model, chunk=self.settings.cam_chunk, images=[image])
+            return await self.plane.segment(served, call.options, call.images, call.truths, dicom_seg=call.dicom_seg,
+                                            reply=partial(codec.segment_reply, request, served, call),
+                                            when_gone=context.add_done_callback)
+
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         snap = self.repo.snapshot
@@ -79,6 +91,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         served = self.repo.get(request.model.name, request.model.version)
         m = served.model
         meta = m.meta
+        scale = m.config.scale if m.config is not None else None
         return pb.ModelInfo(
             name=served.name, version=served.version, architecture=meta.get("architecture", ""),
             input_size=m.size, input_channels=m.channels, classes=m.classes,
@@ -88,7 +101,9 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             recipe=json.dumps(m.recipe.options.to_record()) if m.recipe is not None else "",
             distilled=m.student is not None, source=m.source.value,
             config=m.config.model_dump_json(exclude_none=True) if m.config is not None else "",
-            gradients_unavailable=m.unavailable or "")
+            gradients_unavailable=m.unavailable or "",
+            scale=(scale.source_pixels_per_model_pixel or 0.0) if scale else 0.0,
+            mm_per_model_pixel=(scale.mm_per_model_pixel or 0.0) if scale else 0.0)
 
 
 def _flat_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -81,13 +81,19 @@ class ServeSection(BaseModel):
     max_send_bytes: int = Field(64 * MiB, ge=1024, description="largest reply message")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image accepted (height x width)")
     max_whole_pixels: int = Field(
-        DEFAULT_MAX_WHOLE_PIXELS, ge=1, description="largest image accepted for whole-image inference (height x width)")
+        DEFAULT_MAX_WHOLE_PIXELS, ge=1,
+        description="largest image accepted for whole-image inference (height x width); its sliding window "
+                    "holds about 31 bytes a pixel at scale 1, counted in max_inflight_values")
+    max_upload_bytes: int = Field(128 * MiB, ge=1024, description="largest image sent in pieces (SegmentUpload)")
     max_images: int = Field(256, ge=1, description="images per request")
     max_request_values: int = Field(
         3 * DEFAULT_MAX_PIXELS, ge=1,
         description="decoded values (height x width x channels) of all images and masks of one request")
     max_inflight_values: int = Field(
-        6 * DEFAULT_MAX_PIXELS, ge=1, description="decoded values of all calls in flight together (bounds memory)")
+        6 * DEFAULT_MAX_PIXELS + 9 * DEFAULT_MAX_WHOLE_PIXELS, ge=1,
+        description="decoded values of all calls in flight together, with the memory of whole images' sliding "
+                    "windows and of uploads as bytes / 4 (bounds memory; the default holds one gray image of "
+                    "max_whole_pixels at scale 1 beside 6 x 4096 x 4096 values)")
     max_concurrent_rpcs: int = Field(64, ge=1, description="calls in progress at once; more are RESOURCE_EXHAUSTED")
     max_queue_images: int = Field(1024, ge=1, description="images waiting for a Classify batch, per model version")
     decode_workers: int = Field(2, ge=1, description="threads decoding Classify requests off the event loop")

@@ -4,6 +4,7 @@ on a real exported model and real thread pools."""
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +17,11 @@ from camseg.core.errors import InvalidInputError, ResourceExhaustedError
 from camseg.core.settings import Settings
 from camseg.data.folder import decode_image
 from camseg.heat.rules import parse_rule
+from camseg.io.codecs import encode_png
 from camseg.io.sources import Source
 from camseg.pipeline.options import Options
 from camseg.pipeline.run import LoadedModel, Result, run
+from camseg.pipeline.whole import Tiling, whole_bytes
 from services.dataplane import SEG_HEADER_BYTES, DataPlane, reply_size
 from services.metrics import ServiceMetrics
 from services.repository import ServedModel
@@ -97,3 +100,39 @@ def test_dicom_seg_needs_dicom_instances_and_sizes_its_header(repo: Path, tumor_
     with pytest.raises(InvalidInputError, match=r"image 0 \(a\): a DICOM SEG mask needs a DICOM instance"):
         asyncio.run(main())
     assert reply_size([(16, 16)], dicom_seg=True) - reply_size([(16, 16)]) == SEG_HEADER_BYTES + 256 // 8
+
+
+def test_a_whole_images_sliding_window_is_charged_to_the_budget_before_decoding(repo: Path) -> None:
+    """A 300x400 image goes whole with a 32-px model at scale 1: its 120000 decoded values
+    fit a budget that its sliding window (whole_bytes / 4, charged first) does not. The
+    refusal comes before decoding (the PNG is cut short: a decode would fail as
+    unreadable), and the budget holds the decoded values and the window while the call
+    runs."""
+    served = ServedModel("tiny", "1", LoadedModel.load(repo / "tiny" / "1"))
+    opts = Options(threshold=parse_rule("otsu"), tiling=Tiling(scale=1.0))
+    rng = np.random.default_rng(0)
+    full = encode_png((rng.random((300, 400)) * 255).astype(np.uint8))
+    window = math.ceil(whole_bytes((300, 400), 1.0, tile=served.model.input_hw, chunk=opts.chunk) / 4)
+    need = 300 * 400 + window
+    seen: list[int] = []
+
+    async def segment(plane: DataPlane, data: bytes) -> Result:
+        def reply(res: Result, segs: object) -> Result:
+            seen.append(plane.inflight.used)
+            return res
+
+        try:
+            return await plane.segment(served, opts, [Source("image 0", encoded=data)], [], dicom_seg=False,
+                                       reply=reply, when_gone=never_gone)
+        finally:
+            await plane.close()
+
+    assert window > 300 * 400
+    short = plane_of(repo, max_inflight_values=window - 1)
+    with pytest.raises(ResourceExhaustedError, match=r"^image 0 \(the sliding window of a whole image\)"):
+        asyncio.run(segment(short, full[:200]))
+    assert short.inflight.used == 0
+    enough = plane_of(repo, max_inflight_values=need)
+    res = asyncio.run(segment(enough, full))
+    assert res.items[0].whole is not None and res.items[0].mask is not None and res.items[0].mask.shape == (300, 400)
+    assert seen == [need] and enough.inflight.used == 0

@@ -20,8 +20,10 @@ from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
 from tests.hostile import png_bomb, tiff_pages
 from tests.services.servers import Launcher, Server, roi
 
-# the largest request the defaults allow: three 4096x4096 gray images (3 x 4096^2 decoded values)
+# the largest ROI request the defaults allow: three 4096x4096 gray images (3 x 4096^2 decoded
+# values), sent as ROIs (the tiny model has no scale for whole images)
 BIG = 4096
+AS_ROIS = pb.Tiling(mode=pb.WHOLE_MODE_NEVER)
 RSS_BOUND_MIB = 2500
 
 
@@ -79,8 +81,8 @@ def test_every_bad_input_gets_its_status_and_memory_stays_bounded(
         ("an RGB image", stub.Segment, pb.SegmentRequest(images=[pb.Image(encoded=rgb)]), grpc.StatusCode.OK),
         ("heatmaps larger than the send limit", stub.Explain,
          pb.ExplainRequest(images=[pb.Image(encoded=zeros_4k)] * 3), grpc.StatusCode.RESOURCE_EXHAUSTED),
-        ("the largest allowed request", stub.Segment,
-         pb.SegmentRequest(images=[pb.Image(encoded=b) for b in big_pngs]), grpc.StatusCode.OK),
+        ("the largest allowed ROI request", stub.Segment,
+         pb.SegmentRequest(images=[pb.Image(encoded=b) for b in big_pngs], tiling=AS_ROIS), grpc.StatusCode.OK),
     ]
     for name, call, request, expected in cases:
         got = code_of(call, request)
@@ -100,7 +102,7 @@ def test_health_answers_within_100_ms_during_the_largest_request(
     health = health_pb2_grpc.HealthStub(ch)
     check = health_pb2.HealthCheckRequest(service="")
     health.Check(check, timeout=10)  # connection and first-call costs out of the way
-    request = pb.SegmentRequest(images=[pb.Image(encoded=b) for b in big_pngs])
+    request = pb.SegmentRequest(images=[pb.Image(encoded=b) for b in big_pngs], tiling=AS_ROIS)
     done = threading.Event()
     codes: list[grpc.StatusCode] = []
 

@@ -33,6 +33,13 @@ class HeatmapEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HEATMAP_ENCODING_FLOAT16: _ClassVar[HeatmapEncoding]
     HEATMAP_ENCODING_UINT8: _ClassVar[HeatmapEncoding]
 
+class WholeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WHOLE_MODE_UNSPECIFIED: _ClassVar[WholeMode]
+    WHOLE_MODE_AUTO: _ClassVar[WholeMode]
+    WHOLE_MODE_ALWAYS: _ClassVar[WholeMode]
+    WHOLE_MODE_NEVER: _ClassVar[WholeMode]
+
 class MaskEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MASK_ENCODING_UNSPECIFIED: _ClassVar[MaskEncoding]
@@ -81,6 +88,10 @@ REFINEMENT_GRABCUT: Refinement
 HEATMAP_ENCODING_UNSPECIFIED: HeatmapEncoding
 HEATMAP_ENCODING_FLOAT16: HeatmapEncoding
 HEATMAP_ENCODING_UINT8: HeatmapEncoding
+WHOLE_MODE_UNSPECIFIED: WholeMode
+WHOLE_MODE_AUTO: WholeMode
+WHOLE_MODE_ALWAYS: WholeMode
+WHOLE_MODE_NEVER: WholeMode
 MASK_ENCODING_UNSPECIFIED: MaskEncoding
 MASK_ENCODING_PACKED_BITS: MaskEncoding
 MASK_ENCODING_PNG: MaskEncoding
@@ -170,22 +181,78 @@ class ExplainOptions(_message.Message):
     layer: str
     def __init__(self, method: _Optional[_Union[CamMethod, str]] = ..., target_class: _Optional[int] = ..., layer: _Optional[str] = ...) -> None: ...
 
+class Tiling(_message.Message):
+    __slots__ = ("mode", "scale", "overlap", "min_area", "spacing_mm")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    MIN_AREA_FIELD_NUMBER: _ClassVar[int]
+    SPACING_MM_FIELD_NUMBER: _ClassVar[int]
+    mode: WholeMode
+    scale: float
+    overlap: float
+    min_area: int
+    spacing_mm: float
+    def __init__(self, mode: _Optional[_Union[WholeMode, str]] = ..., scale: _Optional[float] = ..., overlap: _Optional[float] = ..., min_area: _Optional[int] = ..., spacing_mm: _Optional[float] = ...) -> None: ...
+
+class Lesion(_message.Message):
+    __slots__ = ("score", "area", "y0", "x0", "y1", "x1", "centroid_y", "centroid_x")
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    Y0_FIELD_NUMBER: _ClassVar[int]
+    X0_FIELD_NUMBER: _ClassVar[int]
+    Y1_FIELD_NUMBER: _ClassVar[int]
+    X1_FIELD_NUMBER: _ClassVar[int]
+    CENTROID_Y_FIELD_NUMBER: _ClassVar[int]
+    CENTROID_X_FIELD_NUMBER: _ClassVar[int]
+    score: float
+    area: int
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+    centroid_y: float
+    centroid_x: float
+    def __init__(self, score: _Optional[float] = ..., area: _Optional[int] = ..., y0: _Optional[int] = ..., x0: _Optional[int] = ..., y1: _Optional[int] = ..., x1: _Optional[int] = ..., centroid_y: _Optional[float] = ..., centroid_x: _Optional[float] = ...) -> None: ...
+
+class WholeImage(_message.Message):
+    __slots__ = ("scale", "tiles", "skipped", "tissue_fraction", "padded", "score", "lesions", "note")
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    TILES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    TISSUE_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    PADDED_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LESIONS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    scale: float
+    tiles: int
+    skipped: int
+    tissue_fraction: float
+    padded: bool
+    score: float
+    lesions: _containers.RepeatedCompositeFieldContainer[Lesion]
+    note: str
+    def __init__(self, scale: _Optional[float] = ..., tiles: _Optional[int] = ..., skipped: _Optional[int] = ..., tissue_fraction: _Optional[float] = ..., padded: _Optional[bool] = ..., score: _Optional[float] = ..., lesions: _Optional[_Iterable[_Union[Lesion, _Mapping]]] = ..., note: _Optional[str] = ...) -> None: ...
+
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "images", "options", "encoding", "overlay_png")
+    __slots__ = ("model", "images", "options", "encoding", "overlay_png", "tiling")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
+    TILING_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     images: _containers.RepeatedCompositeFieldContainer[Image]
     options: ExplainOptions
     encoding: HeatmapEncoding
     overlay_png: bool
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., encoding: _Optional[_Union[HeatmapEncoding, str]] = ..., overlay_png: _Optional[bool] = ...) -> None: ...
+    tiling: Tiling
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., encoding: _Optional[_Union[HeatmapEncoding, str]] = ..., overlay_png: _Optional[bool] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ...) -> None: ...
 
 class Heatmap(_message.Message):
-    __slots__ = ("data", "shape", "encoding", "overlay_png", "classification", "target_class", "layer")
+    __slots__ = ("data", "shape", "encoding", "overlay_png", "classification", "target_class", "layer", "whole")
     DATA_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +260,7 @@ class Heatmap(_message.Message):
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     shape: _containers.RepeatedScalarFieldContainer[int]
     encoding: HeatmapEncoding
@@ -200,7 +268,8 @@ class Heatmap(_message.Message):
     classification: Classification
     target_class: int
     layer: str
-    def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., encoding: _Optional[_Union[HeatmapEncoding, str]] = ..., overlay_png: _Optional[bytes] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., target_class: _Optional[int] = ..., layer: _Optional[str] = ...) -> None: ...
+    whole: WholeImage
+    def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., encoding: _Optional[_Union[HeatmapEncoding, str]] = ..., overlay_png: _Optional[bytes] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., target_class: _Optional[int] = ..., layer: _Optional[str] = ..., whole: _Optional[_Union[WholeImage, _Mapping]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("heatmaps", "model_name", "model_version", "engine")
@@ -223,7 +292,7 @@ class ThresholdRule(_message.Message):
     def __init__(self, kind: _Optional[_Union[ThresholdKind, str]] = ..., value: _Optional[float] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("model", "images", "options", "threshold", "gate", "largest_component", "truth_masks", "overlay_png", "mask_encodings", "refine", "tta", "decision_threshold", "no_recipe")
+    __slots__ = ("model", "images", "options", "threshold", "gate", "largest_component", "truth_masks", "overlay_png", "mask_encodings", "refine", "tta", "decision_threshold", "no_recipe", "tiling")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +306,7 @@ class SegmentRequest(_message.Message):
     TTA_FIELD_NUMBER: _ClassVar[int]
     DECISION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     NO_RECIPE_FIELD_NUMBER: _ClassVar[int]
+    TILING_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     images: _containers.RepeatedCompositeFieldContainer[Image]
     options: ExplainOptions
@@ -250,10 +320,21 @@ class SegmentRequest(_message.Message):
     tta: int
     decision_threshold: float
     no_recipe: bool
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., truth_masks: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., overlay_png: _Optional[bool] = ..., mask_encodings: _Optional[_Iterable[_Union[MaskEncoding, str]]] = ..., refine: _Optional[_Union[Refinement, str]] = ..., tta: _Optional[int] = ..., decision_threshold: _Optional[float] = ..., no_recipe: _Optional[bool] = ...) -> None: ...
+    tiling: Tiling
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., truth_masks: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., overlay_png: _Optional[bool] = ..., mask_encodings: _Optional[_Iterable[_Union[MaskEncoding, str]]] = ..., refine: _Optional[_Union[Refinement, str]] = ..., tta: _Optional[int] = ..., decision_threshold: _Optional[float] = ..., no_recipe: _Optional[bool] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ...) -> None: ...
+
+class SegmentChunk(_message.Message):
+    __slots__ = ("request", "id", "data")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    request: SegmentRequest
+    id: str
+    data: bytes
+    def __init__(self, request: _Optional[_Union[SegmentRequest, _Mapping]] = ..., id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Mask(_message.Message):
-    __slots__ = ("png", "packed_bits", "rle", "shape", "area", "threshold", "threshold_value", "gated", "dice", "classification", "overlay_png", "dicom_seg")
+    __slots__ = ("png", "packed_bits", "rle", "shape", "area", "threshold", "threshold_value", "gated", "dice", "classification", "overlay_png", "dicom_seg", "whole")
     PNG_FIELD_NUMBER: _ClassVar[int]
     PACKED_BITS_FIELD_NUMBER: _ClassVar[int]
     RLE_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +347,7 @@ class Mask(_message.Message):
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
     DICOM_SEG_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_FIELD_NUMBER: _ClassVar[int]
     png: bytes
     packed_bits: bytes
     rle: _containers.RepeatedScalarFieldContainer[int]
@@ -278,7 +360,8 @@ class Mask(_message.Message):
     classification: Classification
     overlay_png: bytes
     dicom_seg: bytes
-    def __init__(self, png: _Optional[bytes] = ..., packed_bits: _Optional[bytes] = ..., rle: _Optional[_Iterable[int]] = ..., shape: _Optional[_Iterable[int]] = ..., area: _Optional[int] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., threshold_value: _Optional[float] = ..., gated: _Optional[bool] = ..., dice: _Optional[float] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., dicom_seg: _Optional[bytes] = ...) -> None: ...
+    whole: WholeImage
+    def __init__(self, png: _Optional[bytes] = ..., packed_bits: _Optional[bytes] = ..., rle: _Optional[_Iterable[int]] = ..., shape: _Optional[_Iterable[int]] = ..., area: _Optional[int] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., threshold_value: _Optional[float] = ..., gated: _Optional[bool] = ..., dice: _Optional[float] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., dicom_seg: _Optional[bytes] = ..., whole: _Optional[_Union[WholeImage, _Mapping]] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
     __slots__ = ("masks", "model_name", "model_version", "mean_dice", "recipe")
@@ -321,7 +404,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "architecture", "input_size", "input_channels", "classes", "gradcam_layer", "layers", "metrics", "providers", "one_pass_cam", "recipe", "distilled", "source", "config", "gradients_unavailable")
+    __slots__ = ("name", "version", "architecture", "input_size", "input_channels", "classes", "gradcam_layer", "layers", "metrics", "providers", "one_pass_cam", "recipe", "distilled", "source", "config", "gradients_unavailable", "scale", "mm_per_model_pixel")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +428,8 @@ class ModelInfo(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     GRADIENTS_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    MM_PER_MODEL_PIXEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     architecture: str
@@ -361,7 +446,9 @@ class ModelInfo(_message.Message):
     source: str
     config: str
     gradients_unavailable: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ..., recipe: _Optional[str] = ..., distilled: _Optional[bool] = ..., source: _Optional[str] = ..., config: _Optional[str] = ..., gradients_unavailable: _Optional[str] = ...) -> None: ...
+    scale: float
+    mm_per_model_pixel: float
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., input_size: _Optional[int] = ..., input_channels: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., gradcam_layer: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., providers: _Optional[_Iterable[str]] = ..., one_pass_cam: _Optional[bool] = ..., recipe: _Optional[str] = ..., distilled: _Optional[bool] = ..., source: _Optional[str] = ..., config: _Optional[str] = ..., gradients_unavailable: _Optional[str] = ..., scale: _Optional[float] = ..., mm_per_model_pixel: _Optional[float] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("kind", "model", "data", "split", "options", "threshold", "gate", "largest_component", "heatmaps", "chunk_size", "thresholds", "filters", "epochs", "volumes", "axis", "whole", "scale", "overlap", "output", "windowing")

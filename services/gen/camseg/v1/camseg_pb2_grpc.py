@@ -54,6 +54,11 @@ class SegmentationStub:
                 request_serializer=camseg_dot_v1_dot_camseg__pb2.SegmentRequest.SerializeToString,
                 response_deserializer=camseg_dot_v1_dot_camseg__pb2.SegmentResponse.FromString,
                 _registered_method=True)
+        self.SegmentUpload = channel.stream_unary(
+                '/camseg.v1.Segmentation/SegmentUpload',
+                request_serializer=camseg_dot_v1_dot_camseg__pb2.SegmentChunk.SerializeToString,
+                response_deserializer=camseg_dot_v1_dot_camseg__pb2.SegmentResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/camseg.v1.Segmentation/ListModels',
                 request_serializer=camseg_dot_v1_dot_camseg__pb2.ListModelsRequest.SerializeToString,
@@ -97,6 +102,15 @@ class SegmentationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SegmentUpload(self, request_iterator, context):
+        """Segment of one encoded image sent in pieces, for images larger than a message
+        (a whole scanned mammogram, a large DICOM instance): the first chunk carries the
+        request (its images empty), every chunk a piece of the image's bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """The models and versions being served.
         """
@@ -132,6 +146,11 @@ def add_SegmentationServicer_to_server(servicer, server):
             'Segment': grpc.unary_unary_rpc_method_handler(
                     servicer.Segment,
                     request_deserializer=camseg_dot_v1_dot_camseg__pb2.SegmentRequest.FromString,
+                    response_serializer=camseg_dot_v1_dot_camseg__pb2.SegmentResponse.SerializeToString,
+            ),
+            'SegmentUpload': grpc.stream_unary_rpc_method_handler(
+                    servicer.SegmentUpload,
+                    request_deserializer=camseg_dot_v1_dot_camseg__pb2.SegmentChunk.FromString,
                     response_serializer=camseg_dot_v1_dot_camseg__pb2.SegmentResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
@@ -252,6 +271,33 @@ class Segmentation:
             target,
             '/camseg.v1.Segmentation/Segment',
             camseg_dot_v1_dot_camseg__pb2.SegmentRequest.SerializeToString,
+            camseg_dot_v1_dot_camseg__pb2.SegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SegmentUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/camseg.v1.Segmentation/SegmentUpload',
+            camseg_dot_v1_dot_camseg__pb2.SegmentChunk.SerializeToString,
             camseg_dot_v1_dot_camseg__pb2.SegmentResponse.FromString,
             options,
             channel_credentials,
