@@ -59,18 +59,25 @@ def lesions_of(mask: BoolArray, score_map: FloatArray, *, min_area: int = 1) -> 
     labels, n = label_components(mask)
     if n == 0:
         return []
-    index = np.arange(1, n + 1)
-    areas = ndimage.sum_labels(np.ones(mask.shape, dtype=np.int32), labels, index)
-    scores = ndimage.maximum(score_map, labels, index)
-    centroids = ndimage.center_of_mass(np.ones(mask.shape, dtype=np.float32), labels, index)
+    # sums over the labelled pixels alone (scipy's per-label reductions visit every pixel)
+    flat = labels.ravel()
+    fg = np.flatnonzero(flat)
+    lab = flat[fg]
+    areas = np.bincount(lab, minlength=n + 1)
+    ys, xs = np.divmod(fg, mask.shape[1])
+    cys = np.bincount(lab, weights=ys, minlength=n + 1)
+    cxs = np.bincount(lab, weights=xs, minlength=n + 1)
+    scores = np.full(n + 1, -np.inf)
+    np.maximum.at(scores, lab, np.asarray(score_map, dtype=np.float64).ravel()[fg])
     boxes = ndimage.find_objects(labels)
     out = []
-    for k in range(n):
-        if areas[k] < min_area or boxes[k] is None:
+    for k in range(1, n + 1):
+        box = boxes[k - 1]
+        if areas[k] < min_area or box is None:
             continue
-        ys, xs = boxes[k]
-        cy, cx = centroids[k]
+        by, bx = box
         out.append(Lesion(float(np.clip(scores[k], 0.0, 1.0)), int(areas[k]),
-                          (int(ys.start), int(xs.start), int(ys.stop), int(xs.stop)), (float(cy), float(cx))))
+                          (int(by.start), int(bx.start), int(by.stop), int(bx.stop)),
+                          (float(cys[k] / areas[k]), float(cxs[k] / areas[k]))))
     out.sort(key=lambda c: (-c.score, -c.area))
     return out

@@ -33,8 +33,8 @@ Memory beyond the decoded image grows with the model-space image of ``h x w =
 (H / scale) x (W / scale)`` pixels: about ``26 h w`` bytes (three float32
 accumulators, the int32 region labels, the tissue and the mask), plus the outputs at
 the image's size, ``5 H W`` bytes (the float32 lesion map and the boolean mask), plus
-one chunk of tiles. A 4096 x 5120 image at scale 1 needs about 640 MB
-(``bench/whole_bench.py`` measures it).
+one chunk of tiles. A 4096 x 5120 image at scale 1 needs about 640 MB by this count;
+``bench/whole_bench.py`` measures the peak end to end, the decoded image included.
 """
 
 from __future__ import annotations
