@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import grpc
@@ -39,6 +40,12 @@ def test_whole_image_jobs_over_grpc(job_env: JobEnv, workers: list[Worker], tmp_
     folder = whole_folder(job_env.data_root / f"whole-{tmp_path.name}")
     archive = job_env.data_root / f"mg-{tmp_path.name}"
     write_mammogram(archive / "left.dcm", mammogram(seed=1))
+    # a version without a recorded scale (the synthetic ROIs of the fixture record scale 1)
+    unscaled = job_env.repo / "unscaled" / "1"
+    shutil.copytree(job_env.repo / "tiny" / "1", unscaled)
+    meta = json.loads((unscaled / "metadata.json").read_text())
+    del meta["scale"]
+    (unscaled / "metadata.json").write_text(json.dumps(meta))
     workers.append(start_worker(job_env.env(), concurrency=1))
     server = start_server(job_env.repo, env=job_env.env())
     try:
@@ -57,7 +64,7 @@ def test_whole_image_jobs_over_grpc(job_env: JobEnv, workers: list[Worker], tmp_
         assert listed[series.job_id] == pb.JOB_KIND_SEGMENT_SERIES
         # a model without a scale, every image whole: refused when planned, not in a worker
         with pytest.raises(grpc.RpcError) as err:
-            stub.SubmitJob(pb.SubmitJobRequest(model=pb.ModelRef(name="tiny"), data=str(folder),
+            stub.SubmitJob(pb.SubmitJobRequest(model=pb.ModelRef(name="unscaled"), data=str(folder),
                                                whole=pb.SubmitJobRequest.WHOLE_ALWAYS), timeout=60)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no recorded scale" in err.value.details()
     finally:
@@ -69,7 +76,7 @@ def test_whole_image_jobs_over_grpc(job_env: JobEnv, workers: list[Worker], tmp_
     job = s.output_root / seg.job_id
     m = batch.read_manifest(job)
     assert m.options["tiling"] == {"mode": "auto", "scale": 1.0, "overlap": 0.25, "sigma": 0.125,
-                                   "tissue_factor": 8, "min_area": 0}
+                                   "tissue_factor": 8, "min_area": 0, "spacing_mm": None}
     assert m.options["max_pixels"] == s.max_whole_pixels
     opts = Options(threshold=parse_rule("p90"), gate=False, tiling=Tiling(scale=1.0, overlap=0.25))
     local = segment_folder(model_dir, folder, tmp_path / "local", opts)
