@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from camseg.app.cli import main
 from camseg.core.errors import InvalidInputError, NotFoundError
 from camseg.data.folder import FolderDataset
 from camseg.data.synth import SynthConfig, synthesize
 from camseg.data.tensors import load_arrays
 from camseg.heat.methods import Segmenter
+from camseg.heat.rules import parse_rule
 from camseg.pipeline.options import Options
 from camseg.pipeline.run import LoadedModel, run
 from camseg.study.bounds import (
@@ -32,6 +35,7 @@ from camseg.study.bounds import (
     tissue_masks,
     whole_floor,
 )
+from camseg.study.evaluation import DiceReport, evaluate_dice
 
 
 def test_centred_disk() -> None:
@@ -110,7 +114,7 @@ def test_ceiling_fit_save_load_and_pipeline(synth40: Path, exported: tuple[Path,
     # the ceiling through the pipeline's distilled-segmenter path of a classifier
     model = dataclasses.replace(LoadedModel.load(exported[0], onnx=False), student=student)
     image, _ = ds.load(ds.subset("test")[0])
-    res = run(model, [image], Options(method=Segmenter.DISTILLED, threshold="0.5", gate=False))
+    res = run(model, [image], Options(method=Segmenter.DISTILLED, threshold=parse_rule("0.5"), gate=False))
     heat = student.heatmaps(torch.from_numpy(image)[None, None].float(), onnx=False)[0]
     assert res.items[0].mask is not None
     assert np.array_equal(res.items[0].mask, (heat >= 0.5).numpy())
@@ -120,3 +124,29 @@ def test_dataset_bounds_floor_only(synth40: Path) -> None:
     b = dataset_bounds(synth40, 32, 1, cfg=None)
     assert 0.0 < b.floor < 1.0 and math.isnan(b.ceiling) and math.isnan(b.position(0.5))
     assert b.details["floor"]["radius"] > 0 and b.split == "test"
+
+
+def test_dice_report_shows_bounds(trained_dir: Path, synth40: Path, tmp_path: Path) -> None:
+    b = Bounds(0.2, 0.8, "centred disk", "U-Net", "test", 5)
+    kw: dict[str, Any] = {"methods": ["gradcam"], "rules": ["0.5"], "largest": (False,)}
+    report = evaluate_dice(trained_dir, synth40, out=tmp_path / "ev", bounds=b, **kw)
+    assert report.bounds == b
+    md = (tmp_path / "ev" / "report.md").read_text()
+    assert Bounds.HEADER in md and b.row(f"best ({report.best.label})", report.best.mean_dice) in md
+    again = DiceReport.from_dict(json.loads((tmp_path / "ev" / "report.json").read_text()))
+    assert again.bounds == b
+    # reused with other bounds: the same sweep, the new bounds written
+    other = dataclasses.replace(b, ceiling=0.9)
+    assert evaluate_dice(trained_dir, synth40, out=tmp_path / "ev", bounds=other, **kw).bounds == other
+    assert DiceReport.from_dict(json.loads((tmp_path / "ev" / "report.json").read_text())).bounds == other
+    assert "floor" not in evaluate_dice(trained_dir, synth40, **kw).to_markdown()
+
+
+def test_evaluate_command_with_bounds(trained_dir: Path, synth40: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--no-progress", "evaluate", "--model", str(trained_dir), "--data", str(synth40), "--methods",
+                 "gradcam", "--rules", "0.5", "--out", str(tmp_path / "ev"), "--bounds", "--ceiling-epochs", "1",
+                 "--ceiling-base", "4"]) == 0
+    assert "floor (centred disk" in capsys.readouterr().out
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["bounds"]["details"]["ceiling"]["config"]["epochs"] == 1

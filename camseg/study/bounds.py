@@ -109,10 +109,11 @@ def disk_floor(select_masks: Tensor, report_masks: Tensor, radii: Sequence[float
     sel, rep = _tumor_masks(select_masks, "floor (select)"), _tumor_masks(report_masks, "floor (report)")
     if not radii:
         raise InvalidInputError("the floor needs at least one radius")
-    scores = [_mean(dice(centred_disk(tuple(sel.shape[1:]), r).expand_as(sel), sel)) for r in radii]
+    sel_hw, rep_hw = (int(sel.shape[1]), int(sel.shape[2])), (int(rep.shape[1]), int(rep.shape[2]))
+    scores = [_mean(dice(centred_disk(sel_hw, r).expand_as(sel), sel)) for r in radii]
     best = int(np.argmax(scores))
     radius = float(radii[best])
-    test = _mean(dice(centred_disk(tuple(rep.shape[1:]), radius).expand_as(rep), rep))
+    test = _mean(dice(centred_disk(rep_hw, radius).expand_as(rep), rep))
     return DiskFloor(radius, scores[best], test, int(sel.shape[0]), int(rep.shape[0]))
 
 

@@ -132,7 +132,7 @@ def match_candidates(candidates: Sequence[Lesion], truth: BoolArray) -> Matched:
         target = -1
         if n:
             cy, cx = c.centroid
-            iy, ix = int(round(cy)), int(round(cx))
+            iy, ix = round(cy), round(cx)
             inside = 0 <= iy < t.shape[0] and 0 <= ix < t.shape[1] and labels[iy, ix] > 0
             if inside:
                 target = int(labels[iy, ix]) - 1
