@@ -171,3 +171,32 @@ def heat_location(path: Path, rows: Mapping[str, Sequence[LocationRow]], *,
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def mask_pairs(
+    path: Path,
+    rows: Sequence[tuple[str, npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.bool_],
+                         npt.NDArray[np.bool_] | None]],
+    title: str = "",
+    names: tuple[str, str] = ("camseg", "ceiling"),
+) -> None:
+    """One row per image: its first mask, then its second (where given), each outlined in
+    red over the image with the truth outlined in green."""
+    both = any(r[4] is not None for r in rows)
+    cols = 2 if both else 1
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 3.0 * len(rows)), squeeze=False)
+    for r, (label, image, truth, first, second) in enumerate(rows):
+        axes[r, 0].imshow(overlay(image, None, first, truth))
+        axes[r, 0].set_ylabel(label, fontsize=7)
+        if both:
+            axes[r, 1].imshow(overlay(image, None, second, truth) if second is not None else gray_rgb(image))
+    for c in range(cols):
+        axes[0, c].set_title(f"{names[c]} (red) / truth (green)", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
