@@ -98,3 +98,17 @@ def test_bad_input_is_one_line(sliced: Path, tmp_path: Path) -> None:
     (tmp_path / "o2" / "x").write_text("x")
     with pytest.raises(InvalidInputError, match="not empty"):
         leave_one_case_out_whole(sliced, tmp_path / "o2", epochs=1, size=32)
+
+
+def test_the_command_refuses_roi_only_options_in_one_line(sliced: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from camseg.app.cli import main
+
+    code = main(["evaluate-real", "--data", str(sliced), "--out", str(tmp_path / "o"), "--method", "whole",
+                 "--base", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--method roi" in err
+    code = main(["evaluate-real", "--data", str(sliced), "--out", str(tmp_path / "o"), "--method", "whole",
+                 "--per-lesion", "0", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--per-lesion" in err

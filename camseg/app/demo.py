@@ -258,13 +258,22 @@ def _choose_recipe(cfg: DemoConfig, data: Path, model: LoadedModel, report: Dice
 def _real_slices(cfg: DemoConfig, out: Path, on_progress: OnProgress | None) -> dict[str, Any]:
     """Leave-one-case-out on the real cases; a fetch that fails is reported, not fatal."""
 
+    from camseg.study.realwhole import leave_one_case_out_whole
+
     try:
         data = build_real_dataset(out / "real-data", cfg.real_cache, overwrite=True)
         report = leave_one_case_out(data, out / "real", epochs=15, seed=cfg.seed, on_progress=on_progress)
     except CamsegError as exc:
         logger.warning("real slices skipped: %s", exc.message)
         return {"error": exc.message}
-    return {"report": report.to_dict(), "markdown": report.to_markdown()}
+    try:  # the same folds, trained on ROIs and run on whole slices
+        whole = leave_one_case_out_whole(data, out / "real-whole", epochs=15, seed=cfg.seed, overwrite=True,
+                                         on_progress=on_progress)
+        whole_part: dict[str, Any] = {"report": whole.to_dict(), "markdown": whole.to_markdown()}
+    except CamsegError as exc:
+        logger.warning("real slices, whole: skipped: %s", exc.message)
+        whole_part = {"error": exc.message}
+    return {"report": report.to_dict(), "markdown": report.to_markdown(), "whole": whole_part}
 
 
 def _final_val(recipe: Recipe) -> float:
@@ -487,6 +496,14 @@ def _report(res: dict[str, Any], extra: Sequence[StepResult],
             lines += [("#" + ln if ln.startswith("#") else ln).replace("](figures/", "](real/figures/")
                       for ln in real["markdown"].splitlines()[1:]]
             lines += ["", "Figures and folds: `real/`."]
+            whole = real.get("whole") or {}
+            lines += ["", "### Whole slices, trained on ROIs", ""]
+            if "error" in whole:
+                lines.append(f"Not run: {whole['error']}")
+            elif whole:  # its headings two levels down, its figures under real-whole/
+                lines += [("##" + ln if ln.startswith("#") else ln).replace("](figures/", "](real-whole/figures/")
+                          for ln in whole["markdown"].splitlines()[1:]]
+                lines += ["", "Figures and folds: `real-whole/`."]
     if locations:
         lines += ["", "## The paper's finding", "", finding_markdown(locations), "",
                   "![where the heatmaps sit](figures/heat_location.png)"]

@@ -247,7 +247,7 @@ def leave_one_case_out_whole(
     per_lesion: int = 8,
     normal_ratio: float = 2.0,
     ceiling_epochs: int | None = None,
-    tiling: Tiling = Tiling(),
+    tiling: Tiling | None = None,
     seed: int = 0,
     overwrite: bool = False,
     on_progress: OnProgress | None = None,
@@ -266,7 +266,8 @@ def leave_one_case_out_whole(
             source pixels per model pixel, side in model pixels, ROIs per lesion, normal
             ROIs per lesion ROI.
         ceiling_epochs: the ceiling U-Net's epochs (default: ``epochs``).
-        tiling: the sliding window (its scale defaults to the model's, i.e. ``scale``).
+        tiling: the sliding window (default :class:`~camseg.pipeline.whole.Tiling`; its scale
+            defaults to the model's, i.e. ``scale``).
         overwrite: replace a non-empty ``out``.
 
     Raises:
@@ -286,6 +287,7 @@ def leave_one_case_out_whole(
                         normal_ratio=normal_ratio, seed=seed)
     roi_cfg.validate()
     arch = arch or DEFAULT_ARCH
+    tiling = tiling or Tiling()
     ceiling_epochs = ceiling_epochs or epochs
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InvalidInputError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
