@@ -288,6 +288,6 @@ def test_a_successful_segment_writes_only_under_out(trained_dir: Path, tiny_fold
     assert sorted(os.listdir(out.parent)) == ["out"]  # the temporary sibling was renamed, none left
     ids = [s.id for s in FolderDataset.open(data).samples]
     written = {str(p.relative_to(out)) for p in out.rglob("*")}
-    assert written == {"masks", "results.csv", "summary.json", MARKER} | {f"masks/{i}.png" for i in ids}
+    assert written == {"masks", "results.csv", "lesions.csv", "summary.json", MARKER} | {f"masks/{i}.png" for i in ids}
     assert all(after[f"work/out/masks/{i}.png"][0] == "file" for i in ids)  # files, not links
     assert snapshot(trained_dir) == model_before
