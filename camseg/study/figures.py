@@ -197,6 +197,6 @@ def mask_pairs(
         ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.35 / (3.0 * len(rows))) if title else None)
     fig.savefig(path, dpi=90)
     plt.close(fig)
