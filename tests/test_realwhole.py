@@ -65,6 +65,8 @@ def test_rois_come_only_from_the_train_and_val_cases(whole: tuple[Path, WholeLoc
             assert source != f.case and source in split_of  # no held-out pixel in any ROI
             assert labels[rid] == split_of[source]  # a case's ROIs stay in its split
         assert f.rois["train_lesion"] > 0 and f.rois["val_lesion"] > 0
+        assert 0.0 <= f.classifier["auc"] <= 1.0 or math.isnan(f.classifier["auc"])
+        assert not math.isnan(f.classifier["accuracy"])
         # the classifier records the ROIs' scale, and every held-out slice is scored whole
         assert f.classifier["scale"] == {"source_pixels_per_model_pixel": 1.0}
         assert len(f.camseg.rows) == len(f.ceiling.rows) == f.n_lesion + f.n_normal

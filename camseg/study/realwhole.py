@@ -178,8 +178,8 @@ class WholeLocoReport:
             "mask. *position* = (Dice - floor) / (ceiling - floor).", "",
             f"> Small numbers: {n_lesion} lesion slices in all. Read them as a check of the method on held-out real "
             "slices, not a precise estimate.", "",
-            "| held-out case | lesion / normal slices | val case | train ROIs (lesion / normal) | classifier val AUC "
-            "| **camseg Dice** | floor | ceiling | position | false area on normals | FROC sens. at 1 FP/slice | "
+            "| held-out case | lesion / normal slices | val case | train ROIs (lesion / normal) | "
+            "classifier val AUC (epoch) | **camseg Dice** | floor | ceiling | position | false area on normals | FROC sens. at 1 FP/slice | "
             "image AUC | setting (chosen on val) | seconds |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
@@ -188,7 +188,8 @@ class WholeLocoReport:
             sens1 = r["froc"]["at_rates"].get("1", math.nan) if r["froc"] else math.nan
             lines.append(
                 f"| {f.case} | {f.n_lesion} / {f.n_normal} | {f.val_case} | {f.rois['train_lesion']} / "
-                f"{f.rois['train_normal']} | {_fmt(f.classifier.get('auc', math.nan))} | "
+                f"{f.rois['train_normal']} | {_fmt(f.classifier.get('auc', math.nan))} "
+                f"({f.classifier.get('best_epoch')}) | "
                 f"**{_fmt(r['mean_dice'])}** | {b.cells(r['mean_dice'])} | {_fmt(r['false_fraction'])} | "
                 f"{_fmt(sens1)} | {_fmt(r['auc'])} | {f.choice['label']} | {f.seconds:.0f} |")
         p, c = s["camseg"], s["ceiling"]
@@ -378,6 +379,10 @@ def _fold(data: Path, fold: Path, case: str, val: str, train_cases: list[str], o
     c_report, c_kept = evaluate_whole(ceiled, ds, c_choice.options, tiling=tiling, name=f"{case} ceiling",
                                       keep=len(test_idx), on_progress=on_progress, should_stop=should_stop)
     notes = list(report.notes)
+    if not counts["val_normal"]:
+        notes.append(f"the val case {val} gives no normal ROI: the classifier's early stopping saw lesion ROIs only")
+    if not choice.val_dice > 0:
+        notes.append("every setting tried scored Dice 0 on the val slices: the first was kept")
     floor = None
     if held_lesion:
         floor = asdict(whole_floor_of(ds))
@@ -389,7 +394,7 @@ def _fold(data: Path, fold: Path, case: str, val: str, train_cases: list[str], o
     val_metrics = meta["metrics"]["val"]
     return WholeFold(
         case, held_lesion, len(test_idx) - held_lesion, val, train_cases, counts,
-        {"accuracy": val_metrics.get("accuracy", math.nan), "auc": val_metrics.get("auc", math.nan),
+        {"accuracy": val_metrics.get("val_accuracy", math.nan), "auc": val_metrics.get("val_auc", math.nan),
          "best_epoch": meta["metrics"]["best_epoch"], "scale": meta.get("scale")},
         report, _choice(choice), c_report, _choice(c_choice), ceiling.record(), floor,
         round(time.perf_counter() - started, 1), figure, notes)
