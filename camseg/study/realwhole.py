@@ -179,7 +179,8 @@ class WholeLocoReport:
             f"> Small numbers: {n_lesion} lesion slices in all. Read them as a check of the method on held-out real "
             "slices, not a precise estimate.", "",
             "| held-out case | lesion / normal slices | val case | train ROIs (lesion / normal) | "
-            "classifier val AUC (epoch) | **camseg Dice** | floor | ceiling | position | false area on normals | FROC sens. at 1 FP/slice | "
+            "classifier val AUC (epoch) | **camseg Dice** | floor | ceiling | position | false area on normals | "
+            "FROC sens. at 1 FP/slice | "
             "image AUC | setting (chosen on val) | seconds |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
