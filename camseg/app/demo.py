@@ -70,7 +70,8 @@ class DemoConfig:
     real: bool = False  # leave-one-case-out Dice on pyradiomics' real cases (fetched with pip)
     real_cache: Path = Path.home() / ".cache" / "camseg"
     bounds: bool = True  # floor (centred disk) and ceiling (a U-Net on the true masks, ``epochs`` epochs)
-    ceiling_base: int = 16  # the ceiling U-Net's first width
+    # the ceiling U-Net's first width: on the demo's data base 8 reaches base 16's Dice in a fraction of the time
+    ceiling_base: int = 8
 
 
 # ``camseg demo --profile``: the demo within 15 minutes on two cores; the quality run
