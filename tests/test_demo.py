@@ -37,6 +37,10 @@ def test_demo_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             "overlays_densenet_paper.png", "overlays_densenet_best.png", "overlays_densenet_recipe.png",
             "heat_location.png"} <= figs
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    # what a Dice is worth: the floor and the ceiling, once per data set, beside every ROI Dice table
+    assert 0 < res["bounds"]["floor"] < 1 and (tmp_path / "demo" / "ceiling" / "ceiling.json").is_file()
+    assert res["dice"]["densenet"]["bounds"] == res["bounds"]
+    assert "floor | ceiling | position of the best |" in text and "recipe | floor | ceiling | position |" in text
     assert set(res["dice"]["densenet"]["by_method"]) == {"gradcam", "gradcam++", "hirescam", "layercam", "fused"}
     loc = {r["method"]: r for r in res["location"]["densenet"]}
     assert set(loc) == set(res["dice"]["densenet"]["by_method"])

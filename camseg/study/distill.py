@@ -464,10 +464,12 @@ def student_parity(net: UNet, onnx_path: Path, images: Tensor, providers: str = 
 
 
 def save_student(model_dir: Path, student: UNet, cfg: DistillConfig, *, meta: dict[str, Any],
-                 tolerance: float = PARITY_TOLERANCE, providers: str = "auto") -> dict[str, Any]:
+                 tolerance: float = PARITY_TOLERANCE, providers: str = "auto",
+                 spec: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save ``student`` with the model at ``model_dir``; returns what ``student.json`` holds.
 
-    The student is exported at the model's input size (``metadata.json``'s spec) and its
+    The student is exported at the model's input size (``metadata.json``'s spec, or
+    ``spec``'s ``input_size`` and ``in_channels`` for a folder without a model) and its
     channels must be the model's. The ONNX graph is checked against torch on
     :func:`parity_inputs` first: beyond ``tolerance`` it raises
     :class:`~camseg.models.export.ExportParityError` and nothing is written. Then
@@ -475,7 +477,9 @@ def save_student(model_dir: Path, student: UNet, cfg: DistillConfig, *, meta: di
     architecture, input/output contract and parity), each replaced atomically.
     """
     model_dir = Path(model_dir)
-    spec = read_metadata(model_dir).get("spec", {})
+    if spec is not None:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    spec = spec if spec is not None else read_metadata(model_dir).get("spec", {})
     size, channels = int(spec.get("input_size", 0)), int(spec.get("in_channels", 0))
     if channels != student.in_channels:
         raise InvalidInputError(f"{model_dir}: the model takes {channels} channels, the student "

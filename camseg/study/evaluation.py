@@ -14,7 +14,8 @@ call it.
 
 Dice is :func:`camseg.core.metrics.dice` (both masks empty -> 1; a tumor ROI the gate
 empties scores 0). Rows are at the model's input size, where the masks were resized by
-nearest neighbour.
+nearest neighbour. Where the report holds :class:`~camseg.study.bounds.Bounds` (a floor
+and a ceiling of the same split), its markdown shows each headline Dice beside them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from camseg.pipeline.options import Options
 from camseg.pipeline.outputs import data_fingerprint, model_fingerprint, output_key, reusable
 from camseg.pipeline.run import LoadedModel
 from camseg.study import figures
+from camseg.study.bounds import Bounds
 
 DEFAULT_RULES: tuple[str, ...] = ("0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "p80", "p90", "p95", "otsu")
 REPORT_FILE = "report.json"
@@ -176,6 +178,7 @@ class DiceReport:
     by_method: dict[str, MethodSummary]
     key: str = ""
     notes: list[str] = field(default_factory=list)
+    bounds: Bounds | None = None
 
     @property
     def same_split(self) -> bool:
@@ -196,9 +199,10 @@ class DiceReport:
             by_method[m] = MethodSummary(v["otsu_default_layer"], choice(v["best_default_layer"]), best)
         best, paper = choice(d["best"]), choice(d["paper"])
         assert best is not None and paper is not None
+        bounds = Bounds.from_dict(d["bounds"]) if d.get("bounds") else None
         return cls(**{**d, "select_rows": [SweepRow(**r) for r in d["select_rows"]],
                       "report_rows": [SweepRow(**r) for r in d["report_rows"]], "best": best, "paper": paper,
-                      "by_method": by_method})
+                      "by_method": by_method, "bounds": bounds})
 
     def curves(self) -> dict[str, tuple[list[float], list[float]]]:
         """Report-split Dice against the fixed threshold, per method, at the default layer
@@ -231,13 +235,27 @@ class DiceReport:
                          f"{s.best.label} |")
         lines += ["", f"Paper setting (Grad-CAM@{self.paper.layer}, t={self.paper.rule}): "
                   f"{_fmt(self.paper.mean_dice)}; best ({self.best.label}): {_fmt(self.best.mean_dice)}; gain "
-                  f"{self.best.mean_dice - self.paper.mean_dice:+.3f}.", "",
+                  f"{self.best.mean_dice - self.paper.mean_dice:+.3f}.", ""]
+        lines += self.bounds_markdown()
+        lines += [
                   f"Top {top} settings on the {self.report_split} split (for reading, not for choosing):", "",
                   "| method | layer | threshold | largest CC | mean Dice |", "|---|---|---|---|---:|"]
         for r in sorted(self.report_rows, key=lambda r: -r.mean_dice)[:top]:
             lines.append(f"| {r.method} | {r.layer} | {r.rule} | {'yes' if r.largest else 'no'} | "
                          f"{_fmt(r.mean_dice)} |")
         return "\n".join(lines) + "\n"
+
+    def bounds_markdown(self) -> list[str]:
+        """The paper setting, the best and each method's best beside the floor and the
+        ceiling (lines ending with a blank one); none without bounds."""
+        b = self.bounds
+        if b is None:
+            return []
+        lines = ["What the Dice is worth: " + b.note(), "", Bounds.HEADER,
+                 b.row(f"paper setting (Grad-CAM@{self.paper.layer}, t={self.paper.rule})", self.paper.mean_dice),
+                 b.row(f"best ({self.best.label})", self.best.mean_dice)]
+        lines += [b.row(f"{m}, best ({s.best.label})", s.best.mean_dice) for m, s in self.by_method.items()]
+        return [*lines, ""]
 
     def write(self, out: Path, *, overwrite: bool = False) -> Path:
         """``out/report.json`` (written last), ``out/report.md`` and
@@ -272,6 +290,7 @@ def evaluate_dice(
     gate: bool = True,
     out: Path | None = None,
     overwrite: bool = False,
+    bounds: Bounds | None = None,
     on_progress: OnProgress | None = None,
     should_stop: ShouldStop | None = None,
 ) -> DiceReport:
@@ -280,6 +299,8 @@ def evaluate_dice(
     With ``out``, the report is written there (:meth:`DiceReport.write`) and a complete
     report of the same inputs found there is returned instead of recomputed. A data set
     without splits is selected and reported on as a whole, and the report says so.
+    ``bounds`` (:func:`camseg.study.bounds.dataset_bounds` of the same data and report
+    split) are attached to the report, a reused one included, and shown in its markdown.
     """
     loaded = model if isinstance(model, LoadedModel) else LoadedModel.load(model, onnx=False)
     net = loaded.gradients()
@@ -291,7 +312,12 @@ def evaluate_dice(
     if out is not None:
         done = reusable(out, REPORT_FILE, key, overwrite=overwrite)
         if done is not None:
-            return DiceReport.from_dict(done)
+            found = DiceReport.from_dict(done)
+            if bounds is None or found.bounds == bounds:
+                return found
+            found = replace(found, bounds=bounds)
+            found.write(out, overwrite=True)
+            return found
     notes = []
     if sel_idx == rep_idx:
         notes.append(f"{data_dir} has no {select}/{report} splits: settings were chosen on the data they are "
@@ -326,7 +352,7 @@ def evaluate_dice(
     result = DiceReport(
         str(loaded.path), str(loaded.meta.get("architecture", "")), str(data_dir), select, report,
         int(sel_data.has_mask.sum()), int(rep_data.has_mask.sum()), default, select_rows, report_rows,
-        chosen(select_rows), chosen(paper), by_method, key, notes)
+        chosen(select_rows), chosen(paper), by_method, key, notes, bounds)
     if out is not None:
         result.write(out, overwrite=True)
     return result

@@ -1,4 +1,4 @@
-"""PNG figures: overlays, Dice curves, filtered-retraining accuracies, training curves."""
+"""PNG figures: overlays, Dice curves, FROC curves, filtered-retraining accuracies, training curves."""
 
 from __future__ import annotations
 
@@ -55,6 +55,28 @@ def dice_curves(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence
     ax.set_xlabel("heatmap threshold")
     ax.set_ylabel("mean Dice (tumor ROIs)")
     ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def froc_curve(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str, *,
+               rates: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> None:
+    """Lesion sensitivity against false positives per image (log x), one step line per
+    curve (:func:`camseg.study.wholemetrics.froc`'s points), the reading rates dotted."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (fpi, sens) in curves.items():
+        x = np.maximum(np.asarray(fpi, dtype=float), min(rates) / 4)  # the (0, 0) start on a log axis
+        ax.step(x, sens, where="post", marker="o", ms=3, label=name)
+    for r in rates:
+        ax.axvline(r, color="gray", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("lesion sensitivity")
+    ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)

@@ -1,5 +1,8 @@
 """``camseg evaluate``: Dice over methods, layers and thresholds, chosen on one split and
-reported on another."""
+reported on another; with ``--bounds``, beside a floor (a centred disk chosen on the
+select split) and a ceiling (a U-Net trained on the true masks with the classifier's
+epoch budget). The ceiling costs a training run, so it is off by default; the demo
+always shows both."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from camseg.app.console import progress_bars
 from camseg.core.settings import Settings
 from camseg.data.folder import SPLITS
 from camseg.heat.cam import METHODS
+from camseg.pipeline.run import LoadedModel
+from camseg.study.bounds import ceiling_config, dataset_bounds
 from camseg.study.evaluation import DEFAULT_RULES, evaluate_dice
 
 
@@ -27,13 +32,25 @@ def add_arguments(ev: argparse.ArgumentParser, common: argparse.ArgumentParser) 
     ev.add_argument("--out", type=Path, default=None, help="write report.json, report.md and the Dice curves here")
     ev.add_argument("--overwrite", action="store_true")
     ev.add_argument("--top", type=int, default=15, help="rows to print")
+    ev.add_argument("--bounds", action=argparse.BooleanOptionalAction, default=False,
+                    help="show the Dice beside a floor (centred disk) and a ceiling (a U-Net trained on the true "
+                         "masks: a training run)")
+    ev.add_argument("--ceiling-epochs", type=int, default=None,
+                    help="the ceiling's epochs (default: the classifier's)")
+    ev.add_argument("--ceiling-base", type=int, default=16, help="the ceiling U-Net's first width")
 
 
 def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
     with progress_bars(progress) as bars:
-        report = evaluate_dice(args.model, args.data, select=args.select, report=args.report, methods=args.methods,
+        model = LoadedModel.load(args.model, onnx=False)
+        bounds = None
+        if args.bounds:
+            epochs = args.ceiling_epochs or int(model.meta.get("training", {}).get("epochs") or 20)
+            bounds = dataset_bounds(args.data, model.input_hw, model.channels, select=args.select, report=args.report,
+                                    cfg=ceiling_config(epochs, base=args.ceiling_base), on_progress=bars)
+        report = evaluate_dice(model, args.data, select=args.select, report=args.report, methods=args.methods,
                                layers=args.layers, rules=args.rules, out=args.out, overwrite=args.overwrite,
-                               on_progress=bars)
+                               bounds=bounds, on_progress=bars)
     console = Console()
     for note in report.notes:
         console.print(f"note: {note}")
@@ -48,6 +65,10 @@ def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
     console.print(f"paper baseline (Grad-CAM@{base.layer}, t={base.rule} chosen on {report.select_split}): "
                   f"{base.mean_dice:.4f}; best ({best.label}, chosen on {report.select_split}): "
                   f"{best.mean_dice:.4f} on {report.report_split}")
+    if report.bounds is not None:
+        b = report.bounds
+        console.print(f"floor ({b.floor_label}): {b.floor:.4f}; ceiling ({b.ceiling_label}): {b.ceiling:.4f}; "
+                      f"position of the best: {b.position(best.mean_dice):.3f}")
     if args.out:
         console.print(f"report: {args.out / 'report.md'}")
     return 0
