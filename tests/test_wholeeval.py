@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from camseg.app.cli import main
 from camseg.data.folder import FolderDataset
 from camseg.data.fullfield import FullFieldConfig, synthesize_fullfield
 from camseg.data.tensors import load_arrays
@@ -65,3 +66,16 @@ def test_test_images_scored_with_floor_and_ceiling(model: LoadedModel, whole_dat
     assert d["bounds"]["floor"] == floor.dice and d["bounds"]["ceiling"] == pytest.approx(creport.mean_dice)
     pos = study.bounds.position(study.report.mean_dice)
     assert math.isnan(pos) or pos == pytest.approx(d["position"])
+
+
+def test_evaluate_whole_command(exported: tuple[Path, dict[str, Any]], whole_data: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "w"
+    assert main(["evaluate-whole", "--model", str(exported[0]), "--data", str(whole_data), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert {"whole.md", "whole.json", "froc.png", "study.json"} <= {p.name for p in out.iterdir()}
+    assert "position" in capsys.readouterr().out
+    assert main(["evaluate-whole", "--model", str(exported[0]), "--data", str(whole_data), "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--overwrite" in err and "\n" not in err
