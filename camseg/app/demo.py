@@ -350,7 +350,8 @@ def _whole_section(whole: dict[str, Any]) -> list[str]:
                            f"| {_fmt(floor['false_fraction'])} | | | |")
     lines += [row for row in (ceiling_row, floor_row) if row is not None]
     lines += ["", "The ceiling is the U-Net trained on the ROIs' true masks (the Dice tables' ceiling), slid by "
-              "the same window, ungated. *position* = (Dice - floor) / (ceiling - floor).", "",
+              "the same window, its threshold and gate chosen on val like camseg's. *position* = "
+              "(Dice - floor) / (ceiling - floor).", "",
               "![FROC](figures/whole_froc.png)", ""]
     lines += [f"![{arch}](figures/whole_{arch}.png)" for arch in whole["models"]]
     return lines

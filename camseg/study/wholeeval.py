@@ -9,8 +9,8 @@ candidate setting makes its masks from the same maps (:func:`~camseg.pipeline.wh
 
 The ceiling is the supervised U-Net of :func:`camseg.study.bounds.fit_ceiling` put in
 the classifier's place as its student (:class:`~camseg.pipeline.methods.Segmenter`),
-slid by the same window, ungated, its threshold chosen on the same val images. The
-floor is the better on val of the empty mask and the tissue mask.
+slid by the same window, its threshold (and whether the classifier gates it) chosen on
+the same val images. The floor is the better on val of the empty mask and the tissue mask.
 
 Memory: one image at a time, plus the model-space maps of the val images while a
 setting is chosen (about 17 bytes per model-space pixel each).
@@ -44,7 +44,7 @@ WHOLE_RULES: tuple[str, ...] = ("0.3", "0.5", "0.7", "otsu", "p90")
 """Threshold rules tried on the val images."""
 DECISIONS: tuple[float, ...] = (0.5, 0.7, 0.9, 0.97)
 """Decision thresholds (the gate of the blended lesion probability) tried on val."""
-CEILING_RULES: tuple[str, ...] = ("0.3", "0.4", "0.5", "0.6", "0.7")
+CEILING_RULES: tuple[str, ...] = ("0.3", "0.5", "0.7", "0.8", "0.9", "0.95")
 WHOLE = Tiling(mode=Whole.ALWAYS)
 """The default tiling of an evaluation: every image slid, at the model's scale."""
 
@@ -207,10 +207,14 @@ def whole_ceiling(model: LoadedModel, data: Path | FolderDataset, student: Stude
                   on_progress: OnProgress | None = None, should_stop: ShouldStop | None = None,
                   ) -> tuple[WholeReport, WholeChoice]:
     """The ceiling slid over the test images: ``student`` (a U-Net trained on the true
-    masks) in ``model``'s student's place, ungated, its threshold chosen on val."""
+    masks) in ``model``'s student's place, its threshold chosen on val among
+    :data:`CEILING_RULES`, ungated or gated by the classifier's blended probability at
+    one of :data:`DECISIONS` (the same choices camseg's masks get), whichever is better."""
     ceiled = with_ceiling(model, student)
-    choice = choose_whole(ceiled, data, ceiling_options(), tiling=tiling, rules=CEILING_RULES,
-                          on_progress=on_progress, should_stop=should_stop)
+    choices = [choose_whole(ceiled, data, replace(ceiling_options(), gate=gate), tiling=tiling, rules=CEILING_RULES,
+                            on_progress=on_progress, should_stop=should_stop) for gate in (False, True)]
+    choice = max(choices, key=lambda c: c.val_dice)
+    choice = replace(choice, tried={k: v for c in choices for k, v in c.tried.items()})
     report, _ = evaluate_whole(ceiled, data, choice.options, tiling=tiling, name="ceiling",
                                on_progress=on_progress, should_stop=should_stop)
     return report, choice
