@@ -23,12 +23,15 @@ def test_demo_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lines: list[str] = []
     try:
         report = run_demo(DemoConfig(out=tmp_path / "demo", n=120, size=32, epochs=1, archs=("densenet",),
-                                     refiners=("crf",), distill_epochs=1),
+                                     refiners=("crf",), distill_epochs=1, whole_images=10, whole_size=(160, 192)),
                           say=lines.append, steps=demo_steps(Settings()) + job_steps(Settings()))
     finally:
         redis.Redis.from_url(url).flushdb()
     text = report.read_text()
     assert "## Mean Dice" in text and "## Filtered retraining" in text and "keep-cold" in text
+    # whole images: the classifier slid over full-field images, beside the floor and the slid ceiling
+    assert "## Whole images" in text and "| ceiling |" in text and "| floor |" in text
+    assert {"whole_froc.png", "whole_densenet.png"} <= {p.name for p in (tmp_path / "demo" / "figures").iterdir()}
     # where the heatmaps sit, measured for the paper's claim about DenseNet121
     assert "## The paper's finding" in text and "DenseNet121" in text
     assert "holds" in text or "does not hold" in text
@@ -37,6 +40,9 @@ def test_demo_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             "overlays_densenet_paper.png", "overlays_densenet_best.png", "overlays_densenet_recipe.png",
             "heat_location.png"} <= figs
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    whole = res["whole"]["models"]["densenet"]
+    assert whole["camseg"]["summary"]["images"] == len(whole["camseg"]["rows"]) > 0
+    assert whole["ceiling"] is not None and whole["bounds"]["floor"] == whole["floor"]["dice"]
     # what a Dice is worth: the floor and the ceiling, once per data set, beside every ROI Dice table
     assert 0 < res["bounds"]["floor"] < 1 and (tmp_path / "demo" / "ceiling" / "ceiling.json").is_file()
     assert res["dice"]["densenet"]["bounds"] == res["bounds"]

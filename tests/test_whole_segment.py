@@ -137,6 +137,25 @@ def test_a_dicom_mammogram_gets_a_valid_seg_on_its_own_grid(trained_dir: Path, t
     assert {c["slice"] for c in lesions} == {"0"} and sum(int(c["area"]) for c in lesions) == int(got.sum())
 
 
+def test_a_scale_in_millimetres_reads_the_instances_pixel_spacing(trained_dir: Path, tmp_path: Path) -> None:
+    """A model trained at 0.2 mm per model pixel on an MG instance of 0.1 mm pixels: two
+    image pixels per model pixel, from the instance's own ImagerPixelSpacing."""
+    in_mm = tmp_path / "mm-model"
+    shutil.copytree(trained_dir, in_mm)
+    meta = json.loads((in_mm / "metadata.json").read_text())
+    meta["scale"] = {"mm_per_model_pixel": 0.2}
+    (in_mm / "metadata.json").write_text(json.dumps(meta))
+    src = write_mammogram(tmp_path / "mg" / "left.dcm", mammogram(seed=1))
+    rows = {}
+    for name, model, extra in (("mm", in_mm, []), ("px2", trained_dir, ["--scale", "2"])):
+        out = tmp_path / name
+        assert main(["segment", "--model", str(model), "--data", str(src), "--out", str(out), "--whole", "always",
+                     *extra, *FLAGS]) == 0
+        (rows[name],) = _csv(out / "results.csv")
+    assert rows["mm"]["error"] == "" and rows["mm"]["tiles"] == rows["px2"]["tiles"]
+    assert rows["mm"]["mask_voxels"] == rows["px2"]["mask_voxels"]
+
+
 def test_the_tiling_and_the_pixel_limit_travel_in_a_jobs_record() -> None:
     opts = Options(threshold=parse_rule("p90"), tiling=tiling_of("always", 2.0, 0.25))
     rec = json.loads(json.dumps(pipeline_record(opts, max_pixels=100, max_whole_pixels=400)))

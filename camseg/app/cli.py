@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                          "and record it in the model directory"),
     "distill": ("distill", "train a segmentation network on the model's heatmap pseudo-labels (the train split's "
                            "images only) and save it with the model"),
+    "evaluate-whole": ("evaluate_whole", "whole images: the classifier slid over them, scored by Dice, lesion FROC "
+                                         "and image AUC beside the floor and a ceiling"),
     "evaluate-real": ("evaluate_real", "leave-one-case-out Dice on sliced volumes (ids <case>-s<n>): each case "
                                        "scored by a classifier trained and tuned without it"),
     "demo": ("demo", "the whole method on synthetic data, with a report"),

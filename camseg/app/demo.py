@@ -26,6 +26,7 @@ from camseg.core.errors import CamsegError
 from camseg.core.outdir import fresh_dir
 from camseg.core.progress import OnProgress
 from camseg.data.folder import FolderDataset
+from camseg.data.fullfield import FullFieldConfig, synthesize_fullfield
 from camseg.data.real import build_real_dataset
 from camseg.data.synth import SynthConfig, synthesize
 from camseg.models import PAPER_NAMES
@@ -36,12 +37,13 @@ from camseg.pipeline.recipe_record import Recipe, describe, save_recipe
 from camseg.pipeline.run import LoadedModel, run
 from camseg.pipeline.student import DistillConfig
 from camseg.study import figures
-from camseg.study.bounds import Bounds, ceiling_config, dataset_bounds
+from camseg.study.bounds import Bounds, ceiling_config, dataset_bounds, load_ceiling
 from camseg.study.evaluation import DiceReport, evaluate_dice
 from camseg.study.location import LocationRow, evaluate_location, finding_markdown
 from camseg.study.realeval import leave_one_case_out
 from camseg.study.recipe import RecipeConfig, choose_recipe, make_distiller
 from camseg.study.retraining import filtered_retrain
+from camseg.study.wholeeval import whole_ceiling, whole_study
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,9 @@ class DemoConfig:
     location: bool = True  # where each model's heatmaps sit: inside the mass or along the ROI border
     dilated: bool = False  # dilation instead of stride in the last stage: a finer CAM layer, 2-4x the compute
     recipe: bool = True  # choose each model's recipe (TTA, gate, refinement, distillation) on val
-    # the random walk, the slowest refiner (about a minute per model here), is measured by the quality run
-    refiners: tuple[str, ...] = ("crf", "watershed", "grabcut")
+    # the dense CRF alone: watershed, GrabCut and the random walk (the slowest, about a minute per model
+    # here) are measured by the quality run; the demo's minutes go to the floor, the ceiling and whole images
+    refiners: tuple[str, ...] = ("crf",)
     refine_rules: tuple[str, ...] = ("0.4", "p85", "p90", "otsu")  # the threshold rules tried with each refiner
     tta: tuple[int, ...] = (4,)  # the test-time augmentations tried (8 is measured by the quality run)
     distill_epochs: int = 6  # 0 skips distillation
@@ -70,7 +73,13 @@ class DemoConfig:
     real: bool = False  # leave-one-case-out Dice on pyradiomics' real cases (fetched with pip)
     real_cache: Path = Path.home() / ".cache" / "camseg"
     bounds: bool = True  # floor (centred disk) and ceiling (a U-Net on the true masks, ``epochs`` epochs)
-    ceiling_base: int = 16  # the ceiling U-Net's first width
+    # the ceiling U-Net's first width: on the demo's data base 8 reaches base 16's Dice in a fraction of the time
+    ceiling_base: int = 8
+    # whole images: synthetic full-field images at the ROIs' pixel scale (0 skips), the classifiers slid over
+    # them with their recipes (TTA off: the window already averages overlapping tiles)
+    whole_images: int = 40
+    whole_size: tuple[int, int] = (640, 512)
+    whole_archs: tuple[str, ...] = ()  # default: every trained architecture
 
 
 # ``camseg demo --profile``: the demo within 15 minutes on two cores; the quality run
@@ -82,10 +91,11 @@ PROFILES: dict[str, DemoConfig] = {
     "demo": DemoConfig(),
     "quality": DemoConfig(out=Path("quality-out"), n=4000, epochs=25, distill_epochs=10, seeds=(1, 2), real=True,
                           refiners=("crf", "randomwalk", "watershed", "grabcut"), tta=(4, 8), archs=ALL_ARCHS,
+                          whole_images=120, whole_size=(1024, 832),
                           filter_archs=ALL_ARCHS),
     # the paper's comparison alone: all six classifiers, where their heatmaps sit, and the filtered
     # retraining of each; no recipes
-    "paper": DemoConfig(out=Path("paper-out"), archs=ALL_ARCHS, filter_archs=ALL_ARCHS, recipe=False),
+    "paper": DemoConfig(out=Path("paper-out"), archs=ALL_ARCHS, filter_archs=ALL_ARCHS, recipe=False, whole_images=0),
 }
 
 
@@ -203,6 +213,13 @@ def run_demo(cfg: DemoConfig, *, on_progress: OnProgress | None = None, say: Cal
     figures.training_curves(out / "figures" / "training.png", {a: m["history"] for a, m in models.items()})
     step("filtered")
 
+    whole: dict[str, Any] | None = None
+    if cfg.whole_images > 0:
+        say(f"[5/{total}] whole images: {cfg.whole_images} synthetic full-field images of "
+            f"{cfg.whole_size[0]}x{cfg.whole_size[1]}, the classifiers slid over them")
+        whole = _whole_images(cfg, out, loaded, recipes, on_progress)
+        step("whole images")
+
     seeds: dict[int, dict[str, dict[str, Any]]] = {}
     if cfg.seeds and recipes:
         # the spread of the final row: the architecture whose recipe is best on val, again per seed
@@ -233,7 +250,7 @@ def run_demo(cfg: DemoConfig, *, on_progress: OnProgress | None = None, say: Cal
                "location": {a: [asdict(r) for r in rows] for a, rows in locations.items()},
                "steps": {s.title: s.data for s in extra},
                "recipes": {a: r.to_dict() for a, r in recipes.items()},
-               "seeds": {str(k): v for k, v in seeds.items()}, "real": real,
+               "seeds": {str(k): v for k, v in seeds.items()}, "real": real, "whole": whole,
                "bounds": bounds.to_dict() if bounds is not None else None,
                "timings_seconds": timings, "camseg_version": __version__}
     write_json(out / "results.json", results)
@@ -274,6 +291,79 @@ def _real_slices(cfg: DemoConfig, out: Path, on_progress: OnProgress | None) -> 
         logger.warning("real slices, whole: skipped: %s", exc.message)
         whole_part = {"error": exc.message}
     return {"report": report.to_dict(), "markdown": report.to_markdown(), "whole": whole_part}
+
+
+def _whole_images(cfg: DemoConfig, out: Path, loaded: dict[str, LoadedModel], recipes: dict[str, Recipe],
+                  on_progress: OnProgress | None) -> dict[str, Any]:
+    """The ROI classifiers slid over synthetic full-field images (val to choose the
+    threshold and gate, test to report), beside the floor and the ROI ceiling slid the
+    same way; FROC curves and overlays as figures."""
+    wdir = out / "whole"
+    data = synthesize_fullfield(wdir / "data", FullFieldConfig(
+        n=cfg.whole_images, height=cfg.whole_size[0], width=cfg.whole_size[1], roi_size=cfg.size,
+        seed=cfg.seed, split=(0.0, 0.4, 0.6)), on_progress=on_progress)
+    archs = cfg.whole_archs or tuple(loaded)
+    ceiling = None
+    if (out / "ceiling").is_dir():
+        student, _ = load_ceiling(out / "ceiling")
+        ceiling = whole_ceiling(loaded[archs[0]], data, student, on_progress=on_progress)
+    res: dict[str, Any] = {"data": str(data), "images": cfg.whole_images, "size": list(cfg.whole_size), "models": {}}
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for arch in archs:
+        model = loaded[arch]
+        opts = replace(recipes[arch].options, tta=1) if arch in recipes else None
+        study, kept = whole_study(model, data, ceiling=ceiling, options=opts, name=arch, keep=4,
+                                  on_progress=on_progress)
+        res["models"][arch] = study.to_dict()
+        f = study.report.froc()
+        curves[arch] = (f.fp_per_image, f.sensitivity)
+        figures.whole_overlays(out / "figures" / f"whole_{arch}.png", kept)
+    if ceiling is not None:
+        f = ceiling[0].froc()
+        curves["ceiling (U-Net on the true masks)"] = (f.fp_per_image, f.sensitivity)
+    figures.froc_curve(out / "figures" / "whole_froc.png", curves, "Whole images: lesion FROC (test)")
+    return res
+
+
+def _whole_section(whole: dict[str, Any]) -> list[str]:
+    """The report's whole-image table: Dice on lesion images, FROC, AUC, false area, with
+    the floor, the ceiling and the position."""
+    h, w = whole["size"]
+    lines = ["", "## Whole images", "",
+             f"{whole['images']} synthetic full-field images of {h}x{w} at the ROIs' pixel scale (breast on a dark "
+             "background, 0-3 masses anywhere in the tissue, drawn like the ROIs' masses); each classifier slid "
+             "over them (tiles of its input size, half overlap, tiles without tissue skipped), its recipe's method "
+             "with the threshold and gate chosen on the val images, scored on the test images. FROC: lesion "
+             "sensitivity at 0.25, 0.5, 1, 2 and 4 false positives per image (a candidate hits a lesion when its "
+             "centroid lies in it or within its equivalent radius of its centre).", "",
+             "| model | setting | Dice (lesion images) | FROC @0.25 | @0.5 | @1 | @2 | @4 | image AUC "
+             "| false area on normals | floor | ceiling | position |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ceiling_row = floor_row = None
+    for arch, m in whole["models"].items():
+        s = m["camseg"]["summary"]
+        at = (s["froc"] or {}).get("at_rates", {})
+        b = Bounds.from_dict(m["bounds"])
+        lines.append(f"| {arch} | {m['choice']['label']} | {_fmt(s['mean_dice'])} | "
+                     + " | ".join(_fmt(at.get(k, float('nan'))) for k in ("0.25", "0.5", "1", "2", "4"))
+                     + f" | {_fmt(s['auc'])} | {_fmt(s['false_fraction'])} | {b.cells(s['mean_dice'])} |")
+        if m.get("ceiling") and ceiling_row is None:
+            c = m["ceiling"]["summary"]
+            cat = (c["froc"] or {}).get("at_rates", {})
+            ceiling_row = (f"| ceiling | {m['ceiling_choice']['label']} | {_fmt(c['mean_dice'])} | "
+                           + " | ".join(_fmt(cat.get(k, float('nan'))) for k in ("0.25", "0.5", "1", "2", "4"))
+                           + f" | {_fmt(c['auc'])} | {_fmt(c['false_fraction'])} | | | |")
+        if floor_row is None:
+            floor = m["floor"]
+            floor_row = (f"| floor | {floor['choice']} mask (chosen on val) | {_fmt(floor['dice'])} | | | | | | "
+                           f"| {_fmt(floor['false_fraction'])} | | | |")
+    lines += [row for row in (ceiling_row, floor_row) if row is not None]
+    lines += ["", "The ceiling is the U-Net trained on the ROIs' true masks (the Dice tables' ceiling), slid by "
+              "the same window, its threshold and gate chosen on val like camseg's. *position* = "
+              "(Dice - floor) / (ceiling - floor).", "",
+              "![FROC](figures/whole_froc.png)", ""]
+    lines += [f"![{arch}](figures/whole_{arch}.png)" for arch in whole["models"]]
+    return lines
 
 
 def _final_val(recipe: Recipe) -> float:
@@ -487,6 +577,8 @@ def _report(res: dict[str, Any], extra: Sequence[StepResult],
         lines += ["", f"`camseg segment` with the best setting on the test split: {s['images']} images, accuracy "
                   f"{_fmt(s['accuracy'])}, mean Dice {_fmt(s['mean_dice'])} over {s['with_truth']} truth masks "
                   f"(masks and overlays in `segment/{arch}/`)."]
+    if res.get("whole"):
+        lines += _whole_section(res["whole"])
     real = res.get("real")
     if real:
         lines += ["", "## Real slices", ""]

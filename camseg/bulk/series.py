@@ -105,6 +105,8 @@ def segment_series(model: LoadedModel, series: dicom.Series, options: Options, *
     if options.threshold is None:
         raise InvalidInputError("segmenting a series needs a threshold rule")
     images = series.windowed(windowing)
+    if options.tiling.spacing_mm is None and (spacing := pixel_spacing(series)) is not None:
+        options = replace(options, tiling=replace(options.tiling, spacing_mm=spacing))
     opts = replace(options, encodings=frozenset(options.encodings - {Encoding.MASK_PNG, Encoding.MASK_BITS,
                                                                      Encoding.MASK_RLE, Encoding.OVERLAY_PNG}))
     res = run(model, list(images), opts, on_progress=on_progress, should_stop=should_stop, task=series.name)
@@ -113,6 +115,26 @@ def segment_series(model: LoadedModel, series: dicom.Series, options: Options, *
     probs = np.stack([r.probabilities for r in res.items]).astype(np.float32)
     return SeriesResult(series, mask, heat, probs, np.array([r.label for r in res.items], dtype=np.int64),
                         tuple(r.whole for r in res.items))
+
+
+def pixel_spacing(series: dicom.Series) -> float | None:
+    """The series' in-plane pixel spacing in mm (the mean of rows and columns), for a model
+    whose scale is recorded in millimetres: PixelSpacing, else ImagerPixelSpacing of the
+    first instance; a volume file's own spacing; None where none is recorded."""
+    if series.datasets:
+        ds = series.datasets[0]
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            value = ds.get(keyword)
+            try:
+                pair = [float(v) for v in value] if value is not None else []
+            except (TypeError, ValueError):
+                pair = []
+            if len(pair) == 2 and all(v > 0 for v in pair):
+                return (pair[0] + pair[1]) / 2
+        return None
+    if series.geometry is not None:
+        return float(np.mean(series.geometry.spacing[:2]))
+    return None
 
 
 def algorithm(model: LoadedModel, options: Options, labels: dict[str, str] | None = None) -> dicom.Algorithm:

@@ -180,11 +180,20 @@ def decode_limit(tiling: Tiling, max_pixels: int, max_whole_pixels: int) -> int:
     return max_pixels if tiling.mode is Whole.NEVER else max(max_pixels, max_whole_pixels)
 
 
+_NO_SCALE = "has no recorded scale (source pixels per model pixel) for whole images; give one (--scale, Tiling.scale)"
+
+
+def check_scale(model: LoadedModel, tiling: Tiling) -> None:
+    """Refuse, before any image is read, whole images for a model with no scale at all (a
+    scale in millimetres is checked per image, against its pixel spacing)."""
+    if tiling.scale is None and (model.config is None or model.config.scale is None):
+        raise InvalidInputError(f"{model.path.name} {_NO_SCALE}")
+
+
 def require_scale(model: LoadedModel, tiling: Tiling) -> float:
     scale = model_scale(model, tiling)
     if scale is None:
-        raise InvalidInputError(f"{model.path.name} has no recorded scale (source pixels per model pixel) for "
-                                "whole images; give one (--scale, Tiling.scale)")
+        raise InvalidInputError(f"{model.path.name} {_NO_SCALE}")
     return scale
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -199,4 +199,23 @@ def mask_pairs(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.35 / (3.0 * len(rows))) if title else None)
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def whole_overlays(path: Path, items: Sequence[tuple[str, Any, Any, Any]], *, side: int = 480) -> None:
+    """Whole images downsampled to about ``side`` pixels, the mask outlined in yellow
+    and the truth in red, one panel per ``(id, image, truth, mask)``."""
+    n = max(1, len(items))
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 4), squeeze=False)
+    for ax, (sid, image, truth, mask) in zip(axes[0], items, strict=False):
+        step = max(1, int(np.ceil(max(image.shape[:2]) / side)))
+        ax.imshow(np.asarray(image)[::step, ::step], cmap="gray", vmin=0, vmax=1)
+        for m, colour in ((truth, "red"), (mask, "yellow")):
+            small = np.asarray(m, dtype=bool)[::step, ::step]
+            if small.any():
+                ax.contour(small, levels=[0.5], colors=colour, linewidths=0.8)
+        ax.set_title(sid, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

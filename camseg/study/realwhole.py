@@ -17,7 +17,8 @@ per fold:
    normal slices, lesion FROC and image AUC (:mod:`camseg.study.wholemetrics`).
 4. The **ceiling**: a U-Net trained on the true masks of the same train ROIs with the
    same epoch budget (:func:`camseg.study.bounds.fit_ceiling`), slid the same way, its
-   threshold chosen on the val slices. The **floor**: the better on the val slices of the
+   threshold and gate (none, or the classifier's) chosen on the val slices, as
+   :func:`camseg.study.wholeeval.whole_ceiling` chooses them. The **floor**: the better on the val slices of the
    empty and the tissue mask (:func:`~camseg.study.wholeeval.whole_floor_of`).
 
 Pooled numbers are over all held-out lesion slices (each fold's own models); the
@@ -35,7 +36,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +175,8 @@ class WholeLocoReport:
             "slice of the held-out case. The threshold and the decision threshold are chosen on the val case's "
             "slices. Dice is the mean over lesion slices; a lesion slice given no mask scores 0. "
             f"Ceiling: a U-Net trained on the true masks of the same train ROIs ({cfg['ceiling_epochs']} epochs), "
-            "slid the same way, its threshold chosen on val. Floor: the better on val of the empty and the tissue "
-            "mask. *position* = (Dice - floor) / (ceiling - floor).", "",
+            "slid the same way, its threshold and gate chosen on val. Floor: the better on val of the empty and the "
+            "tissue mask. *position* = (Dice - floor) / (ceiling - floor).", "",
             f"> Small numbers: {n_lesion} lesion slices in all. Read them as a check of the method on held-out real "
             "slices, not a precise estimate.", "",
             "| held-out case | lesion / normal slices | val case | train ROIs (lesion / normal) | "
@@ -375,8 +376,10 @@ def _fold(data: Path, fold: Path, case: str, val: str, train_cases: list[str], o
     report, kept = evaluate_whole(model, ds, choice.options, tiling=tiling, name=case, keep=len(test_idx),
                                   on_progress=on_progress, should_stop=should_stop)
     ceiled = with_ceiling(model, ceiling.student)
-    c_choice = choose_whole(ceiled, ds, ceiling_options(), tiling=tiling, rules=CEILING_RULES,
-                            on_progress=on_progress, should_stop=should_stop)
+    # as camseg.study.wholeeval.whole_ceiling: threshold and gate (none, or the classifier's) chosen on val
+    tried = [choose_whole(ceiled, ds, replace(ceiling_options(), gate=gate), tiling=tiling, rules=CEILING_RULES,
+                          on_progress=on_progress, should_stop=should_stop) for gate in (False, True)]
+    c_choice = replace(max(tried, key=lambda c: c.val_dice), tried={k: v for c in tried for k, v in c.tried.items()})
     c_report, c_kept = evaluate_whole(ceiled, ds, c_choice.options, tiling=tiling, name=f"{case} ceiling",
                                       keep=len(test_idx), on_progress=on_progress, should_stop=should_stop)
     notes = list(report.notes)

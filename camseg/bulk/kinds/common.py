@@ -12,7 +12,7 @@ from camseg.core.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_WHOLE_PIXELS
 from camseg.data.folder import FolderDataset
 from camseg.pipeline.options import Choices, Options
 from camseg.pipeline.run import LoadedModel
-from camseg.pipeline.whole import Tiling, Whole, decode_limit, require_scale
+from camseg.pipeline.whole import Tiling, Whole, check_scale, decode_limit
 
 MAX_PIXELS = "max_pixels"
 """The key of a segmenting job's options that bounds the images it decodes."""
@@ -33,7 +33,7 @@ def segmentation_options(model_dir: Path, options: Options | Choices | None,
         raise InvalidInputError("bulk segmentation needs a threshold rule")
     model.engine_for(opts)
     if opts.tiling.mode is Whole.ALWAYS:
-        require_scale(model, opts.tiling)
+        check_scale(model, opts.tiling)
     return model, opts
 
 
