@@ -36,7 +36,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -377,9 +377,8 @@ def _fold(data: Path, fold: Path, case: str, val: str, train_cases: list[str], o
                                   on_progress=on_progress, should_stop=should_stop)
     ceiled = with_ceiling(model, ceiling.student)
     # as camseg.study.wholeeval.whole_ceiling: threshold and gate (none, or the classifier's) chosen on val
-    tried = [choose_whole(ceiled, ds, replace(ceiling_options(), gate=gate), tiling=tiling, rules=CEILING_RULES,
-                          on_progress=on_progress, should_stop=should_stop) for gate in (False, True)]
-    c_choice = replace(max(tried, key=lambda c: c.val_dice), tried={k: v for c in tried for k, v in c.tried.items()})
+    c_choice = choose_whole(ceiled, ds, ceiling_options(), tiling=tiling, rules=CEILING_RULES,
+                            on_progress=on_progress, should_stop=should_stop)
     c_report, c_kept = evaluate_whole(ceiled, ds, c_choice.options, tiling=tiling, name=f"{case} ceiling",
                                       keep=len(test_idx), on_progress=on_progress, should_stop=should_stop)
     notes = list(report.notes)

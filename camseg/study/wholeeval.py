@@ -2,8 +2,8 @@
 scored by Dice, false area, lesion FROC and image AUC (:mod:`camseg.study.wholemetrics`),
 beside its floor and its ceiling (:mod:`camseg.study.bounds`).
 
-The threshold rule and the decision threshold (the gate of the blended probability)
-are chosen on the val images, by mean Dice over those with a lesion: the classifier is
+The threshold rule, whether the blended probability gates the map, and at which
+decision threshold, are chosen on the val images, by mean Dice over those with a lesion: the classifier is
 slid over each val image once (:func:`camseg.pipeline.whole.whole_maps`) and every
 candidate setting makes its masks from the same maps (:func:`~camseg.pipeline.whole.masks_of`).
 
@@ -84,12 +84,13 @@ def _slide(model: LoadedModel, ds: FolderDataset, idx: Sequence[int], opts: Opti
 
 def choose_whole(model: LoadedModel, data: Path | FolderDataset, options: Options | None = None, *,
                  tiling: Tiling = WHOLE, split: str = "val", rules: Sequence[str] = WHOLE_RULES,
-                 decisions: Sequence[float] = DECISIONS, on_progress: OnProgress | None = None,
-                 should_stop: ShouldStop | None = None) -> WholeChoice:
-    """The threshold rule and decision threshold with the best mean Dice over the
+                 decisions: Sequence[float] = DECISIONS, gates: Sequence[bool] = (False, True),
+                 on_progress: OnProgress | None = None, should_stop: ShouldStop | None = None) -> WholeChoice:
+    """The threshold rule, gate and decision threshold with the best mean Dice over the
     ``split`` images with a lesion, for ``options`` (default: the model's recipe, else
-    its defaults); the method, layer, TTA and refinement stay. Without the gate
-    (``options.gate`` False) only the rules are tried."""
+    its defaults); the method, layer, TTA and refinement stay. ``gates``: ungated
+    (every rule), gated (every rule at every decision threshold), or both. Ties keep the
+    first tried."""
     ds = data if isinstance(data, FolderDataset) else FolderDataset.open(data)
     idx = ds.subset(split)
     base = _whole(options or model.default_options(), tiling)
@@ -100,9 +101,10 @@ def choose_whole(model: LoadedModel, data: Path | FolderDataset, options: Option
         raise InvalidInputError(f"{ds.root}: no {split} image with a lesion to choose a whole-image setting on")
     tried: dict[str, float] = {}
     best: tuple[float, Options] | None = None
-    for decision in (decisions if base.gate else (None,)):
+    settings = [(gate, decision) for gate in gates for decision in (decisions if gate else (None,))]
+    for gate, decision in settings:
         for rule in rules:
-            opts = replace(base, threshold=parse_rule(rule), decision_threshold=decision)
+            opts = replace(base, threshold=parse_rule(rule), gate=gate, decision_threshold=decision)
             scores = []
             for maps, truth in lesion:
                 _, mask, _, _ = masks_of(maps, opts)
@@ -211,10 +213,8 @@ def whole_ceiling(model: LoadedModel, data: Path | FolderDataset, student: Stude
     :data:`CEILING_RULES`, ungated or gated by the classifier's blended probability at
     one of :data:`DECISIONS` (the same choices camseg's masks get), whichever is better."""
     ceiled = with_ceiling(model, student)
-    choices = [choose_whole(ceiled, data, replace(ceiling_options(), gate=gate), tiling=tiling, rules=CEILING_RULES,
-                            on_progress=on_progress, should_stop=should_stop) for gate in (False, True)]
-    choice = max(choices, key=lambda c: c.val_dice)
-    choice = replace(choice, tried={k: v for c in choices for k, v in c.tried.items()})
+    choice = choose_whole(ceiled, data, ceiling_options(), tiling=tiling, rules=CEILING_RULES,
+                          on_progress=on_progress, should_stop=should_stop)
     report, _ = evaluate_whole(ceiled, data, choice.options, tiling=tiling, name="ceiling",
                                on_progress=on_progress, should_stop=should_stop)
     return report, choice
