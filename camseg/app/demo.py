@@ -77,9 +77,9 @@ class DemoConfig:
     ceiling_base: int = 8
     # whole images: synthetic full-field images at the ROIs' pixel scale (0 skips), the classifiers slid over
     # them with their recipes (TTA off: the window already averages overlapping tiles)
-    whole_images: int = 40
+    whole_images: int = 30
     whole_size: tuple[int, int] = (640, 512)
-    whole_archs: tuple[str, ...] = ()  # default: every trained architecture
+    whole_archs: tuple[str, ...] = ()  # default: the two whose recipes are best on val (every one without recipes)
 
 
 # ``camseg demo --profile``: the demo within 15 minutes on two cores; the quality run
@@ -91,7 +91,7 @@ PROFILES: dict[str, DemoConfig] = {
     "demo": DemoConfig(),
     "quality": DemoConfig(out=Path("quality-out"), n=4000, epochs=25, distill_epochs=10, seeds=(1, 2), real=True,
                           refiners=("crf", "randomwalk", "watershed", "grabcut"), tta=(4, 8), archs=ALL_ARCHS,
-                          whole_images=120, whole_size=(1024, 832),
+                          whole_images=120, whole_size=(1024, 832), whole_archs=ALL_ARCHS,
                           filter_archs=ALL_ARCHS),
     # the paper's comparison alone: all six classifiers, where their heatmaps sit, and the filtered
     # retraining of each; no recipes
@@ -302,7 +302,8 @@ def _whole_images(cfg: DemoConfig, out: Path, loaded: dict[str, LoadedModel], re
     data = synthesize_fullfield(wdir / "data", FullFieldConfig(
         n=cfg.whole_images, height=cfg.whole_size[0], width=cfg.whole_size[1], roi_size=cfg.size,
         seed=cfg.seed, split=(0.0, 0.4, 0.6)), on_progress=on_progress)
-    archs = cfg.whole_archs or tuple(loaded)
+    ranked = sorted(recipes, key=lambda a: -_final_val(recipes[a]))
+    archs = cfg.whole_archs or tuple(ranked[:2]) or tuple(loaded)
     ceiling = None
     if (out / "ceiling").is_dir():
         student, _ = load_ceiling(out / "ceiling")

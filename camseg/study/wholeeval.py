@@ -31,6 +31,7 @@ from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.core.types import BoolArray
 from camseg.data.folder import FolderDataset
 from camseg.heat.methods import Segmenter
+from camseg.heat.refine import Refiner
 from camseg.heat.rules import parse_rule
 from camseg.heat.tissue import tissue_mask
 from camseg.pipeline.options import Options
@@ -45,6 +46,8 @@ WHOLE_RULES: tuple[str, ...] = ("0.3", "0.5", "0.7", "otsu", "p90")
 DECISIONS: tuple[float, ...] = (0.5, 0.7, 0.9, 0.97)
 """Decision thresholds (the gate of the blended lesion probability) tried on val."""
 CEILING_RULES: tuple[str, ...] = ("0.3", "0.5", "0.7", "0.8", "0.9", "0.95")
+REFINED = 3
+"""The settings, best on unrefined masks, tried again with the options' refinement."""
 WHOLE = Tiling(mode=Whole.ALWAYS)
 """The default tiling of an evaluation: every image slid, at the model's scale."""
 
@@ -89,8 +92,9 @@ def choose_whole(model: LoadedModel, data: Path | FolderDataset, options: Option
     """The threshold rule, gate and decision threshold with the best mean Dice over the
     ``split`` images with a lesion, for ``options`` (default: the model's recipe, else
     its defaults); the method, layer, TTA and refinement stay. ``gates``: ungated
-    (every rule), gated (every rule at every decision threshold), or both. Ties keep the
-    first tried."""
+    (every rule), gated (every rule at every decision threshold), or both. Every setting
+    is scored on unrefined masks, and the :data:`REFINED` best again with the options'
+    refinement (``tried`` lists the unrefined scores). Ties keep the first tried."""
     ds = data if isinstance(data, FolderDataset) else FolderDataset.open(data)
     idx = ds.subset(split)
     base = _whole(options or model.default_options(), tiling)
@@ -99,23 +103,33 @@ def choose_whole(model: LoadedModel, data: Path | FolderDataset, options: Option
     lesion = [(m, t) for m, t in slid if t.any()]
     if not lesion:
         raise InvalidInputError(f"{ds.root}: no {split} image with a lesion to choose a whole-image setting on")
+    def score(opts: Options) -> float:
+        scores = []
+        for maps, truth in lesion:
+            _, mask, _, _ = masks_of(maps, opts)
+            assert mask is not None
+            scores.append(mask_dice(mask, truth))
+        return float(np.mean(scores))
+
+    # every setting on unrefined masks (refinement costs a CRF or a random walk per region);
+    # the best few again with the options' refinement, which the final choice carries
+    refine = base.refine
     tried: dict[str, float] = {}
-    best: tuple[float, Options] | None = None
+    ranked: list[tuple[float, int, Options]] = []
     settings = [(gate, decision) for gate in gates for decision in (decisions if gate else (None,))]
     for gate, decision in settings:
         for rule in rules:
-            opts = replace(base, threshold=parse_rule(rule), gate=gate, decision_threshold=decision)
-            scores = []
-            for maps, truth in lesion:
-                _, mask, _, _ = masks_of(maps, opts)
-                assert mask is not None
-                scores.append(mask_dice(mask, truth))
-            d = float(np.mean(scores))
+            opts = replace(base, threshold=parse_rule(rule), gate=gate, decision_threshold=decision,
+                           refine=Refiner.NONE)
+            d = score(opts)
             tried[f"t={rule}" + (f" gate={decision:g}" if decision is not None else "")] = round(d, 4)
-            if best is None or d > best[0] + 1e-9:
-                best = (d, opts)
+            ranked.append((d, len(ranked), opts))
+    ranked.sort(key=lambda r: (-r[0], r[1]))
+    if refine is not Refiner.NONE:
+        ranked = sorted(((score(replace(o, refine=refine)), k, replace(o, refine=refine)) for _, k, o in
+                         ranked[:REFINED]), key=lambda r: (-r[0], r[1]))
+    best = (ranked[0][0], ranked[0][2])
     tracker.finish()
-    assert best is not None
     return WholeChoice(best[1], best[0], tried)
 
 
