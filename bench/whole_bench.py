@@ -86,7 +86,7 @@ from camseg.data.synth import SynthConfig, power_law_noise, synthesize
 from camseg.io.codecs import encode_png, write_png
 from camseg.io.inputs import decode_image
 from camseg.models.export import export_model
-from camseg.models.modeldir import METADATA_FILE, ONNX_FILE, read_metadata, write_json
+from camseg.models.modeldir import ONNX_FILE, read_metadata
 from camseg.models.training import TrainConfig, train_from_folder
 from camseg.pipeline.options import Engine, Options
 from camseg.pipeline.run import LoadedModel, Result, run
@@ -126,15 +126,14 @@ def texture(shape: tuple[int, int], *, background: float = 0.0, seed: int = 0) -
 
 
 def make_model(args: argparse.Namespace, work: Path) -> Path:
-    """A trained, exported camseg model directory with scale 1.0 in its metadata."""
+    """A trained, exported camseg model directory (synthetic ROIs record scale 1)."""
     if args.weights is not None:
         return Path(args.weights)
     data = synthesize(work / "data", SynthConfig(n=args.train_images, size=64, seed=0))
     out = work / "model"
     train_from_folder(data, "resnet", out, TrainConfig(epochs=args.epochs, batch_size=32, seed=0),
                       input_size=64, channels=1, width=16)
-    meta = read_metadata(out)
-    write_json(out / METADATA_FILE, {**meta, "scale": 1.0})
+    assert read_metadata(out)["scale"] == {"source_pixels_per_model_pixel": 1.0}
     if not (out / ONNX_FILE).is_file():
         export_model(out, n_images=8, providers="CPUExecutionProvider")
     return out
