@@ -405,7 +405,8 @@ def run(
     items: list[ImageResult | None] = [None] * len(images)
     layers: tuple[str, ...] = ()
     whole = [i for i, img in enumerate(images) if is_whole(model, img.shape, opts.tiling)]
-    rois = [i for i in range(len(images)) if i not in set(whole)]
+    whole_set = set(whole)
+    rois = [i for i in range(len(images)) if i not in whole_set]
     for start in range(0, len(rois), opts.chunk):
         chunk = rois[start : start + opts.chunk]
         part = [images[i] for i in chunk]

@@ -56,7 +56,7 @@ from camseg.heat.lesions import Lesion, label_components, lesions_of
 from camseg.heat.masks import _otsu, largest_component
 from camseg.heat.refine import Refiner, refine_masks
 from camseg.heat.rules import ThresholdRule
-from camseg.heat.tissue import tissue_low
+from camseg.heat.tissue import tissue_low, upsample_mask
 
 if TYPE_CHECKING:
     from camseg.pipeline.options import Engine, Options
@@ -295,6 +295,11 @@ class WholeMaps:
     skipped: int
     padded: bool
 
+    def tissue_at_image_size(self) -> BoolArray:
+        """The tissue mask the window used, at the image's own size."""
+        out: BoolArray = _to_image_size(self.tissue, self.shape)
+        return out
+
 
 def whole_maps(model: LoadedModel, image: FloatArray, opts: Options, engine: Engine, *,
                on_progress: OnProgress | None = None, should_stop: ShouldStop | None = None) -> WholeMaps:
@@ -346,7 +351,7 @@ def whole_maps(model: LoadedModel, image: FloatArray, opts: Options, engine: Eng
     np.divide(acc_h, acc_w, out=acc_h, where=covered)
     np.divide(acc_p, acc_w, out=acc_p, where=covered)
     del acc_w, covered
-    tissue = np.repeat(np.repeat(tissue_lo, f, 0), f, 1)[:h, :w] if f > 1 else tissue_lo[:h, :w]
+    tissue = upsample_mask(tissue_lo, (h, w), f)
     if best_p < 0:  # no tile had tissue: the classifier never ran
         negatives = [c for c in range(n_classes) if c not in pos] or pos
         best_probs[negatives[0]] = 1.0

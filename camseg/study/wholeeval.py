@@ -154,7 +154,7 @@ def evaluate_whole(model: LoadedModel, data: Path | FolderDataset, options: Opti
         _, mask, _, info = masks_of(maps, opts)
         assert mask is not None
         sid = ds.samples[i].id
-        rows.append(image_row(sid, mask, t, info.lesions, info.score, tissue=tissue_mask(image)))
+        rows.append(image_row(sid, mask, t, info.lesions, info.score, tissue=maps.tissue_at_image_size()))
         if info.note:
             notes.append(f"{sid}: {info.note}")
         if len(kept) < keep:
