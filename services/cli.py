@@ -52,6 +52,13 @@ def register(sub: Any) -> None:
                                                         "output root")
     dl.add_argument("--spool", type=Path, default=None, help="folder for received instances")
     dl.add_argument("--metrics-port", type=int, default=None)
+    dl.add_argument("--tls-cert", type=Path, default=None, help="the listener's certificate: TLS associations only")
+    dl.add_argument("--tls-key", type=Path, default=None)
+    dl.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates from this CA")
+    dl.add_argument("--destination-ca", type=Path, default=None, help="send SEGs over TLS, verifying the "
+                                                                      "destination against this CA")
+    dl.add_argument("--destination-cert", type=Path, default=None, help="client certificate for the destination")
+    dl.add_argument("--destination-key", type=Path, default=None)
     dl.set_defaults(handler=dicom_listen)
 
     cl = sub.add_parser("client", help="call a running camseg service")
@@ -114,7 +121,10 @@ def dicom_listen(args: argparse.Namespace, settings: Settings) -> int:
     overrides: dict[str, Any] = {k: v for k, v in {
         "dicom_ae_title": args.ae_title, "dicom_host": args.host, "dicom_port": args.port,
         "dicom_model": args.model, "dicom_model_version": args.version, "dicom_destination": args.destination,
-        "dicom_spool": args.spool, "dicom_metrics_port": args.metrics_port,
+        "dicom_spool": args.spool, "dicom_metrics_port": args.metrics_port, "dicom_tls_cert": args.tls_cert,
+        "dicom_tls_key": args.tls_key, "dicom_tls_client_ca": args.tls_client_ca,
+        "dicom_destination_tls_ca": args.destination_ca, "dicom_destination_tls_cert": args.destination_cert,
+        "dicom_destination_tls_key": args.destination_key,
     }.items() if v is not None}
     listen_settings = settings.updated(**overrides)  # a bad flag: SettingsError, one line naming it
     stop = threading.Event()

@@ -42,6 +42,8 @@ Edge cases, and what is done:
   folder and enqueueing it are resumed, not duplicated (the job id is chosen first).
 * Senders that use one association per instance should set
   ``dicom_complete_on_release=false`` and rely on the quiet period.
+* With ``dicom_tls_cert`` the listener speaks TLS only (optionally requiring client
+  certificates), and with ``dicom_destination_tls_ca`` its sends do (:mod:`services.dicom_tls`).
 * Generations are kept after they end (the spool is the record); pruning is left to the
   deployment.
 """
@@ -49,12 +51,14 @@ Edge cases, and what is done:
 from __future__ import annotations
 
 import filecmp
+import ipaddress
 import json
 import logging
 import os
 import random
 import re
 import shutil
+import ssl
 import threading
 import time
 import uuid
@@ -76,6 +80,7 @@ from camseg.core.errors import CamsegError, InvalidInputError, shown
 from camseg.core.settings import Destination, Settings
 from camseg.models.modeldir import atomic_write_bytes
 from camseg.models.repository import ModelStore
+from services import dicom_tls
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +123,11 @@ class ListenerMetrics:
                              ["result"], registry=r)
         self.pending = Gauge("camseg_dicom_series_pending", "series generations not yet sent, filed or failed",
                              registry=r)
+        self.sends_pending = Gauge("camseg_dicom_sends_pending", "segmented series generations whose SEG waits "
+                                   "to be sent (sending: a send failed, or is due)", registry=r)
         for result in ("stored", "refused"):
             self.instances.labels(result)
-        for result in ("accepted", "rejected"):
+        for result in ("accepted", "rejected", "tls_refused"):
             self.associations.labels(result)
         for state in ("queued", "succeeded", "failed"):
             self.series.labels(state)
@@ -239,9 +246,11 @@ class SendError(Exception):
     """A SEG could not be delivered (the reason is the message)."""
 
 
-def c_store(files: list[Path], dest: Destination, *, ae_title: str, timeout: float) -> None:
-    """Send ``files`` to ``dest`` in one association; SendError unless each is stored
-    (status 0x0000, or a 0xBxxx warning that the peer stored it anyway)."""
+def c_store(files: list[Path], dest: Destination, *, ae_title: str, timeout: float,
+            tls: ssl.SSLContext | None = None) -> None:
+    """Send ``files`` to ``dest`` in one association (over TLS with ``tls``, the destination's
+    host name verified); SendError unless each is stored (status 0x0000, or a 0xBxxx warning
+    that the peer stored it anyway)."""
     datasets = [dcmread(f) for f in files]
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
@@ -249,9 +258,11 @@ def c_store(files: list[Path], dest: Destination, *, ae_title: str, timeout: flo
         syntaxes = list(dict.fromkeys([ds.file_meta.TransferSyntaxUID, ExplicitVRLittleEndian,
                                        ImplicitVRLittleEndian]))
         ae.add_requested_context(ds.SOPClassUID, syntaxes)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+                         tls_args=(tls, dest.host) if tls is not None else None)
     if not assoc.is_established:
-        what = "rejected" if assoc.is_rejected else "not established (unreachable, or aborted)"
+        how = "unreachable, TLS refused, or aborted" if tls else "unreachable, or aborted"
+        what = "rejected" if assoc.is_rejected else f"not established ({how})"
         raise SendError(f"association with {dest} {what}")
     try:
         for f, ds in zip(files, datasets, strict=True):
@@ -286,6 +297,9 @@ class DicomListener:
         self.settings = settings
         self.metrics = metrics or ListenerMetrics()
         self.destination = settings.destination
+        # bad certificate files fail here, before anything is created
+        self.server_tls = dicom_tls.server_context(settings)
+        self.send_tls = dicom_tls.client_context(settings)
         # its submissions read the spool, so the spool is one more data root of their jobs
         self.job_settings = settings.model_copy(
             update={"data_roots": [*settings.data_roots, settings.dicom_spool.resolve()]})
@@ -320,12 +334,19 @@ class DicomListener:
         handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted),
                     (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_RELEASED, self._on_end),
                     (evt.EVT_ABORTED, self._on_end), (evt.EVT_CONN_CLOSE, self._on_end)]
+        if self.server_tls is not None:
+            handlers.append((evt.EVT_CONN_OPEN, self._on_connect))
+        elif not _loopback(s.dicom_host):
+            logger.warning("DICOM over plaintext on %s, which is not a loopback address: anyone on the network can "
+                           "read the images; set CAMSEG_DICOM_TLS_CERT and CAMSEG_DICOM_TLS_KEY outside a "
+                           "trusted network", s.dicom_host)
         if s.dicom_metrics_port is not None:
             self._metrics_server, _ = start_http_server(s.dicom_metrics_port, addr=s.dicom_host,
                                                         registry=self.metrics.registry)
             self.metrics_port = int(self._metrics_server.server_port)
         try:
-            server = ae.start_server((s.dicom_host, s.dicom_port), block=False, evt_handlers=handlers)
+            server = ae.start_server((s.dicom_host, s.dicom_port), block=False, evt_handlers=handlers,
+                                     ssl_context=self.server_tls)
         except BaseException:
             self.stop()
             raise
@@ -334,8 +355,8 @@ class DicomListener:
         self.port = int(server.server_address[1])
         self._thread = threading.Thread(target=self._run, name="dicom-listener-poll", daemon=True)
         self._thread.start()
-        logger.info("listening as %s on %s:%d; %d series generations pending", s.dicom_ae_title, s.dicom_host,
-                    self.port, len(self._open))
+        logger.info("listening as %s on %s:%d (%s); %d series generations pending", s.dicom_ae_title, s.dicom_host,
+                    self.port, _tls_mode(s), len(self._open))
         return self.port
 
     def stop(self) -> None:
@@ -363,10 +384,15 @@ class DicomListener:
             if st.state == RECEIVING:
                 self._last[key] = now
         self.metrics.pending.set(len(self._open))
+        self.metrics.sends_pending.set(sum(st.state == SENDING for st in self._open.values()))
         if counts:
             logger.info("spool %s: %s", self.spool.root, ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
 
     # ------------------------------------------------------------------ SCP handlers
+    def _on_connect(self, event: evt.Event) -> None:
+        dicom_tls.handshake(event, self.settings.dicom_timeout_seconds,
+                            self.metrics.associations.labels("tls_refused").inc)
+
     def _on_accepted(self, event: evt.Event) -> None:
         self.metrics.associations.labels("accepted").inc()
 
@@ -470,6 +496,7 @@ class DicomListener:
                 logger.exception("series %s generation %d: poll failed", key[0], key[1])
         with self._lock:
             self.metrics.pending.set(len(self._open))
+            self.metrics.sends_pending.set(sum(st.state == SENDING for st in self._open.values()))
 
     def _set(self, key: Key, st: State) -> State:
         st = self.spool.write(key, st)
@@ -548,7 +575,7 @@ class DicomListener:
             return
         try:
             c_store(files, self.destination, ae_title=self.settings.dicom_ae_title,
-                    timeout=self.settings.dicom_timeout_seconds)
+                    timeout=self.settings.dicom_timeout_seconds, tls=self.send_tls)
         except (SendError, OSError, ValueError) as exc:
             self.metrics.sends.labels("failure").inc()
             st = self._set(key, replace(st, attempts=st.attempts + 1, next_try=self._backoff(st.attempts + 1),
@@ -567,6 +594,21 @@ class DicomListener:
             atomic_write_bytes(folder / f"{key[0]}{'' if i == 0 else f'-{i + 1}'}.dcm", f.read_bytes())
         self._set(key, replace(st, state=FILED_STATE, reason=""))
         logger.info("series %s generation %d: %d SEG filed under %s", key[0], key[1], len(files), folder)
+
+
+def _tls_mode(s: Settings) -> str:
+    if s.dicom_tls_cert is None:
+        return "plaintext"
+    return "TLS, client certificates required" if s.dicom_tls_client_ca is not None else "TLS"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class _JobEnded(CamsegError):

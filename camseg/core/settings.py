@@ -211,6 +211,16 @@ class DicomSection(BaseModel):
     dicom_poll_seconds: float = Field(1.0, gt=0, description="how often the listener looks at its series and jobs")
     dicom_timeout_seconds: float = Field(30.0, gt=0, description="network and DIMSE timeout of a send")
     dicom_retry_max_seconds: float = Field(300.0, gt=0, description="longest wait between two send attempts")
+    dicom_tls_cert: Path | None = Field(None, description="the listener's certificate (PEM); set with its key, "
+                                                          "associations are TLS only")
+    dicom_tls_key: Path | None = Field(None, description="its private key (PEM)")
+    dicom_tls_client_ca: Path | None = Field(None, description="require client certificates signed by this CA")
+    dicom_destination_tls_ca: Path | None = Field(
+        None, description="send the SEGs over TLS, verifying the destination's certificate and host name "
+                          "against this CA; none: plaintext")
+    dicom_destination_tls_cert: Path | None = Field(
+        None, description="a client certificate (PEM) for the destination, with its key (mutual TLS)")
+    dicom_destination_tls_key: Path | None = Field(None, description="its private key (PEM)")
 
     @field_validator("dicom_ae_title")
     @classmethod
@@ -237,6 +247,22 @@ class DicomSection(BaseModel):
         if v not in ("seg", "auto"):
             raise ValueError(f"output {shown(v)}: the listener sends and files DICOM SEG (seg or auto)")
         return v
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> DicomSection:
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise ValueError("dicom_tls_cert and dicom_tls_key (CAMSEG_DICOM_TLS_CERT, CAMSEG_DICOM_TLS_KEY) "
+                             "go together")
+        if self.dicom_tls_client_ca is not None and self.dicom_tls_cert is None:
+            raise ValueError("dicom_tls_client_ca (CAMSEG_DICOM_TLS_CLIENT_CA) needs the listener's own "
+                             "certificate and key (CAMSEG_DICOM_TLS_CERT, CAMSEG_DICOM_TLS_KEY)")
+        if (self.dicom_destination_tls_cert is None) != (self.dicom_destination_tls_key is None):
+            raise ValueError("dicom_destination_tls_cert and dicom_destination_tls_key "
+                             "(CAMSEG_DICOM_DESTINATION_TLS_CERT, CAMSEG_DICOM_DESTINATION_TLS_KEY) go together")
+        if self.dicom_destination_tls_cert is not None and self.dicom_destination_tls_ca is None:
+            raise ValueError("a client certificate for the destination needs CAMSEG_DICOM_DESTINATION_TLS_CA "
+                             "(the CA that signed the destination's certificate)")
+        return self
 
     @property
     def destination(self) -> Destination | None:
