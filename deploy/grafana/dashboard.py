@@ -55,8 +55,8 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], str]]]] =
          [("camseg_serving", "{{instance}}")],
          "1 while health reports SERVING; 0 while starting or draining."),
         ("Targets up", "short", "stat",
-         [('up{job=~"camseg-server|camseg-worker"}', "{{job}} {{instance}}")],
-         "Whether Prometheus reaches each server and worker."),
+         [('up{job=~"camseg-server|camseg-worker|camseg-dicom-listener"}', "{{job}} {{instance}}")],
+         "Whether Prometheus reaches each server, worker and DICOM receiver."),
     ]),
     ("Models", [
         ("Model versions served", "short", "table",
@@ -91,6 +91,25 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], str]]]] =
         ("Since the last success, by job kind", "s", "stat",
          [("time() - max by (kind) (camseg_job_last_success_timestamp_seconds)", "{{kind}}")],
          "Time since a job of each kind last succeeded (filtered retraining runs on a schedule)."),
+    ]),
+    ("DICOM receiver", [
+        ("Instances received", "short", "timeseries",
+         [("sum by (result) (rate(camseg_dicom_instances_received_total[$__rate_interval]))", "{{result}}")],
+         "C-STORE instances per second: stored in the spool, or refused (bad UIDs, a full disk)."),
+        ("Associations", "short", "timeseries",
+         [("sum by (result) (rate(camseg_dicom_associations_total[$__rate_interval]))", "{{result}}")],
+         "Associations per second: accepted, rejected (calling AE not allowed) or tls_refused (plaintext, no or "
+         "an untrusted client certificate)."),
+        ("Series by outcome (1 h)", "short", "stat",
+         [("sum by (state) (increase(camseg_dicom_series_total[1h]))", "{{state}}")],
+         "Series generations queued as jobs, segmented, or failed (the CamsegDicomSeriesFailing alert)."),
+        ("Series and SEGs waiting", "short", "timeseries",
+         [("sum(camseg_dicom_series_pending)", "series not yet sent, filed or failed"),
+          ("sum(camseg_dicom_sends_pending)", "SEGs waiting to be sent")],
+         "Work in the spool; SEGs that keep waiting mean the destination refuses them (CamsegDicomSendsBackingUp)."),
+        ("SEG sends", "short", "timeseries",
+         [("sum by (result) (rate(camseg_dicom_sends_total[$__rate_interval]))", "{{result}}")],
+         "C-STORE sends of SEGs to the destination per second; failures are retried with backoff."),
     ]),
 ]
 

@@ -15,7 +15,7 @@ import yaml
 
 from camseg.app.cli import build_parser
 from camseg.core.settings import unknown_variables
-from tests.deploy.manifests import DEFAULTS, IMAGE, WORKER_METRICS_PORT
+from tests.deploy.manifests import DEFAULTS, DICOM_METRICS_PORT, IMAGE, WORKER_METRICS_PORT
 from tests.deploy.tools import DEPLOY, compose, run, tool
 
 COMPOSE = DEPLOY / "compose"
@@ -50,14 +50,14 @@ def _config(*files: str) -> dict[str, Any]:
 def test_compose_config_accepts_the_files(files: tuple[str, ...]) -> None:
     cfg = _config(*files)
     services = cfg["services"]
-    assert set(services) == {"server", "worker", "beat", "redis", "prometheus", "grafana"}
-    commands = {"server": "serve", "worker": "worker", "beat": "beat"}
+    assert set(services) == {"server", "worker", "beat", "dicom-listener", "redis", "prometheus", "grafana"}
+    commands = {"server": "serve", "worker": "worker", "beat": "beat", "dicom-listener": "dicom-listen"}
     action = build_parser()._subparsers._group_actions[0]  # type: ignore[union-attr]
     subcommands = set(action.choices or ())
     names: set[str] = set()
     for name, command in commands.items():
         svc = services[name]
-        tag = "gpu" if len(files) == 2 and name != "beat" else "cpu"  # beat needs no GPU
+        tag = "gpu" if len(files) == 2 and name in ("server", "worker") else "cpu"  # beat, the listener: no GPU
         assert IMAGE.fullmatch(svc["image"]) and svc["image"].endswith(f":{tag}")
         assert svc["command"][0] == command and command in subcommands
         assert ("/models", True) in _mounts(svc)
@@ -74,10 +74,30 @@ def test_compose_config_accepts_the_files(files: tuple[str, ...]) -> None:
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {j["job_name"]: j["static_configs"][0]["targets"][0] for j in prom["scrape_configs"]}
     assert targets == {"camseg-server": f"server:{DEFAULTS.metrics_port}",
-                       "camseg-worker": f"worker:{WORKER_METRICS_PORT}"}
+                       "camseg-worker": f"worker:{WORKER_METRICS_PORT}",
+                       "camseg-dicom-listener": f"dicom-listener:{DICOM_METRICS_PORT}"}
+    _check_the_dicom_listener(cfg)
     if len(files) == 2:
         devices = services["server"]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["driver"] == "nvidia"
+
+
+def _check_the_dicom_listener(cfg: dict[str, Any]) -> None:
+    """Its ports, its spool on a named volume, the workers reading that spool, its own health check."""
+    services = cfg["services"]
+    lis, worker = services["dicom-listener"], services["worker"]
+    env = lis["environment"]
+    assert int(env["CAMSEG_DICOM_PORT"]) == DEFAULTS.dicom_port and env["CAMSEG_DICOM_HOST"] == "0.0.0.0"
+    assert int(env["CAMSEG_DICOM_METRICS_PORT"]) == DICOM_METRICS_PORT
+    assert _published(lis) == {DEFAULTS.dicom_port, DICOM_METRICS_PORT}
+    spool = env["CAMSEG_DICOM_SPOOL"]
+    sources = {(v.split(":")[1] if isinstance(v, str) else v["target"]): (v.split(":")[0] if isinstance(v, str)
+                                                                          else v["source"]) for v in lis["volumes"]}
+    assert sources[spool] in cfg["volumes"] and (spool, False) in _mounts(lis)  # a named volume, written here
+    assert (spool, True) in _mounts(worker) and ("/jobs-out", False) in _mounts(lis)
+    assert spool in yaml.safe_load(worker["environment"]["CAMSEG_DATA_ROOTS"])
+    check = " ".join(lis["healthcheck"]["test"])
+    assert "health" not in check and str(DEFAULTS.dicom_port) in check  # not the image's gRPC check
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

@@ -34,7 +34,10 @@ def test_the_dashboard_covers_what_ops_watch() -> None:
     for metric in ("camseg_grpc_requests_total", "camseg_grpc_request_duration_seconds_bucket",
                    "camseg_batch_size_images", "camseg_grpc_in_flight_requests", "camseg_model_info",
                    "camseg_job_queue_length", "camseg_job_tasks_total", "camseg_job_duration_seconds",
-                   "camseg_job_last_success_timestamp_seconds", "camseg_evaluated_mean_dice"):
+                   "camseg_job_last_success_timestamp_seconds", "camseg_evaluated_mean_dice",
+                   "camseg_dicom_instances_received_total", "camseg_dicom_associations_total",
+                   "camseg_dicom_series_total", "camseg_dicom_series_pending", "camseg_dicom_sends_pending",
+                   "camseg_dicom_sends_total"):
         assert metric in text, metric
     board = json.loads((GRAFANA / "dashboards" / "camseg.json").read_text())
     assert board["templating"]["list"][0]["type"] == "datasource"

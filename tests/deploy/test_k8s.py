@@ -4,6 +4,7 @@ with the code."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from camseg.core.settings import unknown_variables
 from jobs.app import QUEUE
-from tests.deploy.manifests import DEFAULTS, IMAGE, WORKER_METRICS_PORT
+from tests.deploy.manifests import DEFAULTS, DICOM_METRICS_PORT, IMAGE, WORKER_METRICS_PORT
 from tests.deploy.tools import DEPLOY, kustomize
 
 K8S = DEPLOY / "k8s"
@@ -67,7 +68,7 @@ def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]], overl
             continue
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds.count("Deployment") == (3 if overlay == "keda+external-redis" else 4)
+    assert kinds.count("Deployment") == (4 if overlay == "keda+external-redis" else 5)
     assert all(o["metadata"].get("namespace") == "camseg" for o in objs if o["kind"] != "Namespace")
 
 
@@ -142,6 +143,40 @@ def test_workers_beat_and_settings(rendered: dict[str, list[dict[str, Any]]], ov
         assert wenv["CAMSEG_REDIS_URL"].startswith(f"redis://{redis_svc['metadata']['name']}:6379/")
 
 
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_the_dicom_listener_matches_the_code(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    objs = rendered[overlay]
+    lis = _by(objs, "Deployment", "camseg-dicom-listener")
+    c, spec = _container(lis), lis["spec"]["template"]["spec"]
+    assert c["args"] == ["dicom-listen"] and c["image"].endswith(":" + overlay)
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]  # it moves files; it needs no GPU
+    # one pod on the spool, even during a rollout
+    assert lis["spec"]["replicas"] == 1 and lis["spec"]["strategy"]["type"] == "Recreate"
+    env = _env(objs, lis)
+    assert int(env["CAMSEG_DICOM_PORT"]) == DEFAULTS.dicom_port and env["CAMSEG_DICOM_HOST"] == "0.0.0.0"
+    assert int(env["CAMSEG_DICOM_METRICS_PORT"]) == DICOM_METRICS_PORT and env["CAMSEG_DICOM_MODEL"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"dicom": DEFAULTS.dicom_port, "metrics": DICOM_METRICS_PORT}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["tcpSocket"]["port"] in ("dicom", DEFAULTS.dicom_port), probe
+    # the spool on its PVC, written here, read by the workers, which take it as a data root
+    spool = env["CAMSEG_DICOM_SPOOL"]
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == spool)
+    claim = next(v for v in spec["volumes"] if v["name"] == mount["name"])["persistentVolumeClaim"]["claimName"]
+    pvc = _by(objs, "PersistentVolumeClaim", claim)
+    assert not mount.get("readOnly") and "ReadWriteMany" in pvc["spec"]["accessModes"]
+    worker = _by(objs, "Deployment", "camseg-worker")
+    wmount = next(m for m in _container(worker)["volumeMounts"] if m["mountPath"] == spool)
+    assert wmount["readOnly"] is True
+    assert next(v for v in worker["spec"]["template"]["spec"]["volumes"] if v["name"] == wmount["name"])[
+        "persistentVolumeClaim"]["claimName"] == claim
+    assert spool in json.loads(_env(objs, worker)["CAMSEG_DATA_ROOTS"])
+    labels = lis["spec"]["template"]["metadata"]["labels"]
+    svc = _by(objs, "Service", "camseg-dicom")
+    assert all(labels[k] == v for k, v in svc["spec"]["selector"].items())
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(DEFAULTS.dicom_port, "dicom")]
+
+
 def test_the_pod_monitor_scrapes_the_metrics_ports(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objs = rendered["cpu"]
     pm = _by(objs, "PodMonitor", "camseg")
@@ -149,7 +184,8 @@ def test_the_pod_monitor_scrapes_the_metrics_ports(rendered: dict[str, list[dict
     wanted = pm["spec"]["selector"]["matchLabels"].items()
     selected = [d for d in objs if d["kind"] == "Deployment"
                 and all(d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in wanted)]
-    assert {d["metadata"]["name"] for d in selected} == {"camseg-server", "camseg-worker", "camseg-beat"}
+    assert {d["metadata"]["name"] for d in selected} == {"camseg-server", "camseg-worker", "camseg-beat",
+                                                         "camseg-dicom-listener"}
     relabel = pm["spec"]["podMetricsEndpoints"][0]["relabelings"][0]
     assert relabel["targetLabel"] == "job" and relabel["replacement"] == "camseg-$1"  # camseg-server, camseg-worker
 

@@ -34,7 +34,8 @@ def test_promtool_checks_the_compose_config(tmp_path: Path) -> None:
     out = run(tool("promtool"), "check", "config", str(local)).stdout
     assert "1 rule files found" in out and "SUCCESS" in out
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in cfg["scrape_configs"]}
-    assert jobs == {"camseg-server": ["server:9100"], "camseg-worker": ["worker:9101"]}
+    assert jobs == {"camseg-server": ["server:9100"], "camseg-worker": ["worker:9101"],
+                    "camseg-dicom-listener": ["dicom-listener:9102"]}
 
 
 def test_promtool_checks_the_kubernetes_config(tmp_path: Path) -> None:
@@ -43,11 +44,12 @@ def test_promtool_checks_the_kubernetes_config(tmp_path: Path) -> None:
     local = tmp_path / "prometheus-k8s.yml"
     local.write_text(yaml.safe_dump(cfg))
     assert "SUCCESS" in run(tool("promtool"), "check", "config", str(local)).stdout
-    assert {j["job_name"] for j in cfg["scrape_configs"]} == {"camseg-server", "camseg-worker"}
+    assert {j["job_name"] for j in cfg["scrape_configs"]} == {"camseg-server", "camseg-worker",
+                                                              "camseg-dicom-listener"}
 
 
 def test_promtool_unit_tests_fire_each_alert_and_stay_silent_on_healthy_series() -> None:
-    assert len(RULE_TESTS) == 2
+    assert len(RULE_TESTS) == 3
     out = run(tool("promtool"), "test", "rules", *(f.name for f in RULE_TESTS), cwd=RULE_TESTS[0].parent).stdout
     assert out.count("SUCCESS") == len(RULE_TESTS)
     cases = [c for f in RULE_TESTS for t in yaml.safe_load(f.read_text())["tests"]
@@ -57,7 +59,8 @@ def test_promtool_unit_tests_fire_each_alert_and_stay_silent_on_healthy_series()
     assert set(alerts()) == fired, "every alert must have a case where it fires"
     # the alerts that read rates, ages or health have a healthy case in which they stay silent
     assert {"CamsegServerDown", "CamsegNotServing", "CamsegWorkerDown", "CamsegQueueBacklogGrowing",
-            "CamsegTasksFailing", "CamsegRetrainingOverdue", "CamsegModelRefused", "CamsegHeatmapsSlow"} <= silent
+            "CamsegTasksFailing", "CamsegRetrainingOverdue", "CamsegModelRefused", "CamsegHeatmapsSlow",
+            "CamsegDicomListenerDown", "CamsegDicomSeriesFailing", "CamsegDicomSendsBackingUp"} <= silent
 
 
 def test_the_kubernetes_prometheus_rule_is_the_rules_file() -> None:
