@@ -1,12 +1,14 @@
-"""A real Prometheus on loopback scrapes a running camseg server and a real worker while a
-small load and two bulk jobs run; then every dashboard query must return data and every
-rule must evaluate without error."""
+"""A real Prometheus on loopback scrapes a running camseg server, a real worker and a real
+``camseg dicom-listen`` while a small load, two bulk jobs and a few DICOM associations run;
+then every dashboard query must return data and every rule must evaluate without error."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -30,6 +32,7 @@ from tests.deploy.test_dashboard import queries
 from tests.deploy.tools import DEPLOY, tool
 from tests.jobs.workers import flushed_redis, free_port, start_worker
 from tests.services.servers import start_server, stop
+from tests.services.test_dicom_listen import READY
 
 REDIS_DB = 11  # this test's own database index
 RULES = DEPLOY / "prometheus" / "rules" / "camseg.yml"
@@ -95,12 +98,15 @@ def test_every_dashboard_query_and_rule_against_a_real_prometheus(
            "CAMSEG_OUTPUT_ROOT": str(out), "CAMSEG_TORCH_THREADS": "1", "CAMSEG_WORKER_METRICS_PORT": str(worker_port)}
     server = start_server(repo, env={"CAMSEG_JOBS": "false"})
     worker = start_worker(env, concurrency=1)
+    listener, listener_metrics = _start_listener(env, tmp_path)
     prom_port = free_port()
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": [str(RULES)],
               "scrape_configs": [
                   {"job_name": "camseg-server", "static_configs": [
                       {"targets": [f"127.0.0.1:{server.serve.metrics_port}"]}]},
-                  {"job_name": "camseg-worker", "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]}]}
+                  {"job_name": "camseg-worker", "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]},
+                  {"job_name": "camseg-dicom-listener", "static_configs": [
+                      {"targets": [f"127.0.0.1:{listener_metrics}"]}]}]}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     prom_log = (tmp_path / "prometheus.log").open("w")
     prom = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
@@ -131,6 +137,9 @@ def test_every_dashboard_query_and_rule_against_a_real_prometheus(
         # a rate needs two samples in its window: wait for a few scrapes after the jobs' series appear
         _wait("the worker's task counters scraped three times", lambda: _query(
             base, "min(count_over_time(camseg_job_tasks_total[1m])) >= 3")["data"]["result"] != [], 60)
+        _wait("the DICOM receiver's associations scraped", lambda: _query(
+            base, 'camseg_dicom_associations_total{job="camseg-dicom-listener", result="accepted"} > 0'
+        )["data"]["result"] != [], 60)
         _wait("the server's load scraped", lambda: _query(
             base, 'rate(camseg_grpc_requests_total{rpc="Segment"}[1m]) > 0')["data"]["result"] != [], 60)
         no_data, errors = [], []
@@ -160,7 +169,8 @@ def test_every_dashboard_query_and_rule_against_a_real_prometheus(
         assert not bad, bad
         # the alerts a healthy system should not raise are silent: no server down or not serving
         firing = {a["labels"]["alertname"] for a in _get(f"{base}/api/v1/alerts")["data"]["alerts"]}
-        assert not firing & {"CamsegServerDown", "CamsegWorkerDown", "CamsegNotServing", "CamsegTasksFailing"}
+        assert not firing & {"CamsegServerDown", "CamsegWorkerDown", "CamsegNotServing", "CamsegTasksFailing",
+                             "CamsegDicomListenerDown", "CamsegDicomSeriesFailing", "CamsegDicomSendsBackingUp"}
     finally:
         stop_load.set()
         if loader is not None:
@@ -168,8 +178,40 @@ def test_every_dashboard_query_and_rule_against_a_real_prometheus(
         prom.terminate()
         prom.wait(timeout=30)
         prom_log.close()
+        listener.terminate()
+        listener.wait(timeout=30)
         worker.stop()
         stop(server)
+
+
+def _start_listener(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+    """``camseg dicom-listen`` on free ports (its metrics port returned), answering a few
+    C-ECHOs and rejecting a caller it does not allow, so its counters move."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    lenv = {**os.environ, **env, "CAMSEG_DICOM_PORT": "0", "CAMSEG_DICOM_METRICS_PORT": "0",
+            "CAMSEG_DICOM_MODEL": "tiny", "CAMSEG_DICOM_SPOOL": str(tmp_path / "spool"),
+            "CAMSEG_DICOM_ALLOWED_AES": '["MODALITY"]'}
+    proc = subprocess.Popen([sys.executable, "-m", "camseg", "dicom-listen"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=lenv)
+    assert proc.stdout is not None
+    m = READY.search(proc.stdout.readline())
+    if not m:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("camseg dicom-listen did not start")
+    port = int(m.group(3))
+    for calling in ("MODALITY", "MODALITY", "INTRUDER"):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="CAMSEG")
+        if assoc.is_established:
+            assert int(assoc.send_c_echo().Status) == 0
+            assoc.release()
+        else:
+            assert calling == "INTRUDER"
+    return proc, int(m.group(4))
 
 
 def synthesize_roi(data_root: Path) -> Any:

@@ -156,6 +156,7 @@ def test_client_certificates_required_and_a_stalled_handshake_holds_up_no_one(en
     without_cert = dicom_tls.client_context(settings.updated(dicom_destination_tls_ca=pki / "ca.pem"))
     listener = DicomListener(settings)
     port = listener.start()
+    socket.create_connection(("127.0.0.1", port)).close()  # a TCP probe: neither logged as a failure nor counted
     stalled = socket.create_connection(("127.0.0.1", port))  # connects, never says a word
     try:
         t0 = time.monotonic()
@@ -163,7 +164,7 @@ def test_client_certificates_required_and_a_stalled_handshake_holds_up_no_one(en
         assert time.monotonic() - t0 < 3  # answered while the stalled handshake still waits
         assert not _echo(port, without_cert)
         assert not _echo(port, None)  # plaintext
-        # the stalled peer is dropped after the timeout and counted
+        # the stalled peer is dropped after the timeout and counted (the probe is not)
         wait_until("the stalled handshake dropped", lambda: listener.metrics.registry.get_sample_value(
             "camseg_dicom_associations_total", {"result": "tls_refused"}) == 3, 15)
         stalled.settimeout(5)
