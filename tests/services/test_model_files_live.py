@@ -4,6 +4,7 @@ serving every call; a refused version loads once its files are put right."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -73,7 +74,7 @@ def test_versions_that_leave_their_folder_are_refused_while_the_good_one_serves(
         wait_until("calls after the refusals", lambda: len(caller.replies) >= seen + 5 or caller.failures)
         assert listed(stub) == {"good": (["1"], "1")}
         for v in ("2", "3", "4"):
-            assert code_of(lambda v=v: classify(stub, image, "good", v)) == grpc.StatusCode.NOT_FOUND
+            assert code_of(functools.partial(classify, stub, image, "good", v)) == grpc.StatusCode.NOT_FOUND
         lines = [ln for ln in server.serve.log.read_text().splitlines() if "refused model good version" in ln]
         assert len(lines) == 3, lines
         by_version = {ln.split("refused model good version ")[1].split(":")[0]: ln for ln in lines}
