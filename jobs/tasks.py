@@ -25,6 +25,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from camseg.bulk import batch
 from camseg.core.errors import CamsegError, CancelledError
+from camseg.core.limits import DEFAULT_MAX_MODEL_BYTES
 from camseg.core.settings import Settings
 from camseg.models.repository import signature
 from camseg.pipeline.run import LoadedModel
@@ -41,7 +42,8 @@ _models: dict[tuple[str, Any], LoadedModel] = {}
 _models_lock = threading.Lock()
 
 
-def cached_model(path: str, threads: int, providers: str = "auto") -> LoadedModel:
+def cached_model(path: str, threads: int, providers: str = "auto",
+                 max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> LoadedModel:
     """One loaded model per version folder and worker process (reloaded if its files
     change); ONNX Runtime gets the process's share of the cores, as torch does."""
     key = (path, signature(Path(path)))
@@ -49,7 +51,7 @@ def cached_model(path: str, threads: int, providers: str = "auto") -> LoadedMode
         model = _models.get(key)
         if model is None:
             _models.clear()  # a worker keeps one version at a time: memory stays flat
-            model = _models[key] = LoadedModel.load(path, providers=providers, threads=threads)
+            model = _models[key] = LoadedModel.load(path, providers=providers, threads=threads, max_bytes=max_bytes)
         return model
 
 
@@ -84,7 +86,8 @@ def run_part(self: Task, job_id: str, index: int) -> dict[str, Any]:
         kind = batch.kind_of(m)
         model = None
         if kind.uses_model:
-            model = cached_model(m.model, settings.threads_per_process(), settings.ort_providers)
+            model = cached_model(m.model, settings.threads_per_process(), settings.ort_providers,
+                                 settings.max_model_bytes)
         ran = batch.run_part(job, index, model=model)
     except CancelledError:
         return {"job": job_id, "part": index, "ran": False, "cancelled": True}

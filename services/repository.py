@@ -5,7 +5,9 @@ by default and a pinned one on request. :meth:`ModelRepository.refresh` picks up
 versions that appeared on disk: each is loaded and warmed up off to the side, then
 the whole snapshot is replaced in one assignment, so a call sees either the old or
 the new set, never a half-loaded model. A version that fails to load is refused (and
-retried only once its files change); what was serving keeps serving.
+retried only once its files change); what was serving keeps serving. That includes a
+version whose files leave its folder or declare more than ``max_model_bytes``
+(:mod:`camseg.models.modelfiles`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from camseg.core.errors import CamsegError, InvalidInputError, NotFoundError, UnavailableError, shown
+from camseg.core.limits import DEFAULT_MAX_MODEL_BYTES
 from camseg.models.repository import ModelStore, Signature, signature, version_key
 from camseg.pipeline.run import LoadedModel
 
@@ -49,6 +52,7 @@ class ModelRepository:
     """The served snapshot of a :class:`camseg.models.repository.ModelStore`, refreshed by polling."""
 
     def __init__(self, root: Path | str, *, providers: str = "auto", ort_threads: int = 0, ort_spinning: bool = True,
+                 max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
                  on_load: Callable[[ServedModel], None] | None = None,
                  on_failure: Callable[[str, str, str], None] | None = None,
                  on_unload: Callable[[ServedModel], None] | None = None):
@@ -57,6 +61,7 @@ class ModelRepository:
         self.providers = providers
         self.ort_threads = ort_threads
         self.ort_spinning = ort_spinning
+        self.max_model_bytes = max_model_bytes
         self._snapshot: Snapshot = {}
         self._failed: dict[tuple[str, str], Signature] = {}
         self._refresh_lock = threading.Lock()
@@ -138,7 +143,7 @@ class ModelRepository:
 
     def _load(self, name: str, version: str, path: Path, sig: Signature) -> ServedModel:
         model = LoadedModel.load(path, onnx=True, providers=self.providers, threads=self.ort_threads,
-                                 spinning=self.ort_spinning)
+                                 spinning=self.ort_spinning, max_bytes=self.max_model_bytes)
         model.warm_up()
         if signature(path) != sig:
             raise InvalidInputError(f"{path}: files changed while loading; trying again at the next scan")

@@ -101,7 +101,7 @@ async def start(settings: Settings) -> RunningServer:
 
     repo = ModelRepository(settings.model_repo, providers=settings.ort_providers,
                            ort_threads=settings.torch_threads, ort_spinning=settings.ort_spinning,
-                           on_load=loaded, on_unload=unloaded,
+                           max_model_bytes=settings.max_model_bytes, on_load=loaded, on_unload=unloaded,
                            on_failure=lambda n, v, r: metrics.load_failures.labels(n).inc())
     options = [("grpc.max_receive_message_length", settings.max_receive_bytes),
                ("grpc.max_send_message_length", settings.max_send_bytes),

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from camseg.core.errors import InvalidInputError, shown
-from camseg.core.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_WHOLE_PIXELS
+from camseg.core.limits import DEFAULT_MAX_MODEL_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_WHOLE_PIXELS
 from camseg.core.windowing import Windowing
 
 PREFIX = "CAMSEG_"
@@ -59,6 +59,10 @@ class CoreSection(BaseModel):
                             "CENTER,WIDTH, percentiles:LO,HI, or dicom (the file's own window)")
     model_repo: Path = Field(Path("models"), description="DIR/<name>/<version>/ of exported models, for the server, "
                                                          "the workers and the DICOM listener")
+    max_model_bytes: int = Field(
+        DEFAULT_MAX_MODEL_BYTES, ge=1024,
+        description="largest model file, and largest total of the tensors an ONNX graph declares (external data "
+                    "included): a larger model is refused before it is loaded")
 
     @field_validator("dicom_window")
     @classmethod

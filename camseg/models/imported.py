@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from camseg.core.errors import InvalidInputError, NotFoundError, UnsupportedError
 from camseg.core.lazy import LazyModule
+from camseg.core.limits import DEFAULT_MAX_MODEL_BYTES
 from camseg.data.synth import SynthConfig, generate
 from camseg.heat.methods import parse_method
 from camseg.models.inference import OnnxModel
@@ -53,6 +54,7 @@ from camseg.models.modelconfig import (
     preprocess,
 )
 from camseg.models.modeldir import ONNX_FILE, atomic_write_bytes
+from camseg.models.modelfiles import load_onnx
 from camseg.models.onnxgraph import GraphModule, UnsupportedOperatorError, convert, unsupported_operators
 from camseg.models.runtime import make_session
 
@@ -68,13 +70,12 @@ _BLOCK_OPS = frozenset({"BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigm
 _DEFAULT_SIDE = 224
 
 
-def read_onnx(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
+def read_onnx(path: Path, *, max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> onnx.ModelProto:
+    """The graph of ``path`` with its data, once :func:`camseg.models.modelfiles.load_onnx`
+    has checked that its external data stays in its folder and its tensors fit ``max_bytes``."""
+    if not path.is_file() and not path.is_symlink():
         raise NotFoundError(f"{path}: no such file")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise InvalidInputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    return load_onnx(path, max_bytes=max_bytes)
 
 
 # ------------------------------------------------------------------ graph facts
@@ -171,7 +172,7 @@ def layer_shapes(model: onnx.ModelProto, input_name: str, example: npt.NDArray[n
     """Shapes of the tensors ``names`` for ``example``, from one ONNX Runtime pass."""
     if not names:
         return {}
-    session = make_session(with_outputs(model, names).SerializeToString(), "CPUExecutionProvider")
+    session = make_session(with_outputs(model, names), "CPUExecutionProvider")
     values = session.run(list(names), {input_name: example})
     return {n: tuple(int(d) for d in v.shape) for n, v in zip(names, values, strict=True)}
 
@@ -384,14 +385,16 @@ class Imported:
 
 
 def load_imported(model_dir: Path | str, *, providers: str = "auto", threads: int = 0,
-                  spinning: bool = True) -> Imported:
+                  spinning: bool = True, max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> Imported:
     """Load ``model.onnx`` + ``camseg-model.json`` from ``model_dir``. A bad config is
-    refused (InvalidInputError naming the file and the field); an unsupported operator or
-    a converted graph that differs from ONNX Runtime leaves gradients unavailable."""
+    refused (InvalidInputError naming the file and the field), as is a graph whose
+    external data leaves the folder or whose tensors declare more than ``max_bytes``
+    (:mod:`camseg.models.modelfiles`); an unsupported operator or a converted graph that
+    differs from ONNX Runtime leaves gradients unavailable."""
     model_dir = Path(model_dir)
     cfg_path = model_dir / CONFIG_FILE
     cfg = load_config(cfg_path)
-    model = read_onnx(model_dir / ONNX_FILE)
+    model = read_onnx(model_dir / ONNX_FILE, max_bytes=max_bytes)
     bound = bind(cfg, model, cfg_path)
     layers = candidate_layers(model)
     images = parity_images(cfg)
@@ -407,9 +410,9 @@ def load_imported(model_dir: Path | str, *, providers: str = "auto", threads: in
     if cam_layer is not None and cam_layer not in layers:
         layers = sorted([*layers, cam_layer], key=lambda n: positions.get(n, -1))
     session_model = with_outputs(model, [cam_layer]) if cam_layer else model
-    session = OnnxModel.imported(session_model.SerializeToString(), cfg, input_name=bound.input_name,
+    session = OnnxModel.imported(session_model, cfg, input_name=bound.input_name,
                                  output_name=bound.output_name, cam_layer=cam_layer, providers=providers,
-                                 threads=threads, spinning=spinning)
+                                 threads=threads, spinning=spinning, max_bytes=max_bytes)
     session.dir = model_dir
     network: ImportedNetwork | None = None
     unavailable: str | None = None
@@ -418,7 +421,8 @@ def load_imported(model_dir: Path | str, *, providers: str = "auto", threads: in
         unavailable = "the graph has no convolution layer to take heatmaps at; set cam.layer"
     else:
         try:
-            network = ImportedNetwork(convert(model), cfg, bound, layers, shapes, cam_layer, positions)
+            network = ImportedNetwork(convert(model, max_bytes=max_bytes), cfg, bound, layers, shapes, cam_layer,
+                                      positions)
         except UnsupportedOperatorError as exc:
             unavailable = exc.message
     if network is not None:
@@ -485,10 +489,10 @@ def _guess_layout(shape: tuple[int | str | None, ...] | None) -> tuple[Layout, i
     return layout, int(c), int(h), int(w), notes
 
 
-def inspect_model(path: Path | str) -> Inspection:
+def inspect_model(path: Path | str, *, max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> Inspection:
     """The graph's inputs and outputs, a proposed config and the candidate CAM layers."""
     path = Path(path)
-    model = read_onnx(path)
+    model = read_onnx(path, max_bytes=max_bytes)
     inputs, outputs = graph_inputs(model), graph_outputs(model)
     if not inputs or not outputs:
         raise InvalidInputError(f"{path}: the graph has no inputs or no outputs")

@@ -10,7 +10,7 @@ output and the head weight in metadata give ``dy_c/dA`` in closed form
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -18,11 +18,15 @@ import torch
 from torch import Tensor
 
 from camseg.core.errors import InvalidInputError, UnsupportedError
+from camseg.core.limits import DEFAULT_MAX_MODEL_BYTES
 from camseg.heat.cam import CamResult, Targets, cam_from_activations, cam_of, resolve_targets
 from camseg.heat.methods import CamMethod
 from camseg.models.modelconfig import ModelConfig, OutputKind, from_metadata, is_identity, preprocess
 from camseg.models.modeldir import ONNX_FILE, read_metadata
 from camseg.models.runtime import make_session
+
+if TYPE_CHECKING:
+    import onnx
 
 
 class OnnxModel:
@@ -31,14 +35,16 @@ class OnnxModel:
     [0, 1]; the model's declared scaling and layout are applied here. Thread-safe: ONNX
     Runtime sessions may be run concurrently."""
 
-    def __init__(self, model_dir: Path | str, *, providers: str = "auto", threads: int = 0, spinning: bool = True):
+    def __init__(self, model_dir: Path | str, *, providers: str = "auto", threads: int = 0, spinning: bool = True,
+                 max_bytes: int = DEFAULT_MAX_MODEL_BYTES):
         self.dir = Path(model_dir)
         self.meta: dict[str, Any] = read_metadata(self.dir)
         onnx_meta = self.meta.get("onnx")
         if not onnx_meta or not (self.dir / ONNX_FILE).is_file():
             raise UnsupportedError(f"{self.dir}: not exported to ONNX (run camseg export)")
         one_pass = onnx_meta.get("one_pass_cam")
-        self._setup(make_session(self.dir / ONNX_FILE, providers, threads=threads, spinning=spinning),
+        self._setup(make_session(self.dir / ONNX_FILE, providers, threads=threads, spinning=spinning,
+                                 max_bytes=max_bytes),
                     from_metadata(self.meta),
                     input_name=onnx_meta["input"], output_name="probabilities",
                     cam_layer=one_pass["layer"] if one_pass else None,
@@ -47,15 +53,16 @@ class OnnxModel:
             torch.tensor(one_pass["head_weight"], dtype=torch.float32) if one_pass else None)
 
     @classmethod
-    def imported(cls, model: bytes | Path, cfg: ModelConfig, *, input_name: str, output_name: str,
-                 cam_layer: str | None, providers: str = "auto", threads: int = 0,
-                 spinning: bool = True) -> OnnxModel:
+    def imported(cls, model: bytes | Path | onnx.ModelProto, cfg: ModelConfig, *, input_name: str,
+                 output_name: str, cam_layer: str | None, providers: str = "auto", threads: int = 0,
+                 spinning: bool = True, max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> OnnxModel:
         """An imported classifier; ``model`` must output ``cam_layer``'s activations
         where one is given (:func:`camseg.models.imported.with_outputs`)."""
         self = cls.__new__(cls)
         self.dir = Path(model).parent if isinstance(model, Path) else Path(".")
         self.meta = {}
-        self._setup(make_session(model, providers, threads=threads, spinning=spinning), cfg, input_name=input_name,
+        session = make_session(model, providers, threads=threads, spinning=spinning, max_bytes=max_bytes)
+        self._setup(session, cfg, input_name=input_name,
                     output_name=output_name, cam_layer=cam_layer, acts_name=cam_layer)
         self.head_weight = None
         return self

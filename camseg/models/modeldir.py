@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from camseg.core.errors import InvalidInputError, NotFoundError, UnsupportedError
+from camseg.core.limits import DEFAULT_MAX_MODEL_BYTES
 from camseg.models import Classifier, ModelSpec, build
+from camseg.models.modelfiles import check_file
 
 MODEL_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
@@ -64,13 +66,16 @@ def save_model(model_dir: Path, model: Classifier, metadata: dict[str, Any]) -> 
     write_json(model_dir / METADATA_FILE, metadata)
 
 
-def load_model(model_dir: Path, *, map_location: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
-    """The classifier in eval mode and its metadata."""
+def load_model(model_dir: Path, *, map_location: str | torch.device = "cpu",
+               max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> tuple[Classifier, dict[str, Any]]:
+    """The classifier in eval mode and its metadata. ``model.pt`` must resolve inside
+    ``model_dir`` and hold at most ``max_bytes`` (:func:`camseg.models.modelfiles.check_file`)."""
     model_dir = Path(model_dir)
     meta = read_metadata(model_dir)
     path = model_dir / MODEL_FILE
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise NotFoundError(f"{model_dir}: no {MODEL_FILE}")
+    check_file(path, model_dir, max_bytes=max_bytes)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         model = build(ModelSpec(**ckpt["spec"]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +53,25 @@ def version_files(path: Path) -> tuple[str, ...]:
 
 def signature(path: Path) -> Signature:
     """Names, sizes and modification times of a version's files: changes when it is
-    replaced or rewritten in place."""
+    replaced or rewritten in place. The required files come first (OSError when one is
+    gone), then every other visible file of the folder (an ONNX graph's external data, a
+    student, a recipe), symlinks followed and a broken one marked by -1, so a version
+    refused for a file beside its required ones is tried again once that file changes."""
+    required = version_files(path)
     out = []
-    for name in version_files(path):
+    for name in required:
         st = (path / name).stat()
         out.append((name, st.st_size, st.st_mtime_ns))
+    with os.scandir(path) as it:
+        others = sorted(e.name for e in it if not e.name.startswith(".") and e.name not in required)
+    for name in others:
+        try:
+            st = (path / name).stat()
+        except OSError:
+            out.append((name, -1, -1))
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            out.append((name, st.st_size, st.st_mtime_ns))
     return tuple(out)
 
 

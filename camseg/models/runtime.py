@@ -11,8 +11,15 @@ import ctypes
 import functools
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnxruntime as ort
+
+from camseg.core.limits import DEFAULT_MAX_MODEL_BYTES
+from camseg.models.modelfiles import check_onnx_bytes, check_onnx_file, check_onnx_model
+
+if TYPE_CHECKING:
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +63,27 @@ def select_providers(requested: str = "auto") -> list[str]:
     return names
 
 
-def make_session(model: Path | str | bytes, providers: str = "auto", *, threads: int = 0,
-                 spinning: bool = True) -> ort.InferenceSession:
-    """A session over an ONNX file, or a serialised model.
+def make_session(model: Path | str | bytes | onnx.ModelProto, providers: str = "auto", *, threads: int = 0,
+                 spinning: bool = True, max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> ort.InferenceSession:
+    """A session over an ONNX file, a serialised model or a parsed one.
+
+    The model is checked first (:mod:`camseg.models.modelfiles`): a file's external data
+    must stay in its folder, a model in memory may have none, and the tensors it declares
+    must fit ``max_bytes``; ModelFileError otherwise.
 
     ``spinning`` False stops ONNX Runtime's intra-op threads from spin-waiting for work
     between runs: a process that shares its cores with other threads (a server's event
     loop, decoding, a client) loses less to them, for a little latency at batch 1."""
+    source: str | bytes
+    if isinstance(model, bytes):
+        check_onnx_bytes(model, max_bytes=max_bytes)
+        source = model
+    elif isinstance(model, Path | str):
+        check_onnx_file(model, max_bytes=max_bytes)
+        source = str(model)
+    else:
+        check_onnx_model(model, "a model in memory", None, max_bytes=max_bytes)
+        source = model.SerializeToString()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # warnings about unused initialisers are noise
@@ -70,5 +91,4 @@ def make_session(model: Path | str | bytes, providers: str = "auto", *, threads:
         opts.intra_op_num_threads = threads
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=opts, providers=select_providers(providers))

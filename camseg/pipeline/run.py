@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camseg.core.errors import InvalidInputError, UnsupportedError
+from camseg.core.limits import DEFAULT_MAX_MODEL_BYTES
 from camseg.core.metrics import dice
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.core.types import BoolArray, FloatArray
@@ -76,34 +77,36 @@ class LoadedModel:
 
     @classmethod
     def load(cls, path: Path | str, *, onnx: bool | None = None, providers: str = "auto",
-             threads: int = 0, spinning: bool = True) -> LoadedModel:
+             threads: int = 0, spinning: bool = True, max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> LoadedModel:
         """Load ``path``: a camseg model directory, or an imported ``model.onnx`` with its
         ``camseg-model.json``. For camseg models ``onnx`` True requires ``model.onnx``,
         False skips it, None loads it where present; the distilled student and the recipe
         come with it where the directory holds them. ``spinning`` False keeps ONNX
-        Runtime's threads from spin-waiting between runs (:func:`camseg.models.runtime.make_session`)."""
+        Runtime's threads from spin-waiting between runs (:func:`camseg.models.runtime.make_session`).
+        Every file read must stay in ``path`` and fit ``max_bytes``, an ONNX graph's external
+        data and declared tensors included (:mod:`camseg.models.modelfiles`)."""
 
         path = Path(path)
         if (path / CONFIG_FILE).is_file():
 
-            imp = load_imported(path, providers=providers, threads=threads, spinning=spinning)
+            imp = load_imported(path, providers=providers, threads=threads, spinning=spinning, max_bytes=max_bytes)
             cfg = imp.config
             meta = {"architecture": "imported", "source": Source.IMPORTED.value,
                     "config": cfg.model_dump(mode="json", exclude_none=True), "layers": imp.layers,
                     "gradcam_layer": imp.onnx.cam_layer or "", "parity": imp.parity}
             return cls(path, meta, imp.network, imp.onnx, cfg.classes, cfg.lesion_indices, None, None,
                        config=cfg, source=Source.IMPORTED, unavailable=imp.unavailable)
-        network, meta = load_model(path)
+        network, meta = load_model(path, max_bytes=max_bytes)
         session = None
         if onnx or (onnx is None and (path / ONNX_FILE).is_file() and meta.get("onnx")):
-            session = OnnxModel(path, providers=providers, threads=threads, spinning=spinning)
+            session = OnnxModel(path, providers=providers, threads=threads, spinning=spinning, max_bytes=max_bytes)
         classes = tuple(meta.get("classes") or [str(i) for i in range(network.spec.num_classes)])
         if len(classes) != network.spec.num_classes:
             raise InvalidInputError(f"{path}: {len(classes)} classes in metadata for a "
                                     f"{network.spec.num_classes}-class network")
         cfg = from_metadata({**meta, "classes": list(classes)}, cam_layer=network.cam_layer)
         student = load_student(path, providers=providers, threads=threads, onnx=False if onnx is False else None,
-                               spinning=spinning)
+                               spinning=spinning, max_bytes=max_bytes)
         return cls(path, meta, network, session, classes, cfg.lesion_indices, student, load_recipe(path),
                    config=cfg, source=Source.CAMSEG)
 

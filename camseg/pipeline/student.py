@@ -18,7 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from camseg.core.errors import InvalidInputError, UnsupportedError
+from camseg.core.limits import DEFAULT_MAX_MODEL_BYTES
 from camseg.heat.methods import Segmenter, as_method, parse_method
+from camseg.models.modelfiles import check_file
 from camseg.models.runtime import make_session
 from camseg.models.unet import UNet
 
@@ -172,16 +174,19 @@ class Student:
 
 
 def load_student(model_dir: Path, *, providers: str = "auto", threads: int = 0,
-                 onnx: bool | None = None, spinning: bool = True) -> Student | None:
+                 onnx: bool | None = None, spinning: bool = True,
+                 max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> Student | None:
     """The student saved with the model at ``model_dir``; None where there is none.
 
     ``onnx`` True requires ``student.onnx`` (FAILED_PRECONDITION otherwise), False skips
-    it, None loads it where present and recorded in ``student.json``.
+    it, None loads it where present and recorded in ``student.json``. Its files must stay
+    in ``model_dir`` and fit ``max_bytes`` (:mod:`camseg.models.modelfiles`).
     """
     model_dir = Path(model_dir)
     path = model_dir / STUDENT_FILE
     if not path.is_file():
         return None
+    check_file(path, model_dir, max_bytes=max_bytes)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         arch = ckpt["architecture"]
@@ -204,5 +209,5 @@ def load_student(model_dir: Path, *, providers: str = "auto", threads: int = 0,
     if onnx and not onnx_path.is_file():
         raise UnsupportedError(f"{model_dir}: the student is not exported ({STUDENT_ONNX_FILE} missing)")
     if onnx or (onnx is None and onnx_path.is_file() and meta.get("onnx")):
-        session = make_session(onnx_path, providers, threads=threads, spinning=spinning)
+        session = make_session(onnx_path, providers, threads=threads, spinning=spinning, max_bytes=max_bytes)
     return Student(net, session, cfg, meta)

@@ -23,7 +23,8 @@ def add_arguments(ds: argparse.ArgumentParser, common: argparse.ArgumentParser) 
 
 
 def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
-    model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
+    model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads,
+                             max_bytes=settings.max_model_bytes)
     model.require_trained("camseg distill")
     heat = model.default_options()  # the recipe's heatmaps, or the defaults
     if heat.method is Segmenter.DISTILLED:  # a student learns from the CAMs its predecessor learnt from

@@ -42,7 +42,7 @@ def add_arguments(ev: argparse.ArgumentParser, common: argparse.ArgumentParser) 
 
 def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
     with progress_bars(progress) as bars:
-        model = LoadedModel.load(args.model, onnx=False)
+        model = LoadedModel.load(args.model, onnx=False, max_bytes=settings.max_model_bytes)
         bounds = None
         if args.bounds:
             epochs = args.ceiling_epochs or int(model.meta.get("training", {}).get("epochs") or 20)

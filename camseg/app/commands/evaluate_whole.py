@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
     if args.out is not None and args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise InvalidInputError(f"{args.out}: already exists and is not empty (pass --overwrite to replace it)")
     with progress_bars(progress) as bars:
-        model = LoadedModel.load(args.model)
+        model = LoadedModel.load(args.model, max_bytes=settings.max_model_bytes)
         ceiling = None
         if args.ceiling is not None:
             student, _ = load_ceiling(args.ceiling)

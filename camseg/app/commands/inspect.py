@@ -19,7 +19,7 @@ def add_arguments(ins: argparse.ArgumentParser, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
-    found = inspect_model(args.onnx_file)
+    found = inspect_model(args.onnx_file, max_bytes=settings.max_model_bytes)
     if args.json:
         print(json.dumps(found.to_dict(), indent=2))
     else:

@@ -29,7 +29,8 @@ def add_arguments(rc: argparse.ArgumentParser, common: argparse.ArgumentParser) 
 
 
 def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
-    model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
+    model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads,
+                             max_bytes=settings.max_model_bytes)
     model.require_trained("camseg recipe")
     with progress_bars(progress) as bars:
         report = evaluate_dice(model, args.data, on_progress=bars)

@@ -55,7 +55,8 @@ def add_arguments(g: argparse.ArgumentParser, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace, settings: Settings, progress: bool) -> int:
-    model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads)
+    model = LoadedModel.load(args.model, providers=settings.ort_providers, threads=settings.torch_threads,
+                             max_bytes=settings.max_model_bytes)
     # flags left off are not choices: False, not None, would be a choice
     opts, from_recipe = model.options_for(Choices(
         method=args.method, threshold=args.threshold, layer=args.layer, tta=args.tta, refine=args.refine,

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 
 from camseg.core.errors import CamsegError, InvalidInputError, NotFoundError, UnsupportedError
 from camseg.core.lazy import LazyModule
+from camseg.core.limits import DEFAULT_MAX_MODEL_BYTES
+from camseg.models.modelfiles import check_onnx_model, load_onnx
 from camseg.models.onnxgraph.ops import META_INPUTS, OPS, Inputs, OpFn, variant_problem
 
 if TYPE_CHECKING:
@@ -374,14 +376,17 @@ class GraphModule(nn.Module):
         return outs[0] if len(outs) == 1 else outs
 
 
-def convert(model: onnx.ModelProto | str | Path) -> GraphModule:
-    """A :class:`GraphModule` for an ONNX model (a ModelProto or a file path)."""
+def convert(model: onnx.ModelProto | str | Path, *, max_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> GraphModule:
+    """A :class:`GraphModule` for an ONNX model (a ModelProto or a file path).
+
+    Checked first (:mod:`camseg.models.modelfiles`): a file's external data must stay in
+    its folder, a ModelProto must hold its data (none left external), and the tensors
+    must fit ``max_bytes``."""
     if not isinstance(model, onnx.ModelProto):
         path = Path(model)
         if not path.is_file():
             raise NotFoundError(f"no ONNX file at {path}")
-        try:
-            model = onnx.load(str(path))
-        except Exception as exc:
-            raise InvalidInputError(f"cannot read ONNX model {path.name}: {exc}") from exc
+        model = load_onnx(path, max_bytes=max_bytes)
+    else:
+        check_onnx_model(model, "a model in memory", None, max_bytes=max_bytes)
     return GraphModule(model)
