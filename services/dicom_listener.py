@@ -48,6 +48,7 @@ Edge cases, and what is done:
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import json
 import logging
@@ -69,11 +70,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from camseg.bulk import batch
 from camseg.core.errors import CamsegError, InvalidInputError, shown
 from camseg.core.settings import Destination, Settings
+from camseg.io.dicom.read import is_image
 from camseg.models.modeldir import atomic_write_bytes
 from camseg.models.repository import ModelStore
 
@@ -88,10 +91,16 @@ FILED = "dicom-seg"
 RECEIVING, QUEUED, SENDING, SENT, FILED_STATE, FAILED = "receiving", "queued", "sending", "sent", "filed", "failed"
 FINAL = frozenset({SENT, FILED_STATE, FAILED})
 
-# C-STORE statuses (PS3.4 B.2.3)
+# C-STORE statuses (PS3.4 B.2.3; 0x0111 and 0x0122 are PS3.7 C.4's general failures)
 SUCCESS = 0x0000
+DUPLICATE = 0x0111  # the SOP Instance UID is held with other content
+NOT_SUPPORTED = 0x0122  # SOP class not supported: not an image camseg segments
 OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH = 0xA900  # the data set's SOP class is not the request's
 CANNOT_UNDERSTAND = 0xC000
+
+MAX_PDU = 1 << 20  # the largest P-DATA PDU the listener accepts, advertised at association
+MEASURE_EVERY = 10.0  # seconds: how often a full spool is measured again (files may have been pruned)
 
 
 def valid_uid(value: object) -> str | None:
@@ -152,15 +161,58 @@ Key = tuple[str, int]  # (SeriesInstanceUID, generation)
 
 class Spool:
     """The on-disk layout (module docstring). Callers serialise :meth:`accept` and the
-    receiving -> queued transition with one lock; every write is atomic."""
+    receiving -> queued transition with one lock; every write is atomic.
 
-    def __init__(self, root: Path):
+    With ``max_bytes``, the spool's files (a hard-linked file once) may not pass that quota:
+    :meth:`receive` raises ENOSPC instead. The count is kept as instances arrive, and taken
+    again from the disk when the quota is reached (files pruned meanwhile count no more)."""
+
+    def __init__(self, root: Path, max_bytes: int | None = None):
         self.root = Path(root).resolve()
         self.incoming = self.root / INCOMING
         self.root.mkdir(parents=True, exist_ok=True)
         if self.incoming.exists():  # partial writes of a previous process, never acknowledged
             shutil.rmtree(self.incoming)
         self.incoming.mkdir()
+        self.max_bytes = max_bytes
+        self._usage = threading.Lock()
+        self._reserved = 0  # bytes being written, not yet accepted or dropped
+        self._used = self.measure() if max_bytes is not None else 0
+        self._measured = time.monotonic()
+
+    def measure(self) -> int:
+        """Bytes of the spool's files, each hard-linked file once, partial writes excepted."""
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = [d for d in dirs if d != INCOMING]
+            for name in files:
+                try:
+                    st = os.lstat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+        return total
+
+    def _reserve(self, n: int) -> None:
+        if self.max_bytes is None:
+            return
+        with self._usage:
+            over = self._used + self._reserved + n > self.max_bytes
+            if over and time.monotonic() - self._measured >= MEASURE_EVERY:
+                self._used, self._measured = self.measure(), time.monotonic()
+                over = self._used + self._reserved + n > self.max_bytes
+            if over:
+                raise OSError(errno.ENOSPC, f"spool quota of {self.max_bytes} bytes reached")
+            self._reserved += n
+
+    def _settle(self, n: int, kept: bool) -> None:
+        if self.max_bytes is not None:
+            with self._usage:
+                self._reserved -= n
+                self._used += n if kept else 0
 
     def generation_dir(self, key: Key) -> Path:
         return self.root / key[0] / str(key[1])
@@ -188,6 +240,7 @@ class Spool:
 
     def receive(self, data: bytes) -> Path:
         """``data`` written and synced to a temporary file of the spool's file system."""
+        self._reserve(len(data))
         tmp = self.incoming / f"{uuid.uuid4().hex}.dcm"
         try:
             with tmp.open("wb") as fh:
@@ -196,22 +249,35 @@ class Spool:
                 os.fsync(fh.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
+            self._settle(len(data), kept=False)
             raise
         return tmp
 
     def accept(self, tmp: Path, series: str, sop: str, study: str) -> tuple[Key, str]:
         """Move a received instance into its series' generation; returns the key and
-        ``stored``, ``new`` (a new generation) or ``duplicate`` (dropped, already held)."""
+        ``stored``, ``new`` (a new generation), ``duplicate`` (dropped: the same bytes are
+        held) or ``conflict`` (dropped: other bytes are held under its SOP Instance UID);
+        after a failed generation, a resend starts a new one, its content replacing."""
+        size = tmp.stat().st_size
+        how = "dropped"
+        try:
+            key, how = self._accept(tmp, series, sop, study)
+        finally:
+            self._settle(size, kept=how in ("stored", "new"))
+        return key, how
+
+    def _accept(self, tmp: Path, series: str, sop: str, study: str) -> tuple[Key, str]:
         g = self.latest(series)
         state = self.read((series, g)) if g else None
+        held = self.instances((series, g)) / f"{sop}.dcm"
+        if g and (state is None or state.state != FAILED) and held.is_file():
+            same = filecmp.cmp(tmp, held, shallow=False)
+            tmp.unlink()
+            return (series, g), "duplicate" if same else "conflict"
         if g and (state is None or state.state == RECEIVING):
-            os.replace(tmp, self.instances((series, g)) / f"{sop}.dcm")
+            os.replace(tmp, held)
+            _sync_dir(held.parent)
             return (series, g), "stored"
-        if state is not None and state.state != FAILED:
-            held = self.instances((series, g)) / f"{sop}.dcm"
-            if held.is_file() and filecmp.cmp(tmp, held, shallow=False):
-                tmp.unlink()
-                return (series, g), "duplicate"
         key = (series, g + 1)
         build = self.incoming / f"gen-{uuid.uuid4().hex}"
         (build / INSTANCES).mkdir(parents=True)
@@ -223,6 +289,8 @@ class Spool:
         (self.root / series).mkdir(exist_ok=True)
         os.rename(build, self.generation_dir(key))  # the generation appears whole, or not at all
         os.replace(tmp, self.instances(key) / f"{sop}.dcm")
+        _sync_dir(self.instances(key))
+        _sync_dir(self.root / series)
         return key, "new"
 
     def scan(self) -> Iterator[tuple[Key, State]]:
@@ -233,6 +301,15 @@ class Spool:
             for g in sorted((d for d in s.iterdir() if d.name.isdigit()), key=lambda d: int(d.name)):
                 key = (s.name, int(g.name))
                 yield key, self.read(key) or State(RECEIVING)
+
+
+def _sync_dir(path: Path) -> None:
+    """A rename into ``path`` made durable before the instance is acknowledged."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class SendError(Exception):
@@ -290,7 +367,7 @@ class DicomListener:
         self.job_settings = settings.model_copy(
             update={"data_roots": [*settings.data_roots, settings.dicom_spool.resolve()]})
         self.app = make_app(self.job_settings)
-        self.spool = Spool(settings.dicom_spool)
+        self.spool = Spool(settings.dicom_spool, settings.dicom_spool_max_bytes)
         self._clock = clock
         self._lock = threading.Lock()
         self._open: dict[Key, State] = {}  # generations not yet final
@@ -298,6 +375,7 @@ class DicomListener:
         self._active: dict[Key, set[int]] = {}  # associations sending into it
         self._ended: set[Key] = set()  # its associations ended: complete
         self._touched: dict[int, set[Key]] = {}  # association -> generations
+        self._incoming: dict[int, int] = {}  # association -> bytes of the data set arriving
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ae: AE | None = None
@@ -316,10 +394,12 @@ class DicomListener:
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         ae.require_calling_aet = list(s.dicom_allowed_aes)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = s.dicom_timeout_seconds
-        ae.maximum_pdu_size = 0  # no limit: fewer PDUs for large instances
+        ae.maximum_pdu_size = MAX_PDU
+        ae.maximum_associations = s.dicom_max_associations
         handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted),
                     (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_RELEASED, self._on_end),
-                    (evt.EVT_ABORTED, self._on_end), (evt.EVT_CONN_CLOSE, self._on_end)]
+                    (evt.EVT_ABORTED, self._on_end), (evt.EVT_CONN_CLOSE, self._on_end),
+                    (evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_PDU_RECV, self._on_pdu)]
         if s.dicom_metrics_port is not None:
             self._metrics_server, _ = start_http_server(s.dicom_metrics_port, addr=s.dicom_host,
                                                         registry=self.metrics.registry)
@@ -373,11 +453,49 @@ class DicomListener:
     def _on_rejected(self, event: evt.Event) -> None:
         req = event.assoc.requestor
         allowed = self.settings.dicom_allowed_aes
-        reason = "calling AE not allowed" if allowed and req.ae_title not in allowed else "refused by the SCP"
+        busy = sum(a.is_acceptor for a in event.assoc.ae.active_associations) > self.settings.dicom_max_associations
+        reason = ("calling AE not allowed" if allowed and req.ae_title not in allowed
+                  else f"more than {self.settings.dicom_max_associations} associations" if busy
+                  else "refused by the SCP")
         logger.warning("association from %s at %s rejected: %s", shown(req.ae_title), req.address, reason)
         self.metrics.associations.labels("rejected").inc()
 
+    def _on_open(self, event: evt.Event) -> None:
+        """Bound every PDU read to what the listener advertised: pynetdicom reads whatever
+        length a peer claims into memory, so a longer one closes the connection unread."""
+        sock = event.assoc.dul.socket
+        if sock is None:
+            return
+        recv = sock.recv
+        limit = MAX_PDU + 65536  # room for an A-ASSOCIATE-RQ's many presentation contexts
+
+        def bounded(n: int) -> bytearray:
+            if n > limit:
+                logger.warning("connection from %s closed: a PDU of %d bytes (at most %d)",
+                               event.assoc.requestor.address, n, limit)
+                raise OSError(errno.EMSGSIZE, f"a PDU of {n} bytes")
+            return recv(n)
+
+        setattr(sock, "recv", bounded)  # noqa: B010 (an instance attribute over the method)
+
+    def _on_pdu(self, event: evt.Event) -> None:
+        """Count the data set bytes of the C-STORE arriving; past the instance limit, abort
+        the association before the rest arrives (nothing of it was written)."""
+        if not isinstance(event.pdu, P_DATA_TF):
+            return
+        aid = id(event.assoc)
+        n = self._incoming.get(aid, 0)
+        for item in event.pdu.presentation_data_value_items:
+            value = item.presentation_data_value or b"\x01"
+            n = 0 if value[0] & 1 else n + len(value) - 1  # a command fragment starts a message
+        self._incoming[aid] = n
+        if n > self.settings.dicom_max_instance_bytes and not event.assoc.is_aborted:
+            self._refuse(OUT_OF_RESOURCES, "association from %s aborted: an instance past %d bytes",
+                         event.assoc.requestor.address, self.settings.dicom_max_instance_bytes)
+            event.assoc.abort(block=False)
+
     def _on_end(self, event: evt.Event) -> None:
+        self._incoming.pop(id(event.assoc), None)
         with self._lock:
             for key in self._touched.pop(id(event.assoc), set()):
                 active = self._active.get(key, set())
@@ -410,10 +528,19 @@ class DicomListener:
             missing = [k for k, u in zip(("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"), uids,
                                          strict=True) if u is None]
             return self._refuse(CANNOT_UNDERSTAND, "no valid %s", "/".join(missing))
-        if valid_uid(cast(C_STORE, event.request).AffectedSOPInstanceUID) != sop:
+        request = cast(C_STORE, event.request)
+        if valid_uid(request.AffectedSOPInstanceUID) != sop:
             return self._refuse(CANNOT_UNDERSTAND, "SOPInstanceUID %s is not the request's affected instance", sop)
+        if ds.get("SOPClassUID") != request.AffectedSOPClassUID:
+            return self._refuse(DOES_NOT_MATCH, "instance %s: its SOP class is not the request's", sop)
+        if not is_image(ds):
+            return self._refuse(NOT_SUPPORTED, "instance %s: %s is not an image camseg segments", sop,
+                                shown(ds.get("SOPClassUID")))
+        data = event.encoded_dataset()
+        if len(data) > self.settings.dicom_max_instance_bytes:  # when sent in one PDU
+            return self._refuse(OUT_OF_RESOURCES, "instance %s: %d bytes", sop, len(data))
         try:
-            tmp = self.spool.receive(event.encoded_dataset())
+            tmp = self.spool.receive(data)
         except OSError as exc:
             return self._refuse(OUT_OF_RESOURCES, "cannot write the spool (%s)", exc.strerror or exc)
         aid = id(event.assoc)
@@ -423,6 +550,9 @@ class DicomListener:
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 return self._refuse(OUT_OF_RESOURCES, "cannot write the spool (%s)", exc.strerror or exc)
+            if how == "conflict":
+                return self._refuse(DUPLICATE, "instance %s: series %s holds other content under its UID", sop,
+                                    series)
             if how != "duplicate":
                 if how == "new":
                     self._open[key] = State(RECEIVING, study_uid=study)
