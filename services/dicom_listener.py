@@ -25,14 +25,20 @@ Edge cases, and what is done:
 * An instance for a series whose latest generation is no longer ``receiving`` starts a new
   generation holding the earlier instances (hard links) plus the new one, so its SEG covers
   the whole series; the earlier generation goes on to its own end (a filed SEG of the
-  newer generation replaces the older one's file). An instance byte-identical (same
-  transfer syntax) to one in a latest generation that is queued, sending, sent or filed is
-  a sender's retry and is acknowledged without a new generation. After ``failed``, any instance (a deliberate
-  resend) starts a new generation: a failed series is never retried otherwise.
+  newer generation replaces the older one's file). A SOP Instance UID names one content: an
+  instance byte-identical (same transfer syntax) to one the latest generation holds is a
+  sender's retry, acknowledged and dropped; other bytes under that UID are refused (0x0111,
+  duplicate SOP instance) and the first kept. After ``failed``, any instance (a deliberate
+  resend) starts a new generation, its content replacing: a failed series is never retried otherwise.
 * Instances without valid Study/Series/SOP Instance UIDs are refused (0xC000, "cannot
-  understand"): UIDs name folders, so only digits and dots, at most 64 characters.
-  A full disk answers 0xA700 ("out of resources"). The SCP itself never stops on a bad
-  instance.
+  understand"): UIDs name folders, so only digits and dots, at most 64 characters. A data
+  set whose SOP class is not the request's answers 0xA900; one that is not an image
+  (:func:`camseg.io.dicom.read.is_image`: a report, a PDF, a presentation state, a SEG)
+  0x0122, so it never reaches a worker. A full disk or the spool's quota answers 0xA700
+  ("out of resources"). The SCP itself never stops on a bad instance.
+* Limits (SECURITY.md, "DICOM receiver"): associations at once (more are rejected), PDU
+  length (a longer one closes the connection before it is read), instance size (counted as
+  its PDUs arrive; past it the association is aborted and nothing written).
 * A broker that cannot take the job leaves the generation ``queued`` (not submitted) and the
   submission is retried with backoff; a bad series or an unknown model fails it at once.
 * A failed send stays ``sending`` and is retried with exponential backoff and jitter (up to

@@ -213,7 +213,7 @@ class DicomSection(BaseModel):
     dicom_retry_max_seconds: float = Field(300.0, gt=0, description="longest wait between two send attempts")
     dicom_max_associations: int = Field(10, ge=1, description="associations at once; more are rejected "
                                                               "(A-ASSOCIATE-RJ, local limit exceeded)")
-    dicom_max_instance_bytes: int = Field(256 * MiB, ge=1024, description="largest instance received; a larger "
+    dicom_max_instance_bytes: int = Field(128 * MiB, ge=1024, description="largest instance received; a larger "
                                                                            "one aborts its association unwritten")
     dicom_spool_max_bytes: int | None = Field(None, ge=0, description="the spool's quota; an instance past it is "
                                                                       "refused (0xA700); none: the disk's size")

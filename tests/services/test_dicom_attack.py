@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -54,7 +53,7 @@ from tests.services.servers import wait_until
 from tests.services.test_dicom_listen import READY, Env, Listener, ct_volume, storescu
 
 MiB = 1 << 20
-RSS_CEILING = 768 * MiB  # the listener's peak RSS (VmHWM) through the fuzz corpus and the floods
+RSS_CEILING = 512 * MiB  # the listener's peak RSS (VmHWM) through the fuzz corpus and the floods (about 0.4 GiB)
 N_FUZZ = 48  # mutants, 8 of each kind
 SEED = 21
 STRICT_MAX_ASSOCIATIONS = 4
@@ -194,13 +193,15 @@ def echoscu(port: int) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30)
 
 
-def series(folder: Path, n: int = 2, size: int = 32, **uids: str) -> list[Path]:
+def series(folder: Path, n: int = 2, size: int = 32, *, series_uid: str | None = None,
+           study_uid: str | None = None, frame_of_reference_uid: str | None = None) -> list[Path]:
     """``n`` CT slices: synthetic tumor ROIs at 32 px (what the tiny model segments), else seeded noise."""
     if size == 32:
         volume = ct_volume(n=max(n, 2))[:n]
     else:
         volume = np.random.default_rng(size).integers(900, 1300, (n, size, size), dtype=np.uint16)
-    return write_series(folder, volume, **uids)
+    return write_series(folder, volume, series_uid=series_uid, study_uid=study_uid,
+                        frame_of_reference_uid=frame_of_reference_uid)
 
 
 def held(spool: Path, series_uid: str) -> dict[str, bytes]:
@@ -240,9 +241,9 @@ def test_fuzzed_instances_are_refused_or_fail_alone(env: Env, launch: Launch, tm
     worker: Worker = start_worker(e.env(), concurrency=1)
     try:
         lis = launch(e.listener_env())
-        fixed = {"study_uid": generate_uid(entropy_srcs=["fuzz-study"]),
-                 "frame_of_reference_uid": generate_uid(entropy_srcs=["fuzz-frame"])}
-        source = series(tmp_path / "src", n=1, series_uid=generate_uid(entropy_srcs=["fuzz-src"]), **fixed)[0]
+        source = series(tmp_path / "src", n=1, series_uid=generate_uid(entropy_srcs=["fuzz-src"]),
+                        study_uid=generate_uid(entropy_srcs=["fuzz-study"]),
+                        frame_of_reference_uid=generate_uid(entropy_srcs=["fuzz-frame"]))[0]
         corpus = fuzz_corpus(source, tmp_path / "fuzz", N_FUZZ, seed=SEED)
         clean_uid = generate_uid()
         clean = series(tmp_path / "clean", n=3, series_uid=clean_uid)
@@ -281,8 +282,11 @@ def test_fuzzed_instances_are_refused_or_fail_alone(env: Env, launch: Launch, tm
         def logs() -> str:
             return f"{states()}\n--- worker\n{worker.log.read_text(errors='replace')[-3000:]}"
 
-        final = wait_until("every series final", lambda: (st := states()) and all(
-            s.get("state") in ("failed", "filed") for s in st.values()) and st, 150, logs=logs)
+        def ended() -> dict[str, dict[str, Any]] | None:
+            st = states()
+            return st if st and all(s.get("state") in ("failed", "filed") for s in st.values()) else None
+
+        final = wait_until("every series final", ended, 150, logs=logs)
         assert final[clean_uid]["state"] == "filed"
         assert (e.out / "dicom-seg" / str(dcmread(clean[0]).StudyInstanceUID) / f"{clean_uid}.dcm").is_file()
         ends = Counter(s["state"] for uid, s in final.items() if uid != clean_uid)
@@ -332,8 +336,8 @@ def test_pdus_longer_than_advertised_close_the_connection(strict: tuple[Env, Lis
     chunk = bytes(64 * 1024)
     for pdu_type in (0x01, 0x04):  # A-ASSOCIATE-RQ, P-DATA-TF
         sent = 0
-        with socket.create_connection(("127.0.0.1", lis.port), timeout=10) as s:
-            with contextlib.suppress(ConnectionError, TimeoutError):
+        with socket.create_connection(("127.0.0.1", lis.port), timeout=10) as s, \
+                contextlib.suppress(ConnectionError, TimeoutError):
                 s.sendall(struct.pack(">BBL", pdu_type, 0, 0x7FFFFFFF))
                 while sent < 256 * MiB:
                     s.sendall(chunk)
@@ -418,8 +422,8 @@ def _non_image(sop_class: str, like: Dataset) -> Dataset:
     ds.StudyInstanceUID = like.StudyInstanceUID
     ds.SeriesInstanceUID = like.SeriesInstanceUID  # the image series' own: they must still stay out of it
     ds.PatientID = "FUZZ"
-    ds.Modality = {BasicTextSRStorage: "SR", EncapsulatedPDFStorage: "DOC",
-                   GrayscaleSoftcopyPresentationStateStorage: "PR", SegmentationStorage: "SEG"}[sop_class]
+    ds.Modality = {str(BasicTextSRStorage): "SR", str(EncapsulatedPDFStorage): "DOC",
+                   str(GrayscaleSoftcopyPresentationStateStorage): "PR", str(SegmentationStorage): "SEG"}[sop_class]
     if sop_class == EncapsulatedPDFStorage:
         ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
         ds.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
