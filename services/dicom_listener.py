@@ -25,14 +25,20 @@ Edge cases, and what is done:
 * An instance for a series whose latest generation is no longer ``receiving`` starts a new
   generation holding the earlier instances (hard links) plus the new one, so its SEG covers
   the whole series; the earlier generation goes on to its own end (a filed SEG of the
-  newer generation replaces the older one's file). An instance byte-identical (same
-  transfer syntax) to one in a latest generation that is queued, sending, sent or filed is
-  a sender's retry and is acknowledged without a new generation. After ``failed``, any instance (a deliberate
-  resend) starts a new generation: a failed series is never retried otherwise.
+  newer generation replaces the older one's file). A SOP Instance UID names one content: an
+  instance byte-identical (same transfer syntax) to one the latest generation holds is a
+  sender's retry, acknowledged and dropped; other bytes under that UID are refused (0x0111,
+  duplicate SOP instance) and the first kept. After ``failed``, any instance (a deliberate
+  resend) starts a new generation, its content replacing: a failed series is never retried otherwise.
 * Instances without valid Study/Series/SOP Instance UIDs are refused (0xC000, "cannot
-  understand"): UIDs name folders, so only digits and dots, at most 64 characters.
-  A full disk answers 0xA700 ("out of resources"). The SCP itself never stops on a bad
-  instance.
+  understand"): UIDs name folders, so only digits and dots, at most 64 characters. A data
+  set whose SOP class is not the request's answers 0xA900; one that is not an image
+  (:func:`camseg.io.dicom.read.is_image`: a report, a PDF, a presentation state, a SEG)
+  0x0122, so it never reaches a worker. A full disk or the spool's quota answers 0xA700
+  ("out of resources"). The SCP itself never stops on a bad instance.
+* Limits (SECURITY.md, "DICOM receiver"): associations at once (more are rejected), PDU
+  length (a longer one closes the connection before it is read), instance size (counted as
+  its PDUs arrive; past it the association is aborted and nothing written).
 * A broker that cannot take the job leaves the generation ``queued`` (not submitted) and the
   submission is retried with backoff; a bad series or an unknown model fails it at once.
 * A failed send stays ``sending`` and is retried with exponential backoff and jitter (up to
@@ -50,6 +56,7 @@ Edge cases, and what is done:
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import ipaddress
 import json
@@ -73,11 +80,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from camseg.bulk import batch
 from camseg.core.errors import CamsegError, InvalidInputError, shown
 from camseg.core.settings import Destination, Settings
+from camseg.io.dicom.read import is_image
 from camseg.models.modeldir import atomic_write_bytes
 from camseg.models.repository import ModelStore
 from services import dicom_tls
@@ -93,10 +102,16 @@ FILED = "dicom-seg"
 RECEIVING, QUEUED, SENDING, SENT, FILED_STATE, FAILED = "receiving", "queued", "sending", "sent", "filed", "failed"
 FINAL = frozenset({SENT, FILED_STATE, FAILED})
 
-# C-STORE statuses (PS3.4 B.2.3)
+# C-STORE statuses (PS3.4 B.2.3; 0x0111 and 0x0122 are PS3.7 C.4's general failures)
 SUCCESS = 0x0000
+DUPLICATE = 0x0111  # the SOP Instance UID is held with other content
+NOT_SUPPORTED = 0x0122  # SOP class not supported: not an image camseg segments
 OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH = 0xA900  # the data set's SOP class is not the request's
 CANNOT_UNDERSTAND = 0xC000
+
+MAX_PDU = 1 << 20  # the largest P-DATA PDU the listener accepts, advertised at association
+MEASURE_EVERY = 10.0  # seconds: how often a full spool is measured again (files may have been pruned)
 
 
 def valid_uid(value: object) -> str | None:
@@ -159,15 +174,58 @@ Key = tuple[str, int]  # (SeriesInstanceUID, generation)
 
 class Spool:
     """The on-disk layout (module docstring). Callers serialise :meth:`accept` and the
-    receiving -> queued transition with one lock; every write is atomic."""
+    receiving -> queued transition with one lock; every write is atomic.
 
-    def __init__(self, root: Path):
+    With ``max_bytes``, the spool's files (a hard-linked file once) may not pass that quota:
+    :meth:`receive` raises ENOSPC instead. The count is kept as instances arrive, and taken
+    again from the disk when the quota is reached (files pruned meanwhile count no more)."""
+
+    def __init__(self, root: Path, max_bytes: int | None = None):
         self.root = Path(root).resolve()
         self.incoming = self.root / INCOMING
         self.root.mkdir(parents=True, exist_ok=True)
         if self.incoming.exists():  # partial writes of a previous process, never acknowledged
             shutil.rmtree(self.incoming)
         self.incoming.mkdir()
+        self.max_bytes = max_bytes
+        self._usage = threading.Lock()
+        self._reserved = 0  # bytes being written, not yet accepted or dropped
+        self._used = self.measure() if max_bytes is not None else 0
+        self._measured = time.monotonic()
+
+    def measure(self) -> int:
+        """Bytes of the spool's files, each hard-linked file once, partial writes excepted."""
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = [d for d in dirs if d != INCOMING]
+            for name in files:
+                try:
+                    st = os.lstat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+        return total
+
+    def _reserve(self, n: int) -> None:
+        if self.max_bytes is None:
+            return
+        with self._usage:
+            over = self._used + self._reserved + n > self.max_bytes
+            if over and time.monotonic() - self._measured >= MEASURE_EVERY:
+                self._used, self._measured = self.measure(), time.monotonic()
+                over = self._used + self._reserved + n > self.max_bytes
+            if over:
+                raise OSError(errno.ENOSPC, f"spool quota of {self.max_bytes} bytes reached")
+            self._reserved += n
+
+    def _settle(self, n: int, kept: bool) -> None:
+        if self.max_bytes is not None:
+            with self._usage:
+                self._reserved -= n
+                self._used += n if kept else 0
 
     def generation_dir(self, key: Key) -> Path:
         return self.root / key[0] / str(key[1])
@@ -195,6 +253,7 @@ class Spool:
 
     def receive(self, data: bytes) -> Path:
         """``data`` written and synced to a temporary file of the spool's file system."""
+        self._reserve(len(data))
         tmp = self.incoming / f"{uuid.uuid4().hex}.dcm"
         try:
             with tmp.open("wb") as fh:
@@ -203,22 +262,35 @@ class Spool:
                 os.fsync(fh.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
+            self._settle(len(data), kept=False)
             raise
         return tmp
 
     def accept(self, tmp: Path, series: str, sop: str, study: str) -> tuple[Key, str]:
         """Move a received instance into its series' generation; returns the key and
-        ``stored``, ``new`` (a new generation) or ``duplicate`` (dropped, already held)."""
+        ``stored``, ``new`` (a new generation), ``duplicate`` (dropped: the same bytes are
+        held) or ``conflict`` (dropped: other bytes are held under its SOP Instance UID);
+        after a failed generation, a resend starts a new one, its content replacing."""
+        size = tmp.stat().st_size
+        how = "dropped"
+        try:
+            key, how = self._accept(tmp, series, sop, study)
+        finally:
+            self._settle(size, kept=how in ("stored", "new"))
+        return key, how
+
+    def _accept(self, tmp: Path, series: str, sop: str, study: str) -> tuple[Key, str]:
         g = self.latest(series)
         state = self.read((series, g)) if g else None
+        held = self.instances((series, g)) / f"{sop}.dcm"
+        if g and (state is None or state.state != FAILED) and held.is_file():
+            same = filecmp.cmp(tmp, held, shallow=False)
+            tmp.unlink()
+            return (series, g), "duplicate" if same else "conflict"
         if g and (state is None or state.state == RECEIVING):
-            os.replace(tmp, self.instances((series, g)) / f"{sop}.dcm")
+            os.replace(tmp, held)
+            _sync_dir(held.parent)
             return (series, g), "stored"
-        if state is not None and state.state != FAILED:
-            held = self.instances((series, g)) / f"{sop}.dcm"
-            if held.is_file() and filecmp.cmp(tmp, held, shallow=False):
-                tmp.unlink()
-                return (series, g), "duplicate"
         key = (series, g + 1)
         build = self.incoming / f"gen-{uuid.uuid4().hex}"
         (build / INSTANCES).mkdir(parents=True)
@@ -230,6 +302,8 @@ class Spool:
         (self.root / series).mkdir(exist_ok=True)
         os.rename(build, self.generation_dir(key))  # the generation appears whole, or not at all
         os.replace(tmp, self.instances(key) / f"{sop}.dcm")
+        _sync_dir(self.instances(key))
+        _sync_dir(self.root / series)
         return key, "new"
 
     def scan(self) -> Iterator[tuple[Key, State]]:
@@ -240,6 +314,15 @@ class Spool:
             for g in sorted((d for d in s.iterdir() if d.name.isdigit()), key=lambda d: int(d.name)):
                 key = (s.name, int(g.name))
                 yield key, self.read(key) or State(RECEIVING)
+
+
+def _sync_dir(path: Path) -> None:
+    """A rename into ``path`` made durable before the instance is acknowledged."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class SendError(Exception):
@@ -304,7 +387,7 @@ class DicomListener:
         self.job_settings = settings.model_copy(
             update={"data_roots": [*settings.data_roots, settings.dicom_spool.resolve()]})
         self.app = make_app(self.job_settings)
-        self.spool = Spool(settings.dicom_spool)
+        self.spool = Spool(settings.dicom_spool, settings.dicom_spool_max_bytes)
         self._clock = clock
         self._lock = threading.Lock()
         self._open: dict[Key, State] = {}  # generations not yet final
@@ -312,6 +395,8 @@ class DicomListener:
         self._active: dict[Key, set[int]] = {}  # associations sending into it
         self._ended: set[Key] = set()  # its associations ended: complete
         self._touched: dict[int, set[Key]] = {}  # association -> generations
+        self._incoming: dict[int, int] = {}  # association -> bytes of the data set arriving
+        self._incoming_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ae: AE | None = None
@@ -330,10 +415,12 @@ class DicomListener:
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         ae.require_calling_aet = list(s.dicom_allowed_aes)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = s.dicom_timeout_seconds
-        ae.maximum_pdu_size = 0  # no limit: fewer PDUs for large instances
+        ae.maximum_pdu_size = MAX_PDU
+        ae.maximum_associations = s.dicom_max_associations
         handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted),
                     (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_RELEASED, self._on_end),
-                    (evt.EVT_ABORTED, self._on_end), (evt.EVT_CONN_CLOSE, self._on_end)]
+                    (evt.EVT_ABORTED, self._on_end), (evt.EVT_CONN_CLOSE, self._on_end),
+                    (evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_PDU_RECV, self._on_pdu)]
         if self.server_tls is not None:
             handlers.append((evt.EVT_CONN_OPEN, self._on_connect))
         elif not _loopback(s.dicom_host):
@@ -399,11 +486,60 @@ class DicomListener:
     def _on_rejected(self, event: evt.Event) -> None:
         req = event.assoc.requestor
         allowed = self.settings.dicom_allowed_aes
-        reason = "calling AE not allowed" if allowed and req.ae_title not in allowed else "refused by the SCP"
+        busy = sum(a.is_acceptor for a in event.assoc.ae.active_associations) > self.settings.dicom_max_associations
+        reason = ("calling AE not allowed" if allowed and req.ae_title not in allowed
+                  else f"more than {self.settings.dicom_max_associations} associations" if busy
+                  else "refused by the SCP")
         logger.warning("association from %s at %s rejected: %s", shown(req.ae_title), req.address, reason)
         self.metrics.associations.labels("rejected").inc()
 
+    def _on_open(self, event: evt.Event) -> None:
+        """Bound every PDU read to what the listener advertised: pynetdicom reads whatever
+        length a peer claims into memory, so a longer one closes the connection unread."""
+        sock = event.assoc.dul.socket
+        if sock is None:
+            return
+        recv = sock.recv
+        limit = MAX_PDU + 65536  # room for an A-ASSOCIATE-RQ's many presentation contexts
+
+        def bounded(n: int) -> bytearray:
+            if n > limit:
+                logger.warning("connection from %s closed: a PDU of %d bytes (at most %d)",
+                               event.assoc.requestor.address, n, limit)
+                raise OSError(errno.EMSGSIZE, f"a PDU of {n} bytes")
+            return recv(n)
+
+        setattr(sock, "recv", bounded)  # noqa: B010 (an instance attribute over the method)
+
+    def _on_pdu(self, event: evt.Event) -> None:
+        """Count the data set bytes of the C-STORE arriving; past the instance limit, or past
+        the listener's limit on bytes arriving over all associations at once, abort the
+        association before the rest arrives (nothing of it was written)."""
+        if not isinstance(event.pdu, P_DATA_TF):
+            return
+        s = self.settings
+        aid = id(event.assoc)
+        with self._incoming_lock:
+            n = self._incoming.get(aid, 0)
+            for item in event.pdu.presentation_data_value_items:
+                value = item.presentation_data_value or b"\x01"
+                n = 0 if value[0] & 1 else n + len(value) - 1  # a command fragment starts a message
+            self._incoming[aid] = n
+            total = sum(self._incoming.values())
+        if event.assoc.is_aborted:
+            return
+        if n > s.dicom_max_instance_bytes:
+            self._refuse(OUT_OF_RESOURCES, "association from %s aborted: an instance past %d bytes",
+                         event.assoc.requestor.address, s.dicom_max_instance_bytes)
+            event.assoc.abort(block=False)
+        elif total > s.dicom_max_inflight_bytes:
+            self._refuse(OUT_OF_RESOURCES, "association from %s aborted: instances arriving at once past %d bytes",
+                         event.assoc.requestor.address, s.dicom_max_inflight_bytes)
+            event.assoc.abort(block=False)
+
     def _on_end(self, event: evt.Event) -> None:
+        with self._incoming_lock:
+            self._incoming.pop(id(event.assoc), None)
         with self._lock:
             for key in self._touched.pop(id(event.assoc), set()):
                 active = self._active.get(key, set())
@@ -424,8 +560,14 @@ class DicomListener:
         except Exception:  # the SCP must answer, whatever one instance holds
             logger.exception("C-STORE failed")
             return self._refuse(CANNOT_UNDERSTAND, "unexpected error")
+        finally:  # its bytes are no longer arriving
+            with self._incoming_lock:
+                if id(event.assoc) in self._incoming:
+                    self._incoming[id(event.assoc)] = 0
 
     def _store(self, event: evt.Event) -> int:
+        if event.assoc.is_aborted:  # by _on_pdu, which counted the refusal
+            return OUT_OF_RESOURCES
         try:
             ds = event.dataset
             uids = [valid_uid(ds.get(k)) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
@@ -436,10 +578,24 @@ class DicomListener:
             missing = [k for k, u in zip(("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"), uids,
                                          strict=True) if u is None]
             return self._refuse(CANNOT_UNDERSTAND, "no valid %s", "/".join(missing))
-        if valid_uid(cast(C_STORE, event.request).AffectedSOPInstanceUID) != sop:
+        request = cast(C_STORE, event.request)
+        if valid_uid(request.AffectedSOPInstanceUID) != sop:
             return self._refuse(CANNOT_UNDERSTAND, "SOPInstanceUID %s is not the request's affected instance", sop)
+        if ds.get("SOPClassUID") != request.AffectedSOPClassUID:
+            return self._refuse(DOES_NOT_MATCH, "instance %s: its SOP class is not the request's", sop)
+        if not is_image(ds):
+            return self._refuse(NOT_SUPPORTED, "instance %s: %s is not an image camseg segments", sop,
+                                shown(ds.get("SOPClassUID")))
+        data = event.encoded_dataset()
+        if len(data) > self.settings.dicom_max_instance_bytes:  # when sent in one PDU
+            return self._refuse(OUT_OF_RESOURCES, "instance %s: %d bytes", sop, len(data))
+        with self._incoming_lock:
+            others = sum(n for a, n in self._incoming.items() if a != id(event.assoc))
+        if others + len(data) > self.settings.dicom_max_inflight_bytes:  # when sent in one PDU
+            return self._refuse(OUT_OF_RESOURCES, "instance %s: instances arriving at once past %d bytes", sop,
+                                self.settings.dicom_max_inflight_bytes)
         try:
-            tmp = self.spool.receive(event.encoded_dataset())
+            tmp = self.spool.receive(data)
         except OSError as exc:
             return self._refuse(OUT_OF_RESOURCES, "cannot write the spool (%s)", exc.strerror or exc)
         aid = id(event.assoc)
@@ -449,6 +605,9 @@ class DicomListener:
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 return self._refuse(OUT_OF_RESOURCES, "cannot write the spool (%s)", exc.strerror or exc)
+            if how == "conflict":
+                return self._refuse(DUPLICATE, "instance %s: series %s holds other content under its UID", sop,
+                                    series)
             if how != "duplicate":
                 if how == "new":
                     self._open[key] = State(RECEIVING, study_uid=study)

@@ -225,6 +225,15 @@ class DicomSection(BaseModel):
     dicom_destination_tls_cert: Path | None = Field(
         None, description="a client certificate (PEM) for the destination, with its key (mutual TLS)")
     dicom_destination_tls_key: Path | None = Field(None, description="its private key (PEM)")
+    dicom_max_associations: int = Field(10, ge=1, description="associations at once; more are rejected "
+                                                              "(A-ASSOCIATE-RJ, local limit exceeded)")
+    dicom_max_instance_bytes: int = Field(128 * MiB, ge=1024, description="largest instance received; a larger "
+                                                                           "one aborts its association unwritten")
+    dicom_max_inflight_bytes: int = Field(512 * MiB, ge=1024, description="instance bytes arriving over all "
+                                                                           "associations at once; past it the "
+                                                                           "association that arrives aborts")
+    dicom_spool_max_bytes: int | None = Field(None, ge=0, description="the spool's quota; an instance past it is "
+                                                                      "refused (0xA700); none: the disk's size")
 
     @field_validator("dicom_ae_title")
     @classmethod

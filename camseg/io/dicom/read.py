@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, SegmentationStorage
 
 from camseg.core.errors import InvalidInputError, NotFoundError, shown
 from camseg.io.guards import Header, is_dicom
@@ -63,6 +63,14 @@ class _Watched(io.RawIOBase):
 
     def tell(self) -> int:
         return self._fh.tell()
+
+
+def is_image(ds: Dataset) -> bool:
+    """Whether ``ds`` is an image camseg segments: it carries pixel data (Pixel Data, Float or
+    Double Float Pixel Data) and is not a Segmentation (camseg's own output: a SEG sent back is
+    not segmented again). A structured report, an encapsulated PDF or a presentation state is
+    not an image; neither is an image class whose pixel data is missing."""
+    return any(tag in ds for tag in _PIXEL_TAGS) and ds.get("SOPClassUID") != SegmentationStorage
 
 
 def reason(exc: BaseException) -> str:
