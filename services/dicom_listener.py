@@ -470,8 +470,7 @@ class DicomListener:
             self._open[key] = replace(st, next_try=0.0)
             if st.state == RECEIVING:
                 self._last[key] = now
-        self.metrics.pending.set(len(self._open))
-        self.metrics.sends_pending.set(sum(st.state == SENDING for st in self._open.values()))
+        self._gauges()
         if counts:
             logger.info("spool %s: %s", self.spool.root, ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
 
@@ -654,8 +653,12 @@ class DicomListener:
             except Exception:  # e.g. a job folder being written: this generation is looked at again next pass
                 logger.exception("series %s generation %d: poll failed", key[0], key[1])
         with self._lock:
-            self.metrics.pending.set(len(self._open))
-            self.metrics.sends_pending.set(sum(st.state == SENDING for st in self._open.values()))
+            self._gauges()
+
+    def _gauges(self) -> None:
+        """The pending gauges from the open generations (under the lock once serving)."""
+        self.metrics.pending.set(len(self._open))
+        self.metrics.sends_pending.set(sum(st.state == SENDING for st in self._open.values()))
 
     def _set(self, key: Key, st: State) -> State:
         st = self.spool.write(key, st)

@@ -139,3 +139,23 @@ def test_signature_changes_when_a_file_is_rewritten(tmp_path: Path) -> None:
     after = signature(d)
     assert after != before
     assert after[1][1] == len(b"longer contents")
+
+
+def test_signature_covers_every_visible_file_in_subfolders_too(tmp_path: Path) -> None:
+    """External data may live in a subfolder (``weights/w.bin``): rewriting it, adding a
+    file beside the required ones or breaking a symlink changes the signature; a hidden
+    file being written does not."""
+    d = _version(tmp_path, "m", "1")
+    (d / "weights").mkdir()
+    (d / "weights" / "w.bin").write_bytes(b"1234")
+    base = signature(d)
+    assert [s[0] for s in base] == [*REQUIRED_FILES, "weights/w.bin"]
+    (d / "weights" / "w.bin").write_bytes(b"123456")
+    rewritten = signature(d)
+    assert rewritten != base and rewritten[-1][:2] == ("weights/w.bin", 6)
+    (d / "weights" / ".w.bin.tmp").write_bytes(b"partial")
+    (d / ".staging").mkdir()
+    (d / ".staging" / "x").write_bytes(b"x")
+    assert signature(d) == rewritten
+    (d / "weights" / "alias.bin").symlink_to(tmp_path / "gone.bin")
+    assert signature(d)[-2] == ("weights/alias.bin", -1, -1)

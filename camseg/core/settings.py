@@ -213,7 +213,8 @@ class DicomSection(BaseModel):
     dicom_metrics_port: int | None = Field(None, ge=0, le=65535, description="the listener's Prometheus port; "
                                                                              "none: no metrics")
     dicom_poll_seconds: float = Field(1.0, gt=0, description="how often the listener looks at its series and jobs")
-    dicom_timeout_seconds: float = Field(30.0, gt=0, description="network and DIMSE timeout of a send")
+    dicom_timeout_seconds: float = Field(30.0, gt=0, description="network, DIMSE and TLS handshake timeout of "
+                                                                 "an incoming association and of a send")
     dicom_retry_max_seconds: float = Field(300.0, gt=0, description="longest wait between two send attempts")
     dicom_tls_cert: Path | None = Field(None, description="the listener's certificate (PEM); set with its key, "
                                                           "associations are TLS only")

@@ -54,17 +54,16 @@ def version_files(path: Path) -> tuple[str, ...]:
 def signature(path: Path) -> Signature:
     """Names, sizes and modification times of a version's files: changes when it is
     replaced or rewritten in place. The required files come first (OSError when one is
-    gone), then every other visible file of the folder (an ONNX graph's external data, a
-    student, a recipe), symlinks followed and a broken one marked by -1, so a version
-    refused for a file beside its required ones is tried again once that file changes."""
+    gone), then every other visible file under the folder, subfolders included (an ONNX
+    graph's external data may live in one; a student, a recipe), symlinks followed and a
+    broken one marked by -1, so a version refused for a file beside its required ones is
+    tried again once that file changes. Only ``stat`` is called: nothing is read."""
     required = version_files(path)
     out = []
     for name in required:
         st = (path / name).stat()
         out.append((name, st.st_size, st.st_mtime_ns))
-    with os.scandir(path) as it:
-        others = sorted(e.name for e in it if not e.name.startswith(".") and e.name not in required)
-    for name in others:
+    for name in _other_files(path, required):
         try:
             st = (path / name).stat()
         except OSError:
@@ -73,6 +72,17 @@ def signature(path: Path) -> Signature:
         if not stat.S_ISDIR(st.st_mode):
             out.append((name, st.st_size, st.st_mtime_ns))
     return tuple(out)
+
+
+def _other_files(path: Path, required: tuple[str, ...]) -> list[str]:
+    """Visible files under ``path`` other than ``required``, relative and sorted; hidden
+    entries (a file being written) and symlinked folders are not entered."""
+    found = []
+    for top, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(top).relative_to(path)
+        found += [(rel / f).as_posix() for f in files if not f.startswith(".")]
+    return sorted(f for f in found if f not in required)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,22 @@ def test_the_images_agree_with_the_code(dockerfile: Path) -> None:
     assert expose == {DEFAULTS.port, DEFAULTS.metrics_port, WORKER_METRICS_PORT}
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_images_own_the_folders_compose_writes_on_named_volumes(dockerfile: Path) -> None:
+    """A new named volume takes the owner of its mount point in the image: one the image
+    does not create is root's, and the camseg user (10001) could not write the spool."""
+    text = dockerfile.read_text()
+    chowned = {p for line in re.findall(r"chown camseg:camseg ([^\n\\&]+)", text) for p in line.split()}
+    cfg = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    named = set(cfg["volumes"])
+    written = {target for svc in cfg["services"].values() if IMAGE.fullmatch(svc.get("image", ""))
+               for v in svc.get("volumes", []) if isinstance(v, str) and v.split(":")[0] in named
+               for target, read_only in [(v.split(":")[1], v.count(":") > 1 and "ro" in v.split(":")[2])]
+               if not read_only}
+    assert written >= {"/jobs-out", "/dicom-spool"}
+    assert written <= chowned, written - chowned
+
+
 def test_camseg_health_answers_for_a_real_server(tmp_path: Path, exported: tuple[Path, dict[str, Any]]) -> None:
     import shutil
 

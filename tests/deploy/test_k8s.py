@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,30 @@ def test_the_dicom_listener_matches_the_code(rendered: dict[str, list[dict[str, 
     svc = _by(objs, "Service", "camseg-dicom")
     assert all(labels[k] == v for k, v in svc["spec"]["selector"].items())
     assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(DEFAULTS.dicom_port, "dicom")]
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_every_metrics_port_has_a_writable_multiprocess_folder(rendered: dict[str, list[dict[str, Any]]],
+                                                               overlay: str) -> None:
+    """The images set PROMETHEUS_MULTIPROC_DIR, so prometheus-client writes a file there for
+    each metric a process creates, the server's and the receiver's included: on a read-only
+    root filesystem that folder must be a volume, or the process dies at its first metric."""
+    objs = rendered[overlay]
+    image_env = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", (DEPLOY / "docker" / f"Dockerfile.{overlay}").read_text())
+    assert image_env is not None
+    checked = set()
+    for d in (o for o in objs if o["kind"] == "Deployment"):
+        c = _container(d)
+        if "metrics" not in {p["name"] for p in c.get("ports", [])}:
+            continue
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        folder = _env(objs, d).get("PROMETHEUS_MULTIPROC_DIR", image_env.group(1))
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert folder in mounts and not mounts[folder].get("readOnly"), d["metadata"]["name"]
+        volume = next(v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == mounts[folder]["name"])
+        assert "emptyDir" in volume, d["metadata"]["name"]  # the process's own, gone with the pod
+        checked.add(d["metadata"]["name"])
+    assert checked == {"camseg-server", "camseg-worker", "camseg-dicom-listener"}
 
 
 def test_the_pod_monitor_scrapes_the_metrics_ports(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -35,7 +35,8 @@ from tests.services.test_client import openssl
 from tests.services.test_dicom_listen import Env, Listener, check_seg, ct_volume, wait_port
 from tests.services.test_dicom_listen import launch as launch  # the listener processes' fixture
 
-DB = 13  # the machine's Redis: a DB index of these tests' own
+# the machine's Redis: a DB index of these tests' own; TEST_REDIS_DB moves it (two checkouts at once)
+DB = int(os.environ.get("TEST_REDIS_DB", "13"))
 
 
 @pytest.fixture(scope="module")
