@@ -252,7 +252,7 @@ def test_crf_in_row_bands_equals_the_whole_image(case: tuple[torch.Tensor, ...],
 
 @pytest.mark.parametrize("method", ["crf", "watershed", "randomwalk"])
 def test_a_large_image_is_refined_at_the_working_resolution(case: tuple[torch.Tensor, ...], method: str) -> None:
-    images, heats, masks, truths = case
+    images, heats, masks, _ = case
     # the ROIs at 4x their size: refined at their own 64 px (max_pixels) and brought back
     up = [F.interpolate(t[:4, None].float(), scale_factor=4, mode="nearest")[:, 0] for t in (images, heats, masks)]
     small = refine_masks(images[:4], heats[:4], masks[:4], method)
