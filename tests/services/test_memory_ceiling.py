@@ -43,7 +43,8 @@ def test_the_largest_image_with_the_heaviest_options_stays_under_the_ceiling(
     for name, request in requests.items():
         reply = stub.Segment(request, timeout=240)
         (mask,) = reply.masks
-        assert list(mask.shape) == [4096, 4096] and mask.png and mask.packed_bits and mask.area > 0, name
+        assert list(mask.shape) == [4096, 4096] and mask.packed_bits and mask.area > 0, name
+        assert bool(mask.png and mask.overlay_png and mask.rle) == (name != "recipe"), name
         assert reply.recipe == (name == "recipe"), name
     peak = vm_hwm_mib(s.proc.pid)
     print(f"server peak RSS {peak:.0f} MiB")
