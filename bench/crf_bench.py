@@ -47,7 +47,7 @@ def camseg_crf(images: torch.Tensor, heats: torch.Tensor, masks: torch.Tensor) -
     return refine_masks(images, heats, masks, "crf", params=RefineParams(max_pixels=1 << 30))
 
 
-def pydensecrf(images: torch.Tensor, heats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def permutohedral_crf(images: torch.Tensor, heats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """The same model with pydensecrf2: the calibrated unary, a Gaussian (smoothness)
     and a bilateral (appearance) kernel of camseg's default weights and sigmas, Potts."""
     import pydensecrf.densecrf as dcrf
@@ -83,15 +83,17 @@ def measure(method: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.T
     pid = os.fork()
     if pid == 0:
         os.close(read)
-        images, heats, masks, truth = c
-        before = _rss_kib("VmRSS:")
-        t0 = time.perf_counter()
-        out = method(images, heats, masks)
-        seconds = time.perf_counter() - t0
-        result = {"dice": float(dice(out, truth).mean()), "seconds": seconds,
-                  "peak_mib": (_rss_kib("VmHWM:") - before) / 1024}
-        os.write(write, json.dumps(result).encode())
-        os._exit(0)
+        try:
+            images, heats, masks, truth = c
+            before = _rss_kib("VmRSS:")
+            t0 = time.perf_counter()
+            out = method(images, heats, masks)
+            seconds = time.perf_counter() - t0
+            result = {"dice": float(dice(out, truth).mean()), "seconds": seconds,
+                      "peak_mib": (_rss_kib("VmHWM:") - before) / 1024}
+            os.write(write, json.dumps(result).encode())
+        finally:
+            os._exit(0)
     os.close(write)
     with os.fdopen(read) as fh:
         data = fh.read()
@@ -109,7 +111,7 @@ def main() -> None:
     try:
         import pydensecrf.densecrf
 
-        methods["pydensecrf2"] = pydensecrf
+        methods["pydensecrf2"] = permutohedral_crf
     except ImportError:
         print("pydensecrf2 is not installed: camseg's CRF only")
     rows = []
