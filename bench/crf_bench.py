@@ -17,6 +17,7 @@ Prints a table and writes ``bench/results/crf_bench.json``. pydensecrf2 is optio
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import time
@@ -108,11 +109,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     methods: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {"camseg": camseg_crf}
-    try:
-        import pydensecrf.densecrf
-
+    if importlib.util.find_spec("pydensecrf") is not None:
         methods["pydensecrf2"] = permutohedral_crf
-    except ImportError:
+    else:
         print("pydensecrf2 is not installed: camseg's CRF only")
     rows = []
     for size in args.sizes:
