@@ -3,8 +3,9 @@ and its reply, apart from gRPC (after KServe's ``DataPlane``, kept apart from it
 servicer).
 
 It owns the thread pools (decoding, ONNX Runtime batches, Grad-CAM), a Classify batcher
-per loaded model version (:class:`services.batching.DynamicBatcher`), the budgets of
-decoded values (a request's, drawing on the server's), the check of a reply's size
+per loaded model version (:class:`services.batching.DynamicBatcher`), the memory budgets
+(a request's, drawing on the server's: each image charged, from its header, what its
+whole path will hold, :mod:`camseg.pipeline.cost`), the check of a reply's size
 before any work, and the encodings made at the edge from the core's results (DICOM
 SEG). An image that goes whole (:mod:`camseg.pipeline.whole`) has its own pixel limit
 (``max_whole_pixels``) and charges its sliding window's memory to the budgets before it
@@ -40,6 +41,7 @@ from camseg.core.windowing import Windowing
 from camseg.io.guards import Budget, is_dicom
 from camseg.io.inputs import read_header
 from camseg.io.sources import Source, claimed_shapes, decode_source, decode_sources, decode_truths
+from camseg.pipeline.cost import classify_bytes, path_bytes
 from camseg.pipeline.options import Encoding, Options
 from camseg.pipeline.run import Result, run
 from camseg.pipeline.whole import is_whole, model_scale, whole_bytes
@@ -78,8 +80,8 @@ class DataPlane:
         self.decode_pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
         # a pool of its own for Grad-CAM, so a flood of Explain calls cannot starve Classify
         self.cam_pool = ThreadPoolExecutor(max_workers=settings.cam_workers, thread_name_prefix="cam")
-        # decoded values of all calls in flight: bounds the memory requests can take together
-        self.inflight = Budget(settings.max_inflight_values, "server's budget of decoded values in flight")
+        # the memory of all calls in flight (their paths, camseg.pipeline.cost): bounds what requests take together
+        self.inflight = Budget(settings.max_inflight_values, "server's budget of memory in flight (values of 4 bytes)")
         # one batcher per loaded model: a version reloaded in place gets a new one
         self._batchers: dict[tuple[str, str, tuple[Any, ...]], DynamicBatcher] = {}
         # DICOM images: windowed per modality unless the settings say otherwise
@@ -106,7 +108,10 @@ class DataPlane:
 
         def prepare(should_stop: ShouldStop) -> npt.NDArray[np.float32]:
             with self._budget() as budget:
-                x: npt.NDArray[np.float32] = served.model.prepare(self._decode(images, budget)).numpy()
+                work = [_values(classify_bytes(hw, channels=_claimed_channels(src)))
+                        for src, hw in zip(images, claimed_shapes(images), strict=True)] \
+                    if len(images) <= self.settings.max_images else []
+                x: npt.NDArray[np.float32] = served.model.prepare(self._decode(images, budget, work)).numpy()
                 return x
 
         with batcher.expect():  # a batch waits for this call while it decodes
@@ -125,7 +130,8 @@ class DataPlane:
             shapes = claimed_shapes(images)
             self._check_reply(reply_size(shapes, heat_bytes=heat_bytes,
                                          overlay=Encoding.OVERLAY_PNG in options.encodings))
-            return self._decode(images, budget, self._windows(served, images, shapes, options))
+            work, _ = self._work(served, images, shapes, options, heat_reply=heat_bytes)
+            return self._decode(images, budget, work)
 
         def work(should_stop: ShouldStop) -> R:
             return reply(run(served.model, decoded, options, should_stop=should_stop))
@@ -155,11 +161,11 @@ class DataPlane:
             self._check_reply(reply_size(shapes, mask_bits=Encoding.MASK_BITS in enc,
                                          png=Encoding.MASK_PNG in enc, rle=Encoding.MASK_RLE in enc,
                                          overlay=Encoding.OVERLAY_PNG in enc, dicom_seg=dicom_seg))
-            windows = self._windows(served, images, shapes, options)
-            decoded = self._decode(images, budget, windows)
+            work, whole = self._work(served, images, shapes, options)
+            decoded = self._decode(images, budget, work, whole)
             s = self.settings
             # a whole image's truth mask is as large as the image
-            limit = s.max_whole_pixels if any(v is not None for v in windows) else s.max_pixels
+            limit = s.max_whole_pixels if any(whole) else s.max_pixels
             return decoded, decode_truths(truths, len(decoded), max_images=s.max_images, max_pixels=limit,
                                           budget=budget)
 
@@ -190,40 +196,48 @@ class DataPlane:
 
     # ------------------------------------------------------------ what the paths share
     def _budget(self) -> Budget:
-        return Budget(self.settings.max_request_values, "request's budget of decoded values", parent=self.inflight)
+        return Budget(self.settings.max_request_values, "request's budget of memory (values of 4 bytes)",
+                      parent=self.inflight)
 
-    def _decode(self, images: Sequence[Source], budget: Budget,
-                windows: Sequence[int | None] = ()) -> list[FloatArray]:
-        """The images decoded, each checked header first; one that goes whole (its entry
-        of ``windows`` set: its sliding window's memory, in values) against
-        ``max_whole_pixels``, and its window charged to ``budget`` before it is decoded."""
+    def _decode(self, images: Sequence[Source], budget: Budget, work: Sequence[int] = (),
+                whole: Sequence[bool] = ()) -> list[FloatArray]:
+        """The images decoded, each checked header first, and each charged to ``budget``
+        before it is decoded: the work of its path beyond its decoded values (its entry
+        of ``work``, in values of 4 bytes) and then those values. One that goes whole (its
+        entry of ``whole``) is checked against ``max_whole_pixels``."""
         s = self.settings
-        if not any(v is not None for v in windows) or not images or len(images) > s.max_images:
-            # no whole image, or a count decode_sources refuses before anything is decoded
+        if not work or not images or len(images) > s.max_images:
+            # nothing to charge, or a count decode_sources refuses before anything is decoded
             return decode_sources(images, max_images=s.max_images, max_pixels=s.max_pixels, budget=budget,
                                   windowing=self.windowing)
         out = []
-        for src, window in zip(images, windows, strict=True):
-            if window is not None:
-                # the request's own limit is for decoded values: it grows by the window, which
-                # the server's budget in flight counts
-                budget.limit += window
-                budget.take(window, f"{src.name} (the sliding window of a whole image)")
-            out.append(decode_source(src, max_pixels=s.max_pixels if window is None else s.max_whole_pixels,
+        for i, (src, extra) in enumerate(zip(images, work, strict=True)):
+            is_big = bool(whole[i]) if whole else False
+            if extra > 0:
+                budget.take(extra, f"{src.name} (the memory of its path: camseg.pipeline.cost)")
+            out.append(decode_source(src, max_pixels=s.max_whole_pixels if is_big else s.max_pixels,
                                      budget=budget, windowing=self.windowing))
         return out
 
-    def _windows(self, served: ServedModel, images: Sequence[Source], shapes: Sequence[tuple[int, int]],
-                 options: Options) -> list[int | None]:
-        """For each image that goes whole under ``options.tiling`` (from its claimed shape,
-        nothing decoded), the memory its sliding window holds, in values of 4 bytes
-        (:func:`camseg.pipeline.whole.whole_bytes`); None for the others. An image over
+    def _work(self, served: ServedModel, images: Sequence[Source], shapes: Sequence[tuple[int, int]],
+              options: Options, *, heat_reply: int = 0) -> tuple[list[int], list[bool]]:
+        """For each image (from its claimed shape, nothing decoded), the memory its path
+        under ``options`` holds beyond its decoded values, in values of 4 bytes
+        (:func:`camseg.pipeline.cost.path_bytes`, with the sliding window of
+        :func:`camseg.pipeline.whole.whole_bytes` for an image that goes whole under
+        ``options.tiling``), and whether it goes whole. An image over
         ``max_whole_pixels``, or a model without a scale for it, is refused here."""
         model, tiling = served.model, options.tiling
-        out: list[int | None] = []
+        work: list[int] = []
+        whole: list[bool] = []
+        if len(images) > self.settings.max_images:
+            return work, whole
         for src, (h, w) in zip(images, shapes, strict=True):
+            channels = _claimed_channels(src)
             if h * w == 0 or not is_whole(model, (h, w), tiling):
-                out.append(None)
+                work.append(_values(path_bytes((h, w), options, channels=channels, heat_reply=heat_reply))
+                            - h * w * channels)
+                whole.append(False)
                 continue
             if h * w > self.settings.max_whole_pixels:
                 raise InvalidInputError(f"{src.name}: {w}x{h} pixels exceed the whole-image limit of "
@@ -238,10 +252,12 @@ class DataPlane:
                     f"model {served.name} version {served.version} has no recorded scale (source pixels per model "
                     f"pixel) for whole images ({src.name} is {w}x{h}); give the request's tiling a scale, or send "
                     "the image as an ROI (tiling mode never)")
-            size = whole_bytes((h, w), scale, tile=model.input_hw, chunk=options.chunk,
-                               channels=_claimed_channels(src))
-            out.append(math.ceil(size / 4))
-        return out
+            window = whole_bytes((h, w), scale, tile=model.input_hw, chunk=options.chunk, channels=channels)
+            small = (math.ceil(h / scale), math.ceil(w / scale))
+            work.append(_values(path_bytes((h, w), options, channels=channels, whole=window, model_space=small,
+                                           heat_reply=heat_reply)) - h * w * channels)
+            whole.append(True)
+        return work, whole
 
     def _batcher(self, served: ServedModel) -> DynamicBatcher:
         key = (served.name, served.version, served.signature)
@@ -280,6 +296,11 @@ class DataPlane:
             return await asyncio.get_running_loop().run_in_executor(pool, work, gone.is_set)
         except CancelledError:
             raise asyncio.CancelledError from None
+
+
+def _values(nbytes: int) -> int:
+    """Bytes as values of 4 bytes (the budgets' unit), rounded up."""
+    return math.ceil(nbytes / 4)
 
 
 def _claimed_channels(src: Source) -> int:

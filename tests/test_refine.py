@@ -234,3 +234,29 @@ def test_crf_chunks_agree_with_one_batch(case: tuple[torch.Tensor, ...]) -> None
     alone = refine_masks(images, heats, masks, Refiner.CRF)
     assert torch.equal(together, alone.repeat(5, 1, 1))
     assert torch.equal(alone[2:3], refine_masks(images[2:3], heats[2:3], masks[2:3], "crf"))
+
+
+def test_crf_in_row_bands_equals_the_whole_image(case: tuple[torch.Tensor, ...],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import camseg.heat.refine as refine
+
+    images, heats, masks, _ = case
+    tall = (torch.cat([images[:1]] * 3, 1), torch.cat([heats[:1]] * 3, 1), torch.cat([masks[:1]] * 3, 1))
+    whole = refine_masks(*tall, Refiner.CRF)
+    # a kernel bound of a few rows: bands of 3 rows, each solved with its 48-row margins
+    k = (2 * RefineParams().crf_radius + 1) ** 2 - 1
+    monkeypatch.setattr(refine, "CRF_KERNEL_BYTES", 4 * k * tall[0].shape[2] * (2 * 48 + 3))
+    banded = refine_masks(*tall, Refiner.CRF)
+    assert whole.any() and torch.equal(banded, whole)
+
+
+@pytest.mark.parametrize("method", ["crf", "watershed", "randomwalk"])
+def test_a_large_image_is_refined_at_the_working_resolution(case: tuple[torch.Tensor, ...], method: str) -> None:
+    images, heats, masks, _ = case
+    # the ROIs at 4x their size: refined at their own 64 px (max_pixels) and brought back
+    up = [F.interpolate(t[:4, None].float(), scale_factor=4, mode="nearest")[:, 0] for t in (images, heats, masks)]
+    small = refine_masks(images[:4], heats[:4], masks[:4], method)
+    big = refine_masks(up[0], up[1], up[2] > 0.5, method, params=RefineParams(max_pixels=64 * 64))
+    assert big.shape == up[2].shape and big.dtype == torch.bool
+    back = F.interpolate(small[:, None].float(), scale_factor=4, mode="nearest")[:, 0] > 0.5
+    assert torch.equal(big, back)

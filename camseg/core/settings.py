@@ -37,6 +37,10 @@ MiB = 1024 * 1024
 AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # DICOM AE: printable, no backslash, 16 at most
 
 
+MEMORY_VALUES = 512 * 1024 * 1024
+"""The default memory budgets (a request's, all calls in flight): 2 GiB as values of 4 bytes."""
+
+
 class SettingsError(InvalidInputError):
     """A setting that cannot be used: an unknown ``CAMSEG_*`` variable or a bad value.
     The message is one line naming each variable and why."""
@@ -91,13 +95,15 @@ class ServeSection(BaseModel):
     max_upload_bytes: int = Field(128 * MiB, ge=1024, description="largest image sent in pieces (SegmentUpload)")
     max_images: int = Field(256, ge=1, description="images per request")
     max_request_values: int = Field(
-        3 * DEFAULT_MAX_PIXELS, ge=1,
-        description="decoded values (height x width x channels) of all images and masks of one request")
+        MEMORY_VALUES, ge=1,
+        description="memory one request's work may hold, in values of 4 bytes: each image charged from its header "
+                    "what its whole path holds (decoding, heatmaps, TTA, refiners, sliding window, encodings; "
+                    "camseg.pipeline.cost) before it is decoded")
     max_inflight_values: int = Field(
-        6 * DEFAULT_MAX_PIXELS + 9 * DEFAULT_MAX_WHOLE_PIXELS, ge=1,
-        description="decoded values of all calls in flight together, with the memory of whole images' sliding "
-                    "windows and of uploads as bytes / 4 (bounds memory; the default holds one gray image of "
-                    "max_whole_pixels at scale 1 beside 6 x 4096 x 4096 values)")
+        MEMORY_VALUES, ge=1,
+        description="memory all calls in flight may hold together, in values of 4 bytes (requests charged as "
+                    "max_request_values says, uploads as bytes / 4); the default, 2 GiB, holds any one image the "
+                    "pixel limits admit with any options")
     max_concurrent_rpcs: int = Field(64, ge=1, description="calls in progress at once; more are RESOURCE_EXHAUSTED")
     max_queue_images: int = Field(1024, ge=1, description="images waiting for a Classify batch, per model version")
     decode_workers: int = Field(2, ge=1, description="threads decoding Classify requests off the event loop")

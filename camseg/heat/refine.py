@@ -83,6 +83,30 @@ def parse_refiner(name: str | Refiner) -> Refiner:
         raise InvalidInputError(f"unknown refiner {name!r}: use one of {', '.join(REFINERS)}") from None
 
 
+WORKING_PIXELS = 1024 * 1024
+"""The default working resolution of every refiner (:attr:`RefineParams.max_pixels`)."""
+
+WORKING_BYTES_PER_PIXEL: dict[Refiner, int] = {
+    Refiner.NONE: 0,
+    # logit, q, its padded copy, the message, the total, the image and its padded copy
+    # (float32), with the kernel counted apart (CRF_KERNEL_BYTES)
+    Refiner.CRF: 40,
+    # scikit-image's Laplacian (float64 data, int32 indices, ~5 entries a pixel, twice
+    # while it is built), the conjugate gradient's vectors and the labels
+    Refiner.RANDOM_WALK: 260,
+    # the smoothed image, the float64 Sobel gradient, int32 markers and labels, the
+    # queue's entries
+    Refiner.WATERSHED: 56,
+    # the RGB uint8 copy, the labels and OpenCV's graph (~9 edges a pixel)
+    Refiner.GRABCUT: 160,
+}
+"""Bytes each refiner holds per pixel of its working resolution, at its peak."""
+
+CRF_KERNEL_BYTES = 96 * 1024 * 1024
+"""The dense CRF's pairwise kernel held at once: rows are refined in bands of at most
+this much kernel (see :func:`_crf`)."""
+
+
 @dataclass(frozen=True)
 class RefineParams:
     """Seed levels and per-method settings; the defaults suit 64-256 px ROIs.
@@ -130,6 +154,11 @@ class RefineParams:
     """GrabCut iterations."""
     seed: int = 0
     """Seed of OpenCV's RNG (GrabCut's k-means initialisation), for determinism."""
+    max_pixels: int = WORKING_PIXELS
+    """Working resolution: an image of more pixels is refined at a size of at most this
+    many (image and heat area-averaged, mask sampled), and the refined mask is brought
+    back to the image's size (nearest). Lengths above (radii, sigmas) are then in
+    working pixels. Bounds every refiner's memory (:func:`refine_bytes`)."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -149,6 +178,7 @@ class RefineParams:
             "rw_beta": self.rw_beta > 0.0,
             "rw_mode": self.rw_mode in ("cg_j", "bf"),
             "grabcut_iterations": self.grabcut_iterations >= 1,
+            "max_pixels": self.max_pixels >= 64 * 64,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -190,14 +220,65 @@ def refine_masks(
     keep = masks.flatten(1).any(1)
     if not bool(keep.any()):
         return masks.clone()
+    h, w = masks.shape[-2:]
+    size = working_size((h, w), p.max_pixels)
+    if size != (h, w):
+        # a bounded working resolution: image and heat area-averaged, the mask sampled
+        # at the working pixels' centres; the refined mask comes back by nearest neighbour
+        images = F.interpolate(images.float()[:, None], size=size, mode="area")[:, 0]
+        heatmaps = F.interpolate(heatmaps.float()[:, None], size=size, mode="area")[:, 0]
+        masks = masks[:, _nearest(h, size[0])][:, :, _nearest(w, size[1])]
     if refiner is Refiner.CRF:
         out = _crf(images, heatmaps, masks, p)
     else:
         out = _per_image(images, heatmaps, masks, refiner, p)
+    if size != (h, w):
+        out = out[:, _nearest(size[0], h)][:, :, _nearest(size[1], w)]
     # the classifier gate's empty masks stand, whatever the image says
     out = out & keep[:, None, None]
     logger.debug("refined %d of %d masks with %s", int(keep.sum()), masks.shape[0], refiner.value)
     return out
+
+
+def working_size(shape: tuple[int, int], max_pixels: int = WORKING_PIXELS) -> tuple[int, int]:
+    """The size an image of ``shape`` is refined at: itself when it has at most
+    ``max_pixels`` pixels, else scaled down, aspect kept, to at most that many.
+
+    >>> working_size((4096, 4096))
+    (1024, 1024)
+    >>> working_size((300, 200))
+    (300, 200)
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if h * w <= max_pixels:
+        return h, w
+    f = math.sqrt(max_pixels / (h * w))
+    return max(1, math.floor(h * f)), max(1, math.floor(w * f))
+
+
+def refine_bytes(method: Refiner | str, shape: tuple[int, int], params: RefineParams | None = None) -> int:
+    """Bytes :func:`refine_masks` allocates, at its peak, to refine one image of ``shape``:
+    its working-resolution copies and the method's own (:data:`WORKING_BYTES_PER_PIXEL`;
+    the CRF's kernel band, at most :data:`CRF_KERNEL_BYTES`) plus the refined mask at the
+    image's size. Budgets charge this before the work."""
+    refiner = parse_refiner(method)
+    if refiner is Refiner.NONE:
+        return 0
+    p = params if params is not None else RefineParams()
+    h, w = int(shape[0]), int(shape[1])
+    wh, ww = working_size((h, w), p.max_pixels)
+    small = wh * ww
+    copies = 9 * small if (wh, ww) != (h, w) else 0  # image and heat (float32) and mask at working size
+    own = WORKING_BYTES_PER_PIXEL[refiner] * small
+    if refiner is Refiner.CRF:
+        k = (2 * p.crf_radius + 1) ** 2 - 1
+        own += min(CRF_KERNEL_BYTES + 4 * k * ww, 4 * k * small)
+    return copies + own + 2 * h * w
+
+
+def _nearest(n: int, m: int) -> Tensor:
+    """Indices of ``m`` samples of ``n`` at the samples' centres (nearest neighbour)."""
+    return ((torch.arange(m, dtype=torch.float64) + 0.5) * (n / m)).long().clamp_(0, n - 1)
 
 
 def seeds(heatmap: Tensor, mask: Tensor, params: RefineParams | None = None) -> tuple[Tensor, Tensor]:
@@ -237,28 +318,43 @@ def calibrate(heatmaps: Tensor, masks: Tensor, params: RefineParams | None = Non
     return torch.sigmoid(p.crf_slope * (heat - centre))
 
 
-CRF_CHUNK_ELEMENTS = 1 << 24  # kernel values held at once (64 MiB of float32)
-
-
 def _crf(images: Tensor, heatmaps: Tensor, masks: Tensor, p: RefineParams) -> Tensor:
     """Mean-field dense CRF (Krähenbühl & Koltun 2011, Alg. 1) over a local window.
 
     Potts pairwise term with kernel ``w_a exp(-|dx|^2/2 a^2 - |dI|^2/2 b^2) +
-    w_s exp(-|dx|^2/2 g^2)`` restricted to ``|dx|_inf <= crf_radius``, batched over
-    images in chunks that bound the per-offset kernel's memory.
+    w_s exp(-|dx|^2/2 g^2)`` restricted to ``|dx|_inf <= crf_radius``. The kernel of
+    ``(2r+1)^2 - 1`` offsets a pixel is held for one band of rows at a time, at most
+    :data:`CRF_KERNEL_BYTES`: after ``t`` iterations a pixel's marginal depends only on
+    pixels within ``t r`` rows, so each band is solved with a margin of
+    ``crf_iterations * crf_radius`` rows on either side and its own rows kept: the
+    result equals the whole image's solved at once.
     """
     n, h, w = masks.shape
-    k = (2 * p.crf_radius + 1) ** 2
-    chunk = max(1, CRF_CHUNK_ELEMENTS // (k * h * w))
+    r = p.crf_radius
+    k = (2 * r + 1) ** 2 - 1
+    halo = p.crf_iterations * r
+    rows = max(1, CRF_KERNEL_BYTES // (4 * k * w) - 2 * halo)
+    if h <= rows + 2 * halo:
+        # small images (ROIs): whole, several at once within the same kernel bound
+        chunk = max(1, CRF_KERNEL_BYTES // (4 * k * h * w))
+        with torch.no_grad():
+            parts = [_crf_band(images[s : s + chunk].float(),
+                               calibrate(heatmaps[s : s + chunk], masks[s : s + chunk], p), p)
+                     for s in range(0, n, chunk)]
+        return torch.cat(parts).to(masks.device)
+    out = torch.empty((n, h, w), dtype=torch.bool)
     with torch.no_grad():
-        out = [
-            _crf_chunk(images[s : s + chunk].float(), calibrate(heatmaps[s : s + chunk], masks[s : s + chunk], p), p)
-            for s in range(0, n, chunk)
-        ]
-    return torch.cat(out).to(masks.device)
+        for i in range(n):
+            image = images[i : i + 1].float()
+            prob = calibrate(heatmaps[i : i + 1], masks[i : i + 1], p)
+            for top in range(0, h, rows):
+                lo, hi = max(0, top - halo), min(h, top + rows + halo)
+                band = _crf_band(image[:, lo:hi], prob[:, lo:hi], p)
+                out[i, top : min(h, top + rows)] = band[0, top - lo : top - lo + min(rows, h - top)]
+    return out.to(masks.device)
 
 
-def _crf_chunk(images: Tensor, prob: Tensor, p: RefineParams) -> Tensor:
+def _crf_band(images: Tensor, prob: Tensor, p: RefineParams) -> Tensor:
     n, h, w = images.shape
     r = p.crf_radius
     prob = prob.clamp(1e-4, 1 - 1e-4)

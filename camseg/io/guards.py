@@ -150,10 +150,11 @@ def array_to_float(arr: npt.NDArray[Any], name: str = "image") -> FloatArray:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1:
         raise InvalidInputError(f"{name}: expected a 2-D image, got shape {tuple(arr.shape)}")
-    if arr.dtype == np.uint8:
-        return (arr.astype(np.float32) / 255.0).astype(np.float32)
-    if arr.dtype == np.uint16:
-        return (arr.astype(np.float32) / 65535.0).astype(np.float32)
+    if arr.dtype in (np.uint8, np.uint16):
+        # one float copy, scaled in place: no full-size temporaries beside it
+        out = arr.astype(np.float32)
+        out /= 255.0 if arr.dtype == np.uint8 else 65535.0
+        return out
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating):

@@ -19,6 +19,7 @@ from camseg.data.folder import decode_image
 from camseg.heat.rules import parse_rule
 from camseg.io.codecs import encode_png
 from camseg.io.sources import Source
+from camseg.pipeline.cost import path_bytes
 from camseg.pipeline.options import Options
 from camseg.pipeline.run import LoadedModel, Result, run
 from camseg.pipeline.whole import Tiling, whole_bytes
@@ -112,8 +113,10 @@ def test_a_whole_images_sliding_window_is_charged_to_the_budget_before_decoding(
     opts = Options(threshold=parse_rule("otsu"), tiling=Tiling(scale=1.0))
     rng = np.random.default_rng(0)
     full = encode_png((rng.random((300, 400)) * 255).astype(np.uint8))
-    window = math.ceil(whole_bytes((300, 400), 1.0, tile=served.model.input_hw, chunk=opts.chunk) / 4)
-    need = 300 * 400 + window
+    window_bytes = whole_bytes((300, 400), 1.0, tile=served.model.input_hw, chunk=opts.chunk)
+    window = math.ceil(window_bytes / 4)
+    # the whole path: the sliding window and the other steps (camseg.pipeline.cost), decoded values included
+    need = math.ceil(path_bytes((300, 400), opts, whole=window_bytes, model_space=(300, 400)) / 4)
     seen: list[int] = []
 
     async def segment(plane: DataPlane, data: bytes) -> Result:
@@ -129,7 +132,7 @@ def test_a_whole_images_sliding_window_is_charged_to_the_budget_before_decoding(
 
     assert window > 300 * 400
     short = plane_of(repo, max_inflight_values=window - 1)
-    with pytest.raises(ResourceExhaustedError, match=r"^image 0 \(the sliding window of a whole image\)"):
+    with pytest.raises(ResourceExhaustedError, match=r"^image 0 \(the memory of its path"):
         asyncio.run(segment(short, full[:200]))
     assert short.inflight.used == 0
     enough = plane_of(repo, max_inflight_values=need)
