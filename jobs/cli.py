@@ -111,8 +111,8 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
     app = make_app(s)
     if s.worker_metrics_port is not None:
-        port = metrics.serve(s.worker_metrics_port, s.redis_url, [QUEUE])
-        print(f"camseg worker metrics on 127.0.0.1:{port}", flush=True)
+        port = metrics.serve(s.worker_metrics_port, s.redis_url, [QUEUE], s.worker_metrics_host)
+        print(f"camseg worker metrics on {s.worker_metrics_host}:{port}", flush=True)
     name = args.name or f"camseg-{os.getpid()}@{socket.gethostname()}"
     app.worker_main(argv=["worker", "--loglevel=INFO", f"--concurrency={s.processes()}", "--pool=prefork",
                           "-Q", QUEUE, "-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat"])

@@ -75,12 +75,12 @@ class QueueLength(Collector):
         yield family
 
 
-def serve(port: int, redis_url: str, queues: list[str]) -> int:
-    """Serve the merged metrics of every worker process; returns the bound port."""
+def serve(port: int, redis_url: str, queues: list[str], host: str = "127.0.0.1") -> int:
+    """Serve the merged metrics of every worker process on ``host``; returns the bound port."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     registry.register(QueueLength(redis_url, queues))
-    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    server, _ = start_http_server(port, addr=host, registry=registry)
     return int(server.server_port)
 
 

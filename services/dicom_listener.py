@@ -383,6 +383,8 @@ class DicomListener:
         # bad certificate files fail here, before anything is created
         self.server_tls = dicom_tls.server_context(settings)
         self.send_tls = dicom_tls.client_context(settings)
+        if self.send_tls is not None and settings.destination is None:
+            logger.warning("CAMSEG_DICOM_DESTINATION_TLS_CA is set but no destination: SEGs are filed, not sent")
         # its submissions read the spool, so the spool is one more data root of their jobs
         self.job_settings = settings.model_copy(
             update={"data_roots": [*settings.data_roots, settings.dicom_spool.resolve()]})

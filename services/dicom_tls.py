@@ -58,6 +58,7 @@ def server_context(s: Settings) -> ssl.SSLContext | None:
         return None
     ctx = DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_RENEGOTIATION  # no client-started renegotiation under TLS 1.2
     cert, key = s.dicom_tls_cert, s.dicom_tls_key
     _load("CAMSEG_DICOM_TLS_CERT/KEY", lambda: ctx.load_cert_chain(cert, key), cert, key)
     if s.dicom_tls_client_ca is not None:

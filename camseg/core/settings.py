@@ -156,6 +156,8 @@ class JobsSection(BaseModel):
     worker_metrics_port: int | None = Field(
         None, ge=0, le=65535, description="a worker's Prometheus port; none: no metrics (not metrics_port: the "
                                           "server and the workers share one image and environment)")
+    worker_metrics_host: str = Field("127.0.0.1", description="address a worker's metrics listen on (0.0.0.0 where "
+                                                               "Prometheus scrapes from another host)")
 
     @field_validator("retrain_cron")
     @classmethod

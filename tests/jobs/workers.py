@@ -43,7 +43,7 @@ class Worker:
         import re
         import urllib.request
 
-        m = re.search(r"camseg worker metrics on 127\.0\.0\.1:(\d+)", self.log.read_text(errors="replace"))
+        m = re.search(r"camseg worker metrics on \S+:(\d+)", self.log.read_text(errors="replace"))
         assert m, "the worker serves no metrics"
         with urllib.request.urlopen(f"http://127.0.0.1:{m.group(1)}/metrics", timeout=10) as r:
             return str(r.read().decode())
