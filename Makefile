@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo quality paper test lint bench data-real redis tools protos clean
+.PHONY: demo quality paper test lint bench soak data-real redis tools protos clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ quality: $(STAMP) redis
 # filtered retraining of each (no recipes)
 paper: $(STAMP) redis
 	$(BIN)/camseg demo --profile paper --out paper-out --no-service
+
+# a bounded soak (not part of `make test`): the server, a worker and dicom-listen under steady
+# mixed load for SOAK_SECONDS; growth of memory, open files and threads, statuses, jobs
+soak: $(STAMP) redis
+	$(BIN)/python bench/soak.py --seconds $(or $(SOAK_SECONDS),180)
 
 test: $(STAMP) redis tools
 	PATH="$(CURDIR)/.tools/node_modules/.bin:$$PATH" $(BIN)/python -m pytest -q

@@ -5,7 +5,8 @@ Requests queue per served model; a worker takes the first request, gathers more 
 a thread, and hands each caller its rows. It waits only while more callers are on
 their way (:meth:`DynamicBatcher.expect` counts calls still decoding), so a lone call
 runs at once. A caller that gave up (cancelled, deadline passed) before its batch ran
-is dropped from it.
+is dropped from it. Closing (the model was replaced or removed) lets what is queued run;
+a call that took the batcher before then and submits after runs alone.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class DynamicBatcher:
         self.max_batch = max_batch
         self.max_delay = max_delay
         self._executor = executor
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()  # None: the end, after what is queued
+        self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._on_batch = on_batch
         self._on_queue_time = on_queue_time
@@ -71,15 +73,23 @@ class DynamicBatcher:
             _ON_ITS_WAY.reset(token)
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._worker())
 
     async def close(self) -> None:
+        """Stop batching once what is queued has run (its callers are answered, never left
+        waiting); later submits run alone. Cancelling the closing call cancels the worker."""
+        self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            self._queue.put_nowait(None)
+            try:
+                await asyncio.shield(self._task)
+            except asyncio.CancelledError:
+                self._task.cancel()
+                raise
+            finally:
+                if self._task.done():
+                    self._task = None
 
     async def submit(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for the images ``x`` ``(n, C, S, S)``, batched with others."""
@@ -87,6 +97,8 @@ class DynamicBatcher:
         if _ON_ITS_WAY.get() is self:
             self._on_way -= 1
             _ON_ITS_WAY.set(None)
+        if self._closed:  # took this batcher before its model left: its own batch, on the model it holds
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, x)
         if self.max_queue is not None and self._queued + len(x) > self.max_queue:
             raise ResourceExhaustedError(f"{self._queued} images are waiting for a batch; the queue holds "
                                          f"{self.max_queue}: try again later")
@@ -97,8 +109,11 @@ class DynamicBatcher:
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        ending = False
+        while not ending:
             first = await self._queue.get()
+            if first is None:
+                return
             self._queued -= len(first.x)
             items = [first]
             count = len(first.x)
@@ -115,6 +130,9 @@ class DynamicBatcher:
                     except TimeoutError:
                         break
                 else:
+                    break
+                if nxt is None:
+                    ending = True
                     break
                 self._queued -= len(nxt.x)
                 items.append(nxt)

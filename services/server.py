@@ -45,11 +45,35 @@ def server_credentials(s: Settings) -> grpc.ServerCredentials | None:
                                        root_certificates=ca, require_client_auth=ca is not None)
 
 
+class DrainingHealth(health.aio.HealthServicer):
+    """grpcio-health-checking's servicer whose Watch streams end (OK) once the server
+    stops: an open Watch is a call in flight, and would otherwise hold every graceful
+    stop for its whole grace period and then be cancelled with the calls still running."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = asyncio.Event()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        if self.closing.is_set():
+            return
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            await asyncio.wait({watch, closing}, return_when=asyncio.FIRST_COMPLETED)
+            if watch.done():
+                watch.result()  # its error, if any, is the call's
+        finally:
+            for t in (watch, closing):
+                t.cancel()
+            await asyncio.gather(watch, closing, return_exceptions=True)
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: DrainingHealth
     servicer: SegmentationServicer
     repo: ModelRepository
     metrics: ServiceMetrics
@@ -75,7 +99,10 @@ class RunningServer:
             t.cancel()
         if delay > 0:
             await asyncio.sleep(delay)
-        await self.server.stop(grace)
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        await asyncio.sleep(0)  # new calls are refused from here: a watcher cannot come back
+        self.health.closing.set()
+        await stopping
         await self.servicer.close()
         if self.jobs is not None:
             await self.jobs.close()
@@ -117,7 +144,7 @@ async def start(settings: Settings) -> RunningServer:
     if jobs_servicer is not None:
         camseg_pb2_grpc.add_JobsServicer_to_server(jobs_servicer, server)
         services.append(JOBS_SERVICE_NAME)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = DrainingHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)

@@ -292,3 +292,30 @@ def test_a_full_queue_sheds_load(pool: ThreadPoolExecutor) -> None:
     done, again = asyncio.run(main())
     assert [float(np.asarray(d)[0, 0, 0, 0]) for d in done] == [0.0, 1.0, 2.0]
     assert float(again[0, 0, 0, 0]) == 4.0
+
+
+def test_close_answers_what_is_queued_and_later_calls_run_alone(pool: ThreadPoolExecutor) -> None:
+    """A model replaced under load: its batcher closes with one batch running and two
+    calls queued behind it. All three are answered (none is left waiting for its
+    deadline), and a call that took the batcher before the close and submits after it
+    runs as a batch of its own, without restarting the worker."""
+    runner = Runner()
+
+    async def go() -> None:
+        b = make(runner, pool, max_batch=1, max_delay=0.0)
+        runner.gate.clear()  # the first batch holds the worker
+        calls = [asyncio.ensure_future(call(b, rows(v), announce=False)) for v in (1.0, 2.0, 3.0)]
+        await asyncio.sleep(0.05)
+        closing = asyncio.ensure_future(b.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()  # it waits for what is queued
+        runner.gate.set()
+        got = await asyncio.wait_for(asyncio.gather(*calls), 10)
+        await asyncio.wait_for(closing, 10)
+        assert [float(g[0, 0, 0, 0]) for g in got] == [10.0, 20.0, 30.0]
+        late = await asyncio.wait_for(call(b, rows(4.0, 5.0), announce=False), 10)
+        assert late[:, 0, 0, 0].tolist() == [40.0, 50.0]
+        assert b._task is None  # not restarted: nothing keeps the replaced model alive
+
+    asyncio.run(go())
+    assert runner.sizes == [1, 1, 1, 2]

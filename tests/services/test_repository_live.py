@@ -4,6 +4,7 @@ calling the good model the whole time; not one of its calls may fail."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -236,3 +237,56 @@ def test_a_version_replaced_in_place_answers_with_its_new_weights(
     assert (reply.model_name, reply.model_version) == ("third", "1")
     assert not np.allclose(reply.results[0].probabilities, old, atol=1e-5), "still the old weights"
     np.testing.assert_allclose(reply.results[0].probabilities, new, atol=1e-5)
+
+
+REPLACEMENTS = 50
+
+
+def test_a_version_replaced_50_times_under_load_fails_no_call(
+        exported: Exported, tumor_roi: tuple[bytes, bytes], launch: Launcher, tmp_path: Path) -> None:
+    """One version folder rewritten in place 50 times, alternating two sets of weights,
+    while three clients call Classify back to back: each replacement is served (its
+    metadata seen), no call fails, and every answer is one of the two models' own."""
+    image, _ = tumor_roi
+    root = tmp_path / "repo"
+    served = add_version(exported, root, "swap", "1")
+    other = tmp_path / "other"
+    shutil.copytree(exported[0], other)
+    shift_head_bias(other, (-3.0, 3.0))
+    sources = (exported[0], other)
+    want = [local_probabilities(s, image) for s in sources]
+    assert abs(float(want[1][1] - want[0][1])) > 0.1  # the two answer differently
+
+    server = launch(root, env={"CAMSEG_POLL_SECONDS": "0.1"})
+    stub = pb_grpc.SegmentationStub(server.channel())
+
+    def best_epoch() -> float | None:
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(model=pb.ModelRef(name="swap")), timeout=10)
+        return info.metrics.get("best_epoch")
+
+    callers = [Caller(server, image, "swap") for _ in range(3)]
+    with contextlib.ExitStack() as stack:
+        for c in callers:
+            stack.enter_context(c)
+        wait_until("first calls", lambda: all(len(c.replies) >= 3 for c in callers))
+        for i in range(1, REPLACEMENTS + 1):
+            staged = tmp_path / f"r{i}"
+            shutil.copytree(sources[i % 2], staged)
+            edit_metadata(staged, best_epoch=1000 + i)
+            replace_in_place(staged, served)
+            wait_until(f"replacement {i} served", lambda i=i: best_epoch() == 1000 + i)  # type: ignore[misc]
+            shutil.rmtree(staged)
+        calls = sum(len(c.replies) for c in callers)
+        wait_until("calls after the last replacement",  # a call left in a closed batcher's queue hangs here
+                   lambda: sum(len(c.replies) for c in callers) >= calls + 10,
+                   logs=lambda: f"replies {[len(c.replies) for c in callers]}, "
+                                f"failures {[c.failures[:3] for c in callers]}")
+    assert [c.failures for c in callers] == [[], [], []]
+    replies = [r for c in callers for r in c.replies]
+    assert len(replies) >= 2 * REPLACEMENTS
+    got = np.array([list(r.results[0].probabilities) for r in replies], dtype=np.float32)
+    near = [np.abs(got - w).max(axis=1) <= 1e-5 for w in want]
+    assert (near[0] | near[1]).all(), got[~(near[0] | near[1])][:3]  # never a third answer
+    assert near[0].any() and near[1].any()  # both weights were served
+    np.testing.assert_allclose(classify(stub, image, "swap").results[0].probabilities, want[0], atol=1e-5)
+    assert server.proc.poll() is None

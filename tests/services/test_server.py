@@ -24,7 +24,7 @@ from camseg.io.codecs import encode_png as png
 from camseg.io.codecs import from_run_lengths
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.gen.camseg.v1 import camseg_pb2_grpc as pb_grpc
-from tests.services.servers import Launcher, Server, roi, start_server, stop
+from tests.services.servers import Launcher, Server, roi, start_server, stop, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -339,3 +339,91 @@ def test_plaintext_warning_knows_loopback(host: str, loopback: bool) -> None:
     from services.server import _loopback
 
     assert _loopback(host) is loopback
+
+
+def test_sigterm_under_load_answers_ok_then_unavailable_and_exits_0(repo: Path, tiny_folder: Path) -> None:
+    """Several threads keep calling Classify, Explain and Segment while the server gets
+    SIGTERM, with two long Segment calls in flight. Every call ends OK or UNAVAILABLE:
+    those begun before the signal OK (the long ones included: they finish within the
+    drain), the first UNAVAILABLE only after health said NOT_SERVING, and the process
+    exits 0, well before the grace, since the health Watch ends with the stop (the one
+    exception, grpc core's, is named below)."""
+    s = start_server(repo, env={"CAMSEG_DRAIN_DELAY_SECONDS": "0.5", "CAMSEG_GRACE_SECONDS": "20"})
+    try:
+        image, _ = roi(tiny_folder)
+        one = [pb.Image(encoded=image)]
+        requests: list[tuple[str, Any]] = [
+            ("Classify", pb.ClassifyRequest(images=one)), ("Classify", pb.ClassifyRequest(images=one * 4)),
+            ("Explain", pb.ExplainRequest(images=one)),
+            ("Segment", pb.SegmentRequest(images=one, threshold=pb.ThresholdRule(kind=pb.THRESHOLD_KIND_PERCENTILE,
+                                                                                  value=80), gate=False))]
+        slow = pb.SegmentRequest(images=one * 40, options=pb.ExplainOptions(method=pb.CAM_METHOD_FUSED))
+        t0 = time.monotonic()
+        health: list[tuple[float, int]] = []
+        calls: list[tuple[float, float, str, grpc.StatusCode]] = []  # start, end, rpc, code
+        lock = threading.Lock()
+        halt, watch_ended = threading.Event(), threading.Event()
+
+        def follow() -> None:
+            watch = health_pb2_grpc.HealthStub(s.channel()).Watch(
+                health_pb2.HealthCheckRequest(service="camseg.v1.Segmentation"), timeout=60)
+            for r in watch:  # an error here is a Watch the stop cut instead of ending it
+                health.append((time.monotonic() - t0, r.status))
+            watch_ended.set()
+
+        def hammer(rpc: str, req: Any) -> None:
+            call = getattr(pb_grpc.SegmentationStub(s.channel()), rpc)  # a channel each, as separate clients
+            while not halt.is_set():
+                start = time.monotonic() - t0
+                try:
+                    call(req, timeout=30)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as exc:
+                    code = exc.code()
+                with lock:
+                    calls.append((start, time.monotonic() - t0, rpc, code))
+                if code != grpc.StatusCode.OK:
+                    time.sleep(0.02)  # a stopped server refuses at once: do not spin
+
+        watcher = threading.Thread(target=follow, daemon=True)
+        watcher.start()
+        wait_until("health SERVING", lambda: health)
+        threads = [threading.Thread(target=hammer, args=r, daemon=True) for r in requests]
+        for t in threads:
+            t.start()
+        with ThreadPoolExecutor(2) as pool:
+            long_calls = [pool.submit(pb_grpc.SegmentationStub(s.channel()).Segment, slow, timeout=60)
+                          for _ in range(2)]
+            wait_until("calls under load", lambda: len(calls) >= 20)
+            time.sleep(0.3)  # the long calls are in flight
+            signalled = time.monotonic() - t0
+            s.proc.send_signal(signal.SIGTERM)
+            replies = [f.result() for f in long_calls]  # an error here is a call the drain dropped
+        assert s.proc.wait(timeout=30) == 0
+        exited = time.monotonic() - t0
+        time.sleep(0.5)  # calls after the exit: refused too
+        halt.set()
+        for t in threads:
+            t.join(timeout=40)
+        watcher.join(timeout=10)
+
+        assert all(len(r.masks) == 40 for r in replies)
+        # grpc core cancels the calls it has taken but not yet handed over at the instant the
+        # server stops (grpc/grpc#41785): CANCELLED, one per client at most, and only then
+        stopped_at = signalled + 0.5
+        cancelled = [start for start, _, _, c in calls if c == grpc.StatusCode.CANCELLED]
+        assert len(cancelled) <= len(requests) and all(start >= stopped_at for start in cancelled), cancelled
+        codes = {c for *_, c in calls} - {grpc.StatusCode.CANCELLED}
+        assert codes == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+        before = [c for start, _, _, c in calls if start < signalled]
+        assert before and set(before) == {grpc.StatusCode.OK}  # begun before SIGTERM: finished
+        assert {rpc for *_, rpc, c in calls if c == grpc.StatusCode.OK} == {"Classify", "Explain", "Segment"}
+        first_refused = min(end for _, end, _, c in calls if c == grpc.StatusCode.UNAVAILABLE)
+        assert [st for _, st in health][:2] == [SERVING, NOT_SERVING]
+        not_serving = next(t for t, st in health if st == NOT_SERVING)
+        assert signalled < not_serving < first_refused <= exited + 0.5
+        # the Watch stream ended OK when the server stopped, so it did not hold the stop for the grace (20 s)
+        assert watch_ended.is_set() and exited - signalled < 20.0
+        assert any(start > exited for start, _, _, c in calls if c == grpc.StatusCode.UNAVAILABLE)
+    finally:
+        stop(s)
