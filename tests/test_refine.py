@@ -13,7 +13,18 @@ from scipy import ndimage
 
 from camseg.core.errors import InvalidInputError
 from camseg.core.metrics import dice
-from camseg.heat.refine import REFINERS, RefineParams, Refiner, calibrate, parse_refiner, refine_masks, seeds
+from camseg.heat.refine import (
+    REFINERS,
+    WORKING_PIXELS,
+    RefineParams,
+    Refiner,
+    calibrate,
+    parse_refiner,
+    refine_bytes,
+    refine_masks,
+    seeds,
+    working_size,
+)
 
 SEEDED = (Refiner.RANDOM_WALK, Refiner.WATERSHED, Refiner.GRABCUT)
 REFINING = (Refiner.CRF, *SEEDED)
@@ -260,3 +271,38 @@ def test_a_large_image_is_refined_at_the_working_resolution(case: tuple[torch.Te
     assert big.shape == up[2].shape and big.dtype == torch.bool
     back = F.interpolate(small[:, None].float(), scale_factor=4, mode="nearest")[:, 0] > 0.5
     assert torch.equal(big, back)
+
+
+def test_a_wide_image_is_banded_across_its_short_side(case: tuple[torch.Tensor, ...],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bands run along the longer side: a wide image is cut into bands of columns of its
+    full height (not one-row bands each solved with its 96 rows of margin), each band's
+    kernel within the bound, and the result equals the whole image's."""
+    import camseg.heat.refine as refine
+
+    images, heats, masks, _ = case
+    wide = (torch.cat([images[:1]] * 3, 2), torch.cat([heats[:1]] * 3, 2), torch.cat([masks[:1]] * 3, 2))
+    whole = refine_masks(*wide, Refiner.CRF)
+    k = (2 * RefineParams().crf_radius + 1) ** 2 - 1
+    bound = 4 * k * wide[0].shape[1] * (2 * 48 + 3)
+    monkeypatch.setattr(refine, "CRF_KERNEL_BYTES", bound)
+    shapes: list[tuple[int, ...]] = []
+    solve = refine._crf_band
+
+    def recorded(images: torch.Tensor, prob: torch.Tensor, p: RefineParams) -> torch.Tensor:
+        shapes.append(tuple(images.shape))
+        return solve(images, prob, p)
+
+    monkeypatch.setattr(refine, "_crf_band", recorded)
+    banded = refine_masks(*wide, Refiner.CRF)
+    assert whole.any() and torch.equal(banded, whole)
+    assert len(shapes) == 64 and all(s[1] == 64 and s[2] <= 2 * 48 + 3 for s in shapes), shapes
+    assert max(4 * k * s[1] * s[2] for s in shapes) <= bound
+    # what the budgets charge does not depend on the orientation
+    assert refine_bytes("crf", (64, 192)) == refine_bytes("crf", (192, 64))
+
+
+def test_the_working_resolution_holds_for_any_aspect() -> None:
+    for shape in [(4096, 4096), (4432, 2864), (2, 8 * 1024 * 1024), (8 * 1024 * 1024, 2), (3, 5_000_001)]:
+        h, w = working_size(shape)
+        assert 1 <= h <= shape[0] and 1 <= w <= shape[1] and h * w <= WORKING_PIXELS, (shape, h, w)

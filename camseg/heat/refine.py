@@ -103,8 +103,8 @@ WORKING_BYTES_PER_PIXEL: dict[Refiner, int] = {
 """Bytes each refiner holds per pixel of its working resolution, at its peak."""
 
 CRF_KERNEL_BYTES = 96 * 1024 * 1024
-"""The dense CRF's pairwise kernel held at once: rows are refined in bands of at most
-this much kernel (see :func:`_crf`)."""
+"""The dense CRF's pairwise kernel held at once: an image is refined in bands of rows (of
+columns where it is wider than tall) of at most this much kernel (see :func:`_crf`)."""
 
 
 @dataclass(frozen=True)
@@ -248,12 +248,17 @@ def working_size(shape: tuple[int, int], max_pixels: int = WORKING_PIXELS) -> tu
     (1024, 1024)
     >>> working_size((300, 200))
     (300, 200)
+    >>> working_size((2, 8 * 1024 * 1024))
+    (1, 1048576)
     """
     h, w = int(shape[0]), int(shape[1])
     if h * w <= max_pixels:
         return h, w
     f = math.sqrt(max_pixels / (h * w))
-    return max(1, math.floor(h * f)), max(1, math.floor(w * f))
+    wh, ww = max(1, math.floor(h * f)), max(1, math.floor(w * f))
+    if wh * ww > max_pixels:  # a side that scaled below one pixel stays one; the other gives way
+        return (1, max_pixels) if wh == 1 else (max_pixels, 1)
+    return wh, ww
 
 
 def refine_bytes(method: Refiner | str, shape: tuple[int, int], params: RefineParams | None = None) -> int:
@@ -272,7 +277,8 @@ def refine_bytes(method: Refiner | str, shape: tuple[int, int], params: RefinePa
     own = WORKING_BYTES_PER_PIXEL[refiner] * small
     if refiner is Refiner.CRF:
         k = (2 * p.crf_radius + 1) ** 2 - 1
-        own += min(CRF_KERNEL_BYTES + 4 * k * ww, 4 * k * small)
+        across, rows, _ = _crf_bands(wh, ww, p)
+        own += 4 * k * across * rows
     return copies + own + 2 * h * w
 
 
@@ -323,18 +329,18 @@ def _crf(images: Tensor, heatmaps: Tensor, masks: Tensor, p: RefineParams) -> Te
 
     Potts pairwise term with kernel ``w_a exp(-|dx|^2/2 a^2 - |dI|^2/2 b^2) +
     w_s exp(-|dx|^2/2 g^2)`` restricted to ``|dx|_inf <= crf_radius``. The kernel of
-    ``(2r+1)^2 - 1`` offsets a pixel is held for one band of rows at a time, at most
-    :data:`CRF_KERNEL_BYTES`: after ``t`` iterations a pixel's marginal depends only on
-    pixels within ``t r`` rows, so each band is solved with a margin of
-    ``crf_iterations * crf_radius`` rows on either side and its own rows kept: the
-    result equals the whole image's solved at once.
+    ``(2r+1)^2 - 1`` offsets a pixel is held for one band of rows (columns, for an image
+    wider than tall) at a time, at most :data:`CRF_KERNEL_BYTES`: after ``t`` iterations a
+    pixel's marginal depends only on pixels within ``t r`` rows, so each band is solved with
+    a margin of ``crf_iterations * crf_radius`` rows on either side and its own rows kept:
+    the result equals the whole image's solved at once.
     """
     n, h, w = masks.shape
-    r = p.crf_radius
-    k = (2 * r + 1) ** 2 - 1
-    halo = p.crf_iterations * r
-    rows = max(1, CRF_KERNEL_BYTES // (4 * k * w) - 2 * halo)
-    if h <= rows + 2 * halo:
+    k = (2 * p.crf_radius + 1) ** 2 - 1
+    halo = p.crf_iterations * p.crf_radius
+    _, band, dim = _crf_bands(h, w, p)
+    along = h if dim == 1 else w
+    if band >= along:
         # small images (ROIs): whole, several at once within the same kernel bound
         chunk = max(1, CRF_KERNEL_BYTES // (4 * k * h * w))
         with torch.no_grad():
@@ -342,16 +348,31 @@ def _crf(images: Tensor, heatmaps: Tensor, masks: Tensor, p: RefineParams) -> Te
                                calibrate(heatmaps[s : s + chunk], masks[s : s + chunk], p), p)
                      for s in range(0, n, chunk)]
         return torch.cat(parts).to(masks.device)
+    rows = band - 2 * halo  # the rows a band keeps
     out = torch.empty((n, h, w), dtype=torch.bool)
     with torch.no_grad():
         for i in range(n):
             image = images[i : i + 1].float()
             prob = calibrate(heatmaps[i : i + 1], masks[i : i + 1], p)
-            for top in range(0, h, rows):
-                lo, hi = max(0, top - halo), min(h, top + rows + halo)
-                band = _crf_band(image[:, lo:hi], prob[:, lo:hi], p)
-                out[i, top : min(h, top + rows)] = band[0, top - lo : top - lo + min(rows, h - top)]
+            for top in range(0, along, rows):
+                lo, hi = max(0, top - halo), min(along, top + rows + halo)
+                keep = min(rows, along - top)
+                solved = _crf_band(image.narrow(dim, lo, hi - lo), prob.narrow(dim, lo, hi - lo), p)
+                out[i : i + 1].narrow(dim, top, keep).copy_(solved.narrow(dim, top - lo, keep))
     return out.to(masks.device)
+
+
+def _crf_bands(h: int, w: int, p: RefineParams) -> tuple[int, int, int]:
+    """How :func:`_crf` cuts an ``h`` x ``w`` image: ``(across, band, dim)``, bands of
+    ``band`` lines (margins included) of ``across`` pixels each, cut along dimension ``dim``
+    of an ``(N, H, W)`` tensor (1: bands of rows, 2: of columns). Bands run across the
+    shorter side, so that a wide image's band holds as few pixels as a tall one's; a band
+    keeps at least one line besides its margins, even where that passes the kernel bound."""
+    k = (2 * p.crf_radius + 1) ** 2 - 1
+    halo = p.crf_iterations * p.crf_radius
+    across, along, dim = (w, h, 1) if h >= w else (h, w, 2)
+    band = max(2 * halo + 1, CRF_KERNEL_BYTES // (4 * k * across))
+    return across, min(band, along), dim
 
 
 def _crf_band(images: Tensor, prob: Tensor, p: RefineParams) -> Tensor:
