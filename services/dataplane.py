@@ -161,7 +161,7 @@ class DataPlane:
             self._check_reply(reply_size(shapes, mask_bits=Encoding.MASK_BITS in enc,
                                          png=Encoding.MASK_PNG in enc, rle=Encoding.MASK_RLE in enc,
                                          overlay=Encoding.OVERLAY_PNG in enc, dicom_seg=dicom_seg))
-            work, whole = self._work(served, images, shapes, options)
+            work, whole = self._work(served, images, shapes, options, dicom_seg=dicom_seg)
             decoded = self._decode(images, budget, work, whole)
             s = self.settings
             # a whole image's truth mask is as large as the image
@@ -220,7 +220,7 @@ class DataPlane:
         return out
 
     def _work(self, served: ServedModel, images: Sequence[Source], shapes: Sequence[tuple[int, int]],
-              options: Options, *, heat_reply: int = 0) -> tuple[list[int], list[bool]]:
+              options: Options, *, heat_reply: int = 0, dicom_seg: bool = False) -> tuple[list[int], list[bool]]:
         """For each image (from its claimed shape, nothing decoded), the memory its path
         under ``options`` holds beyond its decoded values, in values of 4 bytes
         (:func:`camseg.pipeline.cost.path_bytes`, with the sliding window of
@@ -235,8 +235,8 @@ class DataPlane:
         for src, (h, w) in zip(images, shapes, strict=True):
             channels = _claimed_channels(src)
             if h * w == 0 or not is_whole(model, (h, w), tiling):
-                work.append(_values(path_bytes((h, w), options, channels=channels, heat_reply=heat_reply))
-                            - h * w * channels)
+                work.append(_values(path_bytes((h, w), options, channels=channels, heat_reply=heat_reply,
+                                               dicom_seg=dicom_seg)) - h * w * channels)
                 whole.append(False)
                 continue
             if h * w > self.settings.max_whole_pixels:
@@ -255,7 +255,7 @@ class DataPlane:
             window = whole_bytes((h, w), scale, tile=model.input_hw, chunk=options.chunk, channels=channels)
             small = (math.ceil(h / scale), math.ceil(w / scale))
             work.append(_values(path_bytes((h, w), options, channels=channels, whole=window, model_space=small,
-                                           heat_reply=heat_reply)) - h * w * channels)
+                                           heat_reply=heat_reply, dicom_seg=dicom_seg)) - h * w * channels)
             whole.append(True)
         return work, whole
 

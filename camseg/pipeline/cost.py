@@ -37,6 +37,9 @@ MASKS = 14
 labels, the float sort of a percentile)."""
 GRAY = 4
 """The gray float32 copy a refiner reads."""
+DICOM_SEG = 10
+"""A DICOM SEG made of the mask, transient (measured with tracemalloc: highdicom's copies of
+the mask and its packed frame, and the source's placeholder values)."""
 ENCODING_BYTES: dict[Encoding, float] = {
     Encoding.MASK_PNG: 4.0,  # uint8 copy, the compressor's buffer, the reply's copy
     Encoding.MASK_BITS: 0.5,
@@ -62,11 +65,12 @@ class Cost:
 
 
 def path_cost(shape: tuple[int, int], options: Options, *, channels: int = 1, whole: int | None = None,
-              model_space: tuple[int, int] | None = None, heat_reply: int = 0) -> Cost:
+              model_space: tuple[int, int] | None = None, heat_reply: int = 0, dicom_seg: bool = False) -> Cost:
     """The :class:`Cost` of segmenting (or explaining, ``options.threshold`` None) one
     image of ``shape`` and ``channels`` under ``options``. ``whole``: the sliding
     window's bytes where the image goes whole (``model_space`` then the shape its
-    refiner sees); ``heat_reply``: bytes per pixel of heatmap in the reply."""
+    refiner sees); ``heat_reply``: bytes per pixel of heatmap in the reply; ``dicom_seg``:
+    a DICOM SEG of the mask is made for the reply."""
     p = int(shape[0]) * int(shape[1])
     c = max(1, int(channels))
     held = IMAGE * c * p
@@ -85,12 +89,15 @@ def path_cost(shape: tuple[int, int], options: Options, *, channels: int = 1, wh
             steps["refine"] = refine_bytes(options.refine, refine_shape) + GRAY * refine_shape[0] * refine_shape[1]
     enc = sum(ENCODING_BYTES[e] for e in options.encodings if options.threshold is not None
               or e is Encoding.OVERLAY_PNG)
+    if dicom_seg and options.threshold is not None:
+        enc += 0.125  # its packed frame, in the reply
+        steps["dicom seg"] = DICOM_SEG * p
     held += int((enc + heat_reply) * p)
     name, peak = max(steps.items(), key=lambda kv: kv[1])
     return Cost(held, peak, name)
 
 
-def path_bytes(shape: tuple[int, int], options: Options, **kwargs: int | tuple[int, int] | None) -> int:
+def path_bytes(shape: tuple[int, int], options: Options, **kwargs: int | tuple[int, int] | bool | None) -> int:
     """:func:`path_cost`'s total: the bytes a budget charges for one image."""
     return path_cost(shape, options, **kwargs).total  # type: ignore[arg-type]
 

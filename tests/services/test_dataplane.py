@@ -139,3 +139,35 @@ def test_a_whole_images_sliding_window_is_charged_to_the_budget_before_decoding(
     res = asyncio.run(segment(enough, full))
     assert res.items[0].whole is not None and res.items[0].mask is not None and res.items[0].mask.shape == (300, 400)
     assert seen == [need] and enough.inflight.used == 0
+
+
+def test_a_dicom_seg_reply_is_charged_to_the_budget(repo: Path, tmp_path: Path) -> None:
+    """A Segment that answers a DICOM SEG holds, while it runs, the path with the SEG's
+    making and its packed frame (camseg.pipeline.cost, dicom_seg) on the server's budget:
+    more than the same path without it."""
+    from camseg.pipeline.whole import Whole
+    from tests.dicomdata import write_series
+
+    rng = np.random.default_rng(0)
+    (instance,) = write_series(tmp_path, (rng.random((1, 48, 40)) * 1000).astype(np.int16), shuffle=False)
+    served = ServedModel("tiny", "1", LoadedModel.load(repo / "tiny" / "1"))
+    opts = Options(threshold=parse_rule("otsu"), gate=False, tiling=Tiling(mode=Whole.NEVER))
+    need = math.ceil(path_bytes((48, 40), opts, dicom_seg=True) / 4)
+    assert need > math.ceil(path_bytes((48, 40), opts) / 4)
+    plane = plane_of(repo)
+    seen: list[int] = []
+
+    def reply(res: Result, segs: list[bytes] | None) -> list[bytes] | None:
+        seen.append(plane.inflight.used)
+        return segs
+
+    async def main() -> list[bytes] | None:
+        try:
+            return await plane.segment(served, opts, [Source("image 0", encoded=instance.read_bytes())], [],
+                                       dicom_seg=True, reply=reply, when_gone=never_gone)
+        finally:
+            await plane.close()
+
+    segs = asyncio.run(main())
+    assert segs is not None and len(segs) == 1 and segs[0][128:132] == b"DICM"
+    assert seen == [need] and plane.inflight.used == 0
