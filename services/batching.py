@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from camseg.core.errors import ResourceExhaustedError
+from camseg.core.errors import ResourceExhaustedError, UnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,18 @@ class DynamicBatcher:
                 await asyncio.shield(self._task)
             except asyncio.CancelledError:
                 self._task.cancel()
+                self._fail_queued()
                 raise
             finally:
                 if self._task.done():
                     self._task = None
+
+    def _fail_queued(self) -> None:
+        """Answer every call still queued with UNAVAILABLE (the worker is gone)."""
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None and not item.future.done():
+                item.future.set_exception(UnavailableError("the model version was replaced; try again"))
 
     async def submit(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for the images ``x`` ``(n, C, S, S)``, batched with others."""
@@ -147,6 +155,11 @@ class DynamicBatcher:
             batch = np.concatenate([it.x for it in live]) if len(live) > 1 else live[0].x
             try:
                 out = await loop.run_in_executor(self._executor, self._run, batch)
+            except asyncio.CancelledError:  # the worker is gone: its batch's callers are answered
+                for it in live:
+                    if not it.future.done():
+                        it.future.set_exception(UnavailableError("the model version was replaced; try again"))
+                raise
             except Exception as exc:
                 for it in live:
                     if not it.future.done():

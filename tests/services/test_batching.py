@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from camseg.core.errors import UnavailableError
 from services.batching import DynamicBatcher
 
 
@@ -319,3 +321,26 @@ def test_close_answers_what_is_queued_and_later_calls_run_alone(pool: ThreadPool
 
     asyncio.run(go())
     assert runner.sizes == [1, 1, 1, 2]
+
+
+def test_a_cancelled_close_answers_every_waiting_call_unavailable(pool: ThreadPoolExecutor) -> None:
+    """The closing call cancelled (its server stopping) with one batch running and two
+    calls queued: the worker goes, and all three callers get UNAVAILABLE at once instead
+    of waiting for their deadlines."""
+    runner = Runner()
+
+    async def go() -> None:
+        b = make(runner, pool, max_batch=1, max_delay=0.0)
+        runner.gate.clear()  # the first batch holds the worker
+        calls = [asyncio.ensure_future(call(b, rows(v), announce=False)) for v in (1.0, 2.0, 3.0)]
+        await asyncio.sleep(0.05)
+        closing = asyncio.ensure_future(b.close())
+        await asyncio.sleep(0.05)
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+        got = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+        assert all(isinstance(g, UnavailableError) for g in got), got
+        runner.gate.set()
+
+    asyncio.run(go())
