@@ -1,9 +1,13 @@
 """Generate the Python code of ``protos/`` into ``services/gen/`` (``make protos``).
 
 protoc names modules after the proto path (``camseg.v1``), which would shadow the
-core ``camseg`` package, so the generated gRPC module's import of its messages is
-rewritten to ``services.gen.camseg.v1``. ``--check`` fails when the committed code
-differs from what the protos generate.
+core ``camseg`` package, so each generated gRPC module's import of its messages is
+rewritten to ``services.gen.<package>`` (``services.gen.camseg.v1``,
+``services.gen.inference``). ``--check`` fails when the committed code differs from what
+the protos generate.
+
+``inference/grpc_predict_v2.proto`` is the Open Inference Protocol's (KServe v2) gRPC
+definition, kept verbatim from ``docs/predict-api/v2/`` of github.com/kserve/kserve.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROTOS = ROOT / "protos"
 OUT = ROOT / "services" / "gen"
-PROTO_FILES = ("camseg/v1/camseg.proto",)
+PROTO_FILES = ("camseg/v1/camseg.proto", "inference/grpc_predict_v2.proto")
+PACKAGES = sorted({str(Path(p).parent).replace("/", ".") for p in PROTO_FILES})
 
 
 def generate(out: Path) -> list[Path]:
@@ -34,7 +39,9 @@ def generate(out: Path) -> list[Path]:
         raise SystemExit("protoc failed")
     for grpc_file in out.rglob("*_pb2_grpc.py"):
         text = grpc_file.read_text()
-        grpc_file.write_text(text.replace("from camseg.v1 import", "from services.gen.camseg.v1 import"))
+        for package in PACKAGES:
+            text = text.replace(f"from {package} import", f"from services.gen.{package} import")
+        grpc_file.write_text(text)
     for pkg in {p.parent for p in out.rglob("*.py")} | {out}:
         while True:
             (pkg / "__init__.py").touch()
