@@ -19,6 +19,10 @@ from services.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
+MAPPED = ("/camseg.v1.", "/inference.")
+"""The services whose calls are counted and whose errors are mapped: camseg's own and the
+Open Inference Protocol's (``inference.GRPCInferenceService``)."""
+
 
 class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: ServiceMetrics):
@@ -29,7 +33,7 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith("/camseg.v1."):
+        if handler is None or not handler_call_details.method.startswith(MAPPED):
             return handler
         rpc = handler_call_details.method.rsplit("/", 1)[-1]
         m = self.metrics

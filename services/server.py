@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from camseg.core.settings import Settings
+from services import oip
 from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
 from services.interceptors import ErrorsAndMetrics
 from services.metrics import ServiceMetrics
@@ -81,6 +82,7 @@ class RunningServer:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _metrics_server: Any = None
     jobs: Any = None
+    oip: oip.InferenceServicer | None = None
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -88,6 +90,9 @@ class RunningServer:
         await self.health.set(SERVICE_NAME, status)
         if self.jobs is not None:
             await self.health.set(JOBS_SERVICE_NAME, status)
+        if self.oip is not None:
+            await self.health.set(oip.SERVICE_NAME, status)
+            self.oip.ready = serving
         self.metrics.serving.set(1 if serving else 0)
 
     async def drain_and_stop(self, grace: float, delay: float = 0.0) -> None:
@@ -139,7 +144,10 @@ async def start(settings: Settings) -> RunningServer:
     servicer = SegmentationServicer(repo, settings, metrics)
     servicers.append(servicer)
     camseg_pb2_grpc.add_SegmentationServicer_to_server(servicer, server)
-    services = [SERVICE_NAME]
+    # the Open Inference Protocol (KServe v2) beside camseg.v1, over the same data plane
+    inference = oip.InferenceServicer(repo, settings, servicer.plane)
+    oip.add_to_server(inference, server)
+    services = [SERVICE_NAME, oip.SERVICE_NAME]
     jobs_servicer = _jobs_servicer(settings)
     if jobs_servicer is not None:
         camseg_pb2_grpc.add_JobsServicer_to_server(jobs_servicer, server)
@@ -162,7 +170,7 @@ async def start(settings: Settings) -> RunningServer:
                                                     registry=metrics.registry)
         metrics_port = metrics_server.server_port
     running = RunningServer(server, port, health_servicer, servicer, repo, metrics, metrics_port,
-                            _metrics_server=metrics_server, jobs=jobs_servicer)
+                            _metrics_server=metrics_server, jobs=jobs_servicer, oip=inference)
     await running.set_serving(False)
     await server.start()
     logger.info("listening on %s:%d (%s); metrics on %s", settings.host, port, "TLS" if creds else "plaintext",
