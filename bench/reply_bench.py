@@ -33,8 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -42,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from serve_bench import images, make_repo, measured, row  # noqa: E402
 
 from camseg.io.inputs import decode_image  # noqa: E402
-from camseg.pipeline.options import Options  # noqa: E402
+from camseg.pipeline.options import HeatResolution, Options  # noqa: E402
 from camseg.pipeline.run import LoadedModel, run  # noqa: E402
 from services import codec  # noqa: E402
 from services.gen.camseg.v1 import camseg_pb2 as pb  # noqa: E402
@@ -86,9 +84,9 @@ def profile(model_dir: Path, pngs: list[bytes]) -> dict[str, Any]:
     bytes_image = len(codec.explain_reply(req, served, res).SerializeToString()) / n
     sizes: dict[str, float] = {"float16, image resolution": bytes_image}
     if LAYER is not None:
-        lopts = Options(threshold=None, chunk=32, heat_resolution="layer")  # type: ignore[call-arg]
+        lopts = Options(threshold=None, chunk=32, heat_resolution=HeatResolution.LAYER)
         lres = run(model, decoded, lopts)
-        lreq = pb.ExplainRequest(images=req.images, heatmap_resolution=LAYER)  # type: ignore[call-arg]
+        lreq = pb.ExplainRequest(images=req.images, heatmap_resolution=LAYER)
         out["run() total, layer resolution"] = per_image_us(lambda: run(model, decoded, lopts), n, 10)
         out["explain_reply float16, layer resolution"] = per_image_us(
             lambda: codec.explain_reply(lreq, served, lres), n)
