@@ -16,7 +16,7 @@ from camseg.data.folder import decode_image
 from camseg.heat.cam import HeatGrid, RawCam, normalise_maps
 from camseg.pipeline.options import HeatResolution, Options
 from camseg.pipeline.run import LoadedModel, run
-from camseg.pipeline.whole import Tiling
+from camseg.pipeline.whole import Tiling, Whole
 
 
 def reference(cells: np.ndarray, grid: HeatGrid, size: tuple[int, int]) -> np.ndarray:
@@ -60,14 +60,14 @@ def test_cells_laid_over_the_image_give_the_rendered_map(size: tuple[int, int]) 
 def test_a_fused_map_has_no_layer_resolution() -> None:
     raw = RawCam((torch.rand(1, 4, 4), torch.rand(1, 8, 8)), torch.zeros(1, 2), torch.ones(1, dtype=torch.long),
                  ("a", "b"))
-    with pytest.raises(InvalidInputError, match="fuses|fused"):
+    with pytest.raises(InvalidInputError, match="fused from 2 layers"):
         raw.cells()
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"method": "fused"}, "fuses layers"),
     ({"tta": 4}, "tta 1"),
-    ({"tiling": Tiling(mode="always")}, "ROIs"),
+    ({"tiling": Tiling(mode=Whole.ALWAYS)}, "ROIs"),
     ({"heat_resolution": "cells"}, "cells"),
 ])
 def test_bad_combinations_are_refused(kwargs: dict[str, Any], match: str) -> None:
@@ -76,7 +76,7 @@ def test_bad_combinations_are_refused(kwargs: dict[str, Any], match: str) -> Non
 
 
 def test_layer_resolution_is_a_calls_choice_never_recorded() -> None:
-    o = Options(heat_resolution="layer")
+    o = Options(heat_resolution=HeatResolution.LAYER)
     assert "heat_resolution" not in o.to_record()
     with pytest.raises(InvalidInputError, match="unknown options"):
         Options.from_record({"heat_resolution": "layer"})
@@ -89,6 +89,7 @@ def test_run_at_layer_resolution_matches_image_resolution(trained_dir: Path, tin
     images.append(np.ascontiguousarray(np.resize(images[0], (45, 27))))  # another size, another aspect
     at_image = run(model, images, Options(threshold=None))
     at_layer = run(model, images, Options(threshold=None, heat_resolution=HeatResolution.LAYER))
+    assert any(float(b.heatmap.max() - b.heatmap.min()) == 1.0 for b in at_layer.items)  # not flat maps
     for a, b, img in zip(at_image.items, at_layer.items, images, strict=True):
         assert a.grid is None and b.grid is not None
         h, w = b.heatmap.shape
