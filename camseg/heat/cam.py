@@ -295,6 +295,17 @@ def normalise_maps(maps: Tensor, eps: float = 1e-12) -> Tensor:
     return out.reshape(maps.shape)
 
 
+def _normalise_fresh(maps: Tensor, eps: float = 1e-12) -> Tensor:
+    """:func:`normalise_maps` in place, for maps nobody else holds (just upsampled): one
+    pass for the extremes and one for the scaling, no temporaries of the maps' size."""
+    flat = maps.reshape(maps.shape[0], -1)
+    lo, hi = torch.aminmax(flat, dim=1, keepdim=True)
+    span = hi - lo
+    # a flat map's span is taken as infinite: it becomes all zeros, as normalise_maps makes it
+    flat.sub_(lo).div_(torch.where(span > eps, span, torch.full_like(span, float("inf"))))
+    return maps
+
+
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
@@ -492,7 +503,10 @@ class RawCam:
             return upsample(parts[0], size).clamp(0.0, 1.0)
         if len(parts) == 1:
             maps = upsample(parts[0], size)
-            return normalise_maps(maps) if normalise else maps
+            if not normalise:
+                return maps
+            # a fresh tensor from upsampling is scaled in place (at the layer's size it is the caller's)
+            return _normalise_fresh(maps) if maps.data_ptr() != parts[0].data_ptr() else normalise_maps(maps)
         fused = torch.ones((parts[0].shape[0], *size), device=parts[0].device)
         for p in parts:
             fused = fused * normalise_maps(upsample(p, size))
