@@ -78,6 +78,10 @@ def register(sub: Any) -> None:
                            choices=METHOD_CHOICES if name == "segment" else tuple(m.value for m in CamMethod),
                            help="segment: default the model's recipe")
             c.add_argument("--out", type=Path, default=Path("camseg-client-out"))
+        if name == "explain":
+            c.add_argument("--layer-resolution", action="store_true",
+                           help="ask for each heatmap at the CAM layer's own resolution with its grid in the image "
+                                "(saved as .npy, no overlay): a small reply for a caller that renders it itself")
         if name == "segment":
             c.add_argument("--threshold", default=None, help="default: the model's recipe, else otsu")
             c.add_argument("--largest", action="store_true")
@@ -172,6 +176,17 @@ def client(args: argparse.Namespace, settings: Settings) -> int:
         if args.client_cmd == "classify":
             for f, r in zip(args.files, c.classify(args.files), strict=True):
                 print(f"{f}\t{r.label}\t" + "\t".join(f"{p:.4f}" for p in r.probabilities))
+        elif args.client_cmd == "explain" and args.layer_resolution:
+            import numpy as np
+
+            for f, h in zip(args.files, c.explain(args.files, method=args.method, resolution="layer"), strict=True):
+                path = args.out / f"{f.stem}_heatmap.npy"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, h.heatmap)
+                g = h.grid
+                assert g is not None
+                print(f"{f}\t{h.classification.label}\t{path}\t{h.heatmap.shape[0]}x{h.heatmap.shape[1]} cells of "
+                      f"{g.scale_y:g}x{g.scale_x:g} px, offset ({g.offset_y:g}, {g.offset_x:g})")
         elif args.client_cmd == "explain":
             for f, h in zip(args.files, c.explain(args.files, method=args.method, overlay=True), strict=True):
                 save_png(args.out / f"{f.stem}_heatmap.png", h.overlay_png)

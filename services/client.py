@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from camseg.core.errors import (
     CamsegError,
@@ -29,6 +30,7 @@ from camseg.core.errors import (
     UnavailableError,
     UnsupportedError,
 )
+from camseg.heat.cam import HeatGrid, normalise_maps
 from camseg.heat.rules import parse_rule
 from camseg.io import codecs
 from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
@@ -70,6 +72,24 @@ class Heatmap:
     layer: str
     overlay_png: bytes
     whole: WholeImage | None = None  # where the image was explained whole
+    # where ``heatmap`` is at the CAM layer's resolution: its cells' place in the image
+    grid: HeatGrid | None = None
+
+    def at_image(self) -> npt.NDArray[np.float32]:
+        """The heatmap at its image's size: as sent, or a layer-resolution map laid over
+        the image by its grid (bilinear at pixel centres, then min-max normalised; equal
+        to the server's image-resolution map up to float16 rounding)."""
+        if self.grid is None:
+            return self.heatmap
+        h, w = self.heatmap.shape
+        size = (round(self.grid.scale_y * h), round(self.grid.scale_x * w))
+        out: npt.NDArray[np.float32] = normalise_maps(
+            self.grid.to_image(torch.from_numpy(self.heatmap)[None], size))[0].numpy()
+        return out
+
+
+RESOLUTIONS = ("image", "layer")
+"""Heatmap resolutions a call may ask for (:class:`camseg.pipeline.options.HeatResolution`)."""
 
 
 @dataclass(frozen=True)
@@ -159,16 +179,26 @@ class SegmentationClient:
         return opts
 
     def explain(self, images: Sequence[ImageInput], *, method: str = "gradcam", target: int | None = None,
-                layer: str = "", overlay: bool = False, tiling: Tiling | None = None) -> list[Heatmap]:
+                layer: str = "", overlay: bool = False, tiling: Tiling | None = None,
+                resolution: str = "image") -> list[Heatmap]:
+        """Heatmaps of ``images``: at each image's size, or with ``resolution`` "layer" at
+        the CAM layer's own resolution with their grid (:meth:`Heatmap.at_image` lays one
+        over its image)."""
         pb = self._pb
+        if resolution not in RESOLUTIONS:
+            raise InvalidInputError(f"heatmap resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
         req = pb.ExplainRequest(model=self.model, images=[self._image(x, i) for i, x in enumerate(images)],
                                 options=self._options(method, target, layer), encoding=pb.HEATMAP_ENCODING_FLOAT16,
-                                overlay_png=overlay, tiling=self._tiling(tiling))
+                                overlay_png=overlay, tiling=self._tiling(tiling),
+                                heatmap_resolution=pb.HEATMAP_RESOLUTION_LAYER if resolution == "layer"
+                                else pb.HEATMAP_RESOLUTION_IMAGE)
         out = []
         for h in self._call(self.stub.Explain, req).heatmaps:
             heat = np.frombuffer(h.data, np.float16).reshape(tuple(h.shape)).astype(np.float32)
+            g = h.grid if h.HasField("grid") else None
             out.append(Heatmap(heat, self._cls(h.classification), h.target_class, h.layer, h.overlay_png,
-                               whole_from_pb(h)))
+                               whole_from_pb(h),
+                               HeatGrid(g.scale_y, g.scale_x, g.offset_y, g.offset_x) if g is not None else None))
         return out
 
     def _segment_request(self, images: Sequence[ImageInput], *, method: str | None, threshold: str | None,

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from camseg.core.errors import InvalidInputError, ResourceExhaustedError, shown
 from camseg.core.types import BoolArray, FloatArray
+from camseg.heat.cam import HeatGrid
 from camseg.heat.methods import CamMethod
 from camseg.heat.refine import Refiner
 from camseg.heat.rules import ThresholdRule
@@ -23,7 +24,7 @@ from camseg.io.guards import Budget
 from camseg.io.sources import Raw, Source, decode_sources
 from camseg.io.sources import claimed_shapes as source_shapes
 from camseg.io.sources import decode_truths as truths_of
-from camseg.pipeline.options import Choices, Encoding, Options, resolve
+from camseg.pipeline.options import Choices, Encoding, HeatResolution, Options, resolve
 from camseg.pipeline.run import ImageResult, LoadedModel, Result
 from services.gen.camseg.v1 import camseg_pb2 as pb
 from services.wire import method_from_pb, rule_from_pb, rule_to_pb, tiling_from_pb, whole_to_pb
@@ -44,6 +45,20 @@ ENCODING_FROM_PB: dict[int, Encoding] = {pb.MASK_ENCODING_PACKED_BITS: Encoding.
                                          pb.MASK_ENCODING_PNG: Encoding.MASK_PNG,
                                          pb.MASK_ENCODING_RLE: Encoding.MASK_RLE}
 ENCODING_TO_PB = {e: v for v, e in ENCODING_FROM_PB.items()}
+
+
+RESOLUTION_FROM_PB: dict[int, HeatResolution] = {pb.HEATMAP_RESOLUTION_IMAGE: HeatResolution.IMAGE,
+                                                 pb.HEATMAP_RESOLUTION_LAYER: HeatResolution.LAYER}
+
+
+def resolution_from_pb(value: int) -> HeatResolution | None:
+    """A requested heatmap resolution; None where UNSPECIFIED."""
+    if value == pb.HEATMAP_RESOLUTION_UNSPECIFIED:
+        return None
+    try:
+        return RESOLUTION_FROM_PB[value]
+    except KeyError:
+        raise InvalidInputError(f"unknown heatmap resolution {value}") from None
 
 
 def encodings_from_pb(values: Sequence[int]) -> frozenset[Encoding]:
@@ -150,15 +165,18 @@ class ExplainCall:
 
     options: Options
     images: list[Source]
-    heat_bytes: int  # a heatmap pixel's bytes in the reply: 1 (uint8) or 2 (float16)
+    # an image pixel's heatmap bytes in the reply: 1 (uint8), 2 (float16), 0 (at the layer's resolution)
+    heat_bytes: int
 
 
 def explain_request(request: pb.ExplainRequest, model: LoadedModel, *, chunk: int) -> ExplainCall:
     options = explain_options(request.options, overlay=request.overlay_png, chunk=chunk,
                               default_method=model.default_method)
-    return ExplainCall(options=replace(options, tiling=tiling_from_pb(request.tiling)),
+    resolution = resolution_from_pb(request.heatmap_resolution) or HeatResolution.IMAGE
+    return ExplainCall(options=replace(options, tiling=tiling_from_pb(request.tiling), heat_resolution=resolution),
                        images=sources(request.images),
-                       heat_bytes=1 if request.encoding == pb.HEATMAP_ENCODING_UINT8 else 2)
+                       heat_bytes=0 if resolution is HeatResolution.LAYER
+                       else 1 if request.encoding == pb.HEATMAP_ENCODING_UINT8 else 2)
 
 
 @dataclass(frozen=True)
@@ -170,6 +188,12 @@ class SegmentCall:
     images: list[Source]
     truths: list[Source]  # none sent: empty
     dicom_seg: bool  # the masks are also wanted as DICOM SEGs
+    heatmaps: bool = False  # each mask's heatmap is wanted too (float16, at options.heat_resolution)
+
+    @property
+    def heat_bytes(self) -> int:
+        """An image pixel's heatmap bytes in the reply."""
+        return 2 if self.heatmaps and self.options.heat_resolution is HeatResolution.IMAGE else 0
 
 
 def segment_request(request: pb.SegmentRequest, model: LoadedModel, *, chunk: int,
@@ -177,10 +201,14 @@ def segment_request(request: pb.SegmentRequest, model: LoadedModel, *, chunk: in
     """The request's call; ``images`` (an upload's) stand for the request's own."""
     recipe = model.recipe.options if model.recipe is not None else None
     options, from_recipe = segment_options(request, chunk=chunk, recipe=recipe, default_method=model.default_method)
-    return SegmentCall(options=replace(options, tiling=tiling_from_pb(request.tiling)), from_recipe=from_recipe,
+    resolution = resolution_from_pb(request.heatmap_resolution)
+    return SegmentCall(options=replace(options, tiling=tiling_from_pb(request.tiling),
+                                       heat_resolution=resolution or HeatResolution.IMAGE),
+                       from_recipe=from_recipe,
                        images=sources(request.images) if images is None else images,
                        truths=sources(request.truth_masks, "truth mask"),
-                       dicom_seg=pb.MASK_ENCODING_DICOM_SEG in request.mask_encodings)
+                       dicom_seg=pb.MASK_ENCODING_DICOM_SEG in request.mask_encodings,
+                       heatmaps=resolution is not None)
 
 
 async def upload_request(chunks: AsyncIterator[pb.SegmentChunk], *, max_bytes: int,
@@ -224,13 +252,25 @@ def classification(model: LoadedModel, probs: npt.NDArray[np.float32], image_id:
                              id=image_id)
 
 
+def heat_bytes(h: npt.NDArray[np.float32], *, uint8: bool) -> bytes:
+    """A heatmap's values as the wire's bytes: round(h * 255) as uint8, or float16."""
+    if uint8:
+        q = np.multiply(h, 255.0, dtype=np.float32)
+        return np.rint(q, out=q).astype(np.uint8).tobytes()
+    return h.astype(np.float16).tobytes()
+
+
+def grid_to_pb(grid: HeatGrid) -> pb.HeatmapGrid:
+    return pb.HeatmapGrid(scale_y=grid.scale_y, scale_x=grid.scale_x, offset_y=grid.offset_y, offset_x=grid.offset_x)
+
+
 def heatmap(model: LoadedModel, r: ImageResult, image_id: str, layer: str, *, uint8: bool) -> pb.Heatmap:
     h = r.heatmap.numpy()
-    data = np.round(h * 255).astype(np.uint8).tobytes() if uint8 else h.astype(np.float16).tobytes()
-    return pb.Heatmap(data=data, shape=list(h.shape),
+    return pb.Heatmap(data=heat_bytes(h, uint8=uint8), shape=list(h.shape),
                       encoding=pb.HEATMAP_ENCODING_UINT8 if uint8 else pb.HEATMAP_ENCODING_FLOAT16,
                       overlay_png=r.overlay_png or b"", classification=classification(model, r.probabilities, image_id),
-                      target_class=r.target, layer=layer, whole=whole_to_pb(r.whole) if r.whole else None)
+                      target_class=r.target, layer=layer, whole=whole_to_pb(r.whole) if r.whole else None,
+                      grid=grid_to_pb(r.grid) if r.grid is not None else None)
 
 
 def mask(model: LoadedModel, r: ImageResult, image_id: str, rule: ThresholdRule) -> pb.Mask:
@@ -266,5 +306,12 @@ def segment_reply(request: pb.SegmentRequest, served: ServedModel, call: Segment
     masks = [mask(served.model, r, img.id, rule) for r, img in zip(res.items, request.images, strict=True)]
     for m, seg in zip(masks, segs or (), strict=False):
         m.dicom_seg = seg
+    if call.heatmaps:
+        layer = res.layers[-1] if res.layers else ""
+        for m, r in zip(masks, res.items, strict=True):
+            h = r.heatmap.numpy()
+            m.heatmap.CopyFrom(pb.Heatmap(data=heat_bytes(h, uint8=False), shape=list(h.shape),
+                                          encoding=pb.HEATMAP_ENCODING_FLOAT16, target_class=r.target, layer=layer,
+                                          grid=grid_to_pb(r.grid) if r.grid is not None else None))
     return pb.SegmentResponse(masks=masks, model_name=served.name, model_version=served.version,
                               mean_dice=res.mean_dice, recipe=call.from_recipe)

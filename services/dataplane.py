@@ -145,10 +145,11 @@ class DataPlane:
 
     async def segment(self, served: ServedModel, options: Options, images: Sequence[Source],
                       truths: Sequence[Source], *, dicom_seg: bool,
-                      reply: Callable[[Result, list[bytes] | None], R], when_gone: WhenGone) -> R:
+                      reply: Callable[[Result, list[bytes] | None], R], when_gone: WhenGone, heat_bytes: int = 0) -> R:
         """``reply`` of the masks of ``images`` under ``options`` (Dice against ``truths``
         where sent) and of a DICOM SEG of each where ``dicom_seg`` asks (every image must
-        then be a DICOM instance; None where not asked)."""
+        then be a DICOM instance; None where not asked); ``heat_bytes`` a pixel where the
+        reply carries image-sized heatmaps too."""
         served.model.engine_for(options)
         enc = options.encodings
         if dicom_seg:
@@ -158,10 +159,10 @@ class DataPlane:
 
         def decode(should_stop: ShouldStop) -> tuple[list[FloatArray], list[BoolArray] | None]:
             shapes = claimed_shapes(images)
-            self._check_reply(reply_size(shapes, mask_bits=Encoding.MASK_BITS in enc,
+            self._check_reply(reply_size(shapes, heat_bytes=heat_bytes, mask_bits=Encoding.MASK_BITS in enc,
                                          png=Encoding.MASK_PNG in enc, rle=Encoding.MASK_RLE in enc,
                                          overlay=Encoding.OVERLAY_PNG in enc, dicom_seg=dicom_seg))
-            work, whole = self._work(served, images, shapes, options, dicom_seg=dicom_seg)
+            work, whole = self._work(served, images, shapes, options, heat_reply=heat_bytes, dicom_seg=dicom_seg)
             decoded = self._decode(images, budget, work, whole)
             s = self.settings
             # a whole image's truth mask is as large as the image

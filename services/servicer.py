@@ -66,7 +66,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
         call = codec.segment_request(request, served.model, chunk=self.settings.cam_chunk)
         return await self.plane.segment(served, call.options, call.images, call.truths, dicom_seg=call.dicom_seg,
                                         reply=partial(codec.segment_reply, request, served, call),
-                                        when_gone=context.add_done_callback)
+                                        when_gone=context.add_done_callback, heat_bytes=call.heat_bytes)
 
     async def SegmentUpload(self, request_iterator: AsyncIterator[pb.SegmentChunk],
                             context: grpc.aio.ServicerContext) -> pb.SegmentResponse:
@@ -78,7 +78,7 @@ class SegmentationServicer(pb_grpc.SegmentationServicer):
             call = codec.segment_request(request, served.model, chunk=self.settings.cam_chunk, images=[image])
             return await self.plane.segment(served, call.options, call.images, call.truths, dicom_seg=call.dicom_seg,
                                             reply=partial(codec.segment_reply, request, served, call),
-                                            when_gone=context.add_done_callback)
+                                            when_gone=context.add_done_callback, heat_bytes=call.heat_bytes)
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:

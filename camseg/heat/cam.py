@@ -295,10 +295,67 @@ def normalise_maps(maps: Tensor, eps: float = 1e-12) -> Tensor:
     return out.reshape(maps.shape)
 
 
+def _normalise_fresh(maps: Tensor, eps: float = 1e-12) -> Tensor:
+    """:func:`normalise_maps` in place, for maps nobody else holds (just upsampled): one
+    pass for the extremes and one for the scaling, no temporaries of the maps' size."""
+    flat = maps.reshape(maps.shape[0], -1)
+    lo, hi = torch.aminmax(flat, dim=1, keepdim=True)
+    span = hi - lo
+    # a flat map's span is taken as infinite: it becomes all zeros, as normalise_maps makes it
+    flat.sub_(lo).div_(torch.where(span > eps, span, torch.full_like(span, float("inf"))))
+    return maps
+
+
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+@dataclass(frozen=True)
+class HeatGrid:
+    """Where the cells of a heatmap at a layer's own resolution lie in its image: per
+    axis, image pixels per cell (``scale``) and the image coordinate of the grid's first
+    edge (``offset``).
+
+    Coordinates are continuous, with image pixel ``(0, 0)`` covering ``[0, 1) x [0, 1)``:
+    cell ``(r, c)`` covers rows ``[offset_y + r scale_y, offset_y + (r + 1) scale_y)`` and
+    columns likewise, so its centre lies at pixel-centre coordinates
+    ``offset + (r + 0.5) scale - 0.5``. An ROI is resized whole to the model's input
+    (no padding, no crop; the aspect may change) and the layer's grid covers the input
+    evenly, so for an ROI of ``H x W`` and a grid of ``h x w``: ``scale = (H / h, W / w)``,
+    ``offset = (0, 0)``. Image pixel ``(y, x)`` samples the grid bilinearly at cell
+    coordinates ``((y + 0.5 - offset_y) / scale_y - 0.5, ...)``, clamped to the edge
+    cells (half-pixel centres: ``F.interpolate(align_corners=False)``, OpenCV's
+    ``INTER_LINEAR``); :meth:`to_image` does exactly that.
+    """
+
+    scale_y: float
+    scale_x: float
+    offset_y: float = 0.0
+    offset_x: float = 0.0
+
+    @classmethod
+    def covering(cls, grid: tuple[int, int], image: tuple[int, int]) -> HeatGrid:
+        """The grid of ``grid`` (h, w) cells laid evenly over an ``image`` (H, W)."""
+        return cls(image[0] / grid[0], image[1] / grid[1])
+
+    def to_image(self, maps: Tensor, size: tuple[int, int]) -> Tensor:
+        """Maps ``(n, h, w)`` on this grid sampled at the pixels of an image of ``size``
+        (bilinear, half-pixel centres, edges clamped): ``(n, *size)``."""
+        h, w = int(maps.shape[-2]), int(maps.shape[-1])
+        rows = _taps(size[0], h, self.scale_y, self.offset_y)
+        cols = _taps(size[1], w, self.scale_x, self.offset_x)
+        m = maps[:, rows[0]] * rows[2][None, :, None] + maps[:, rows[1]] * (1 - rows[2])[None, :, None]
+        return m[:, :, cols[0]] * cols[2][None, None, :] + m[:, :, cols[1]] * (1 - cols[2])[None, None, :]
+
+
+def _taps(n: int, cells: int, scale: float, offset: float) -> tuple[Tensor, Tensor, Tensor]:
+    """For ``n`` image pixels along an axis: the two cells each samples and the first's weight."""
+    u = ((torch.arange(n, dtype=torch.float64) + 0.5 - offset) / scale - 0.5).clamp(0, cells - 1)
+    lo = u.floor().long()
+    hi = (lo + 1).clamp(max=cells - 1)
+    return lo, hi, (1 - (u - lo)).to(torch.float32)
 
 
 def analytic_grads(weight: Tensor, targets: Tensor, acts_shape: torch.Size) -> Tensor:
@@ -417,6 +474,24 @@ class RawCam:
     def __len__(self) -> int:
         return int(self.logits.shape[0])
 
+    def cells(self, *, index: Tensor | None = None) -> Tensor:
+        """Maps ``(n, h, w)`` of the images ``index`` (all by default) at the layer's own
+        resolution, in [0, 1]: min-max normalised over the cells (calibrated maps are
+        only clamped). Laid over an image by :class:`HeatGrid`, they give :meth:`render`'s
+        map: bilinear resampling is a weighted mean, so ``render(size)`` equals
+        ``normalise_maps(grid.to_image(cells(), size))`` (float rounding aside; a
+        calibrated map in [0, 1] needs no normalising).
+
+        Raises:
+            InvalidInputError: for a fused map, whose layers have different resolutions
+                (it exists only at an image's size).
+        """
+        if len(self.parts) != 1:
+            raise InvalidInputError(f"a map fused from {len(self.parts)} layers has no single layer resolution; "
+                                    "ask for it at the image's resolution")
+        part = self.parts[0] if index is None else self.parts[0][index]
+        return part.clamp(0.0, 1.0) if self.calibrated else normalise_maps(part)
+
     def render(self, size: tuple[int, int], *, index: Tensor | None = None, normalise: bool = True) -> Tensor:
         """Maps ``(n, *size)`` of the images ``index`` (all by default).
 
@@ -428,7 +503,10 @@ class RawCam:
             return upsample(parts[0], size).clamp(0.0, 1.0)
         if len(parts) == 1:
             maps = upsample(parts[0], size)
-            return normalise_maps(maps) if normalise else maps
+            if not normalise:
+                return maps
+            # a fresh tensor from upsampling is scaled in place (at the layer's size it is the caller's)
+            return _normalise_fresh(maps) if maps.data_ptr() != parts[0].data_ptr() else normalise_maps(maps)
         fused = torch.ones((parts[0].shape[0], *size), device=parts[0].device)
         for p in parts:
             fused = fused * normalise_maps(upsample(p, size))

@@ -9,11 +9,11 @@ from enum import StrEnum
 from typing import Any
 
 from camseg.core.errors import InvalidInputError
-from camseg.heat.cam import TTA_SIZES
+from camseg.heat.cam import CAMS, TTA_SIZES
 from camseg.heat.methods import CamMethod, Method, as_method
 from camseg.heat.refine import Refiner, parse_refiner
 from camseg.heat.rules import ThresholdRule, parse_rule
-from camseg.pipeline.whole import Tiling
+from camseg.pipeline.whole import Tiling, Whole
 
 
 class Engine(StrEnum):
@@ -31,6 +31,15 @@ class Encoding(StrEnum):
     OVERLAY_PNG = "overlay_png"
 
 
+class HeatResolution(StrEnum):
+    """The resolution of the heatmaps a run returns (a call's choice, never a recipe's)."""
+
+    IMAGE = "image"  # at each image's own size
+    # at the CAM layer's own grid, with the grid's place in the image (camseg.heat.cam.HeatGrid);
+    # masks and overlays are still made at the image's size
+    LAYER = "layer"
+
+
 @dataclass(frozen=True)
 class Options:
     """What to compute. ``threshold=None`` stops at heatmaps (no masks).
@@ -45,7 +54,10 @@ class Options:
     ``decision_threshold`` is the probability of the positive class(es) from which an
     image is called tumor (the label and the gate); None takes the most probable class.
     ``chunk`` images go through the network at a time; ``should_stop`` is polled
-    between chunks.
+    between chunks. ``heat_resolution`` LAYER returns each heatmap at the CAM layer's
+    own resolution with its :class:`~camseg.heat.cam.HeatGrid` (ROIs only: not with a
+    fused method, test-time augmentation or whole images, whose maps exist only at an
+    image's size).
     """
 
     method: Method = CamMethod.GRADCAM
@@ -62,6 +74,7 @@ class Options:
     refine: Refiner = Refiner.NONE
     decision_threshold: float | None = None
     tiling: Tiling = field(default_factory=Tiling)  # whole images: a call's choice, never a recipe's
+    heat_resolution: HeatResolution = HeatResolution.IMAGE  # a call's choice, never a recipe's
 
     def __post_init__(self) -> None:
         # accept the plain strings of configuration files and command lines
@@ -78,6 +91,12 @@ class Options:
             raise InvalidInputError(str(exc)) from None
         if self.chunk < 1:
             raise InvalidInputError("chunk must be at least 1 image")
+        try:
+            object.__setattr__(self, "heat_resolution", HeatResolution(self.heat_resolution))
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        if self.heat_resolution is HeatResolution.LAYER:
+            _check_layer_resolution(self)
         if self.layer == "":
             object.__setattr__(self, "layer", None)
 
@@ -98,7 +117,8 @@ class Options:
     def from_record(cls, rec: dict[str, Any], *, tiling: bool = False) -> Options:
         """Options from :meth:`to_record`'s values; absent keys take their defaults. A
         ``tiling`` is read only from a call's record (``tiling``): a recipe has none."""
-        known = {f.name for f in fields(cls)} - {"encodings", "engine"} - (set() if tiling else {"tiling"})
+        known = {f.name for f in fields(cls)} - {"encodings", "engine", "heat_resolution"} - (
+            set() if tiling else {"tiling"})
         unknown = set(rec) - known
         if unknown:
             raise InvalidInputError(f"unknown options {', '.join(sorted(unknown))}")
@@ -109,6 +129,20 @@ class Options:
                 raise InvalidInputError(f"unknown tiling options {', '.join(sorted(bad))}")
             rec = {**rec, "tiling": Tiling(**rec["tiling"])}
         return cls(**rec)
+
+
+def _check_layer_resolution(o: Options) -> None:
+    """Heatmaps at the layer's resolution exist for one layer's map of an ROI only."""
+    cam = CAMS.get(o.method) if isinstance(o.method, CamMethod) else None
+    if cam is not None and cam.layers > 1:
+        raise InvalidInputError(f"{o.method.value} fuses layers of different resolutions: its heatmap exists only "
+                                "at the image's resolution")
+    if o.tta != 1:
+        raise InvalidInputError("test-time augmentation averages heatmaps at the model's input size: layer-"
+                                "resolution heatmaps need tta 1")
+    if o.tiling.mode is Whole.ALWAYS:
+        raise InvalidInputError("whole images' heatmaps are stitched from tiles at the image's resolution: "
+                                "layer-resolution heatmaps are for ROIs (tiling mode never or auto)")
 
 
 def _check_tta(tta: int) -> None:

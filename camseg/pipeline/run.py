@@ -35,7 +35,7 @@ from camseg.core.metrics import dice
 from camseg.core.progress import OnProgress, ShouldStop, Tracker
 from camseg.core.types import BoolArray, FloatArray
 from camseg.data.tensors import resize_image, to_channels
-from camseg.heat.cam import CAMS, CamNetwork, RawCam, raw_cam, raw_from_activations, score_cam, tta_cam
+from camseg.heat.cam import CAMS, CamNetwork, HeatGrid, RawCam, raw_cam, raw_from_activations, score_cam, tta_cam
 from camseg.heat.masks import Masks, segment_maps
 from camseg.heat.methods import CamMethod, Segmenter, parse_method
 from camseg.heat.overlay import overlay
@@ -46,7 +46,7 @@ from camseg.models.imported import load_imported
 from camseg.models.inference import OnnxModel
 from camseg.models.modelconfig import CONFIG_FILE, Colour, ModelConfig, Source, from_metadata
 from camseg.models.modeldir import ONNX_FILE, load_model
-from camseg.pipeline.options import Choices, Encoding, Engine, Options, resolve
+from camseg.pipeline.options import Choices, Encoding, Engine, HeatResolution, Options, resolve
 from camseg.pipeline.recipe_record import Recipe, load_recipe
 from camseg.pipeline.student import Student, load_student
 from camseg.pipeline.whole import WholeInfo, is_whole, segment_whole
@@ -325,8 +325,10 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """One image's answer. ``heatmap`` is at the image's own size; the mask fields are
-    None when no threshold was asked for, the encodings None when not asked for."""
+    """One image's answer. ``heatmap`` is at the image's own size, or where ``grid`` is
+    set (layer resolution asked for) at the CAM layer's own resolution, ``grid`` placing
+    its cells in the image; the mask fields are None when no threshold was asked for,
+    the encodings None when not asked for."""
 
     probabilities: npt.NDArray[np.float32]
     label: int
@@ -341,6 +343,7 @@ class ImageResult:
     mask_rle: list[int] | None = None
     overlay_png: bytes | None = None
     whole: WholeInfo | None = None  # set where the image was segmented whole (the sliding window)
+    grid: HeatGrid | None = None  # set where ``heatmap`` is at the layer's resolution
 
     @property
     def area(self) -> int:
@@ -408,6 +411,14 @@ def run(
     items: list[ImageResult | None] = [None] * len(images)
     layers: tuple[str, ...] = ()
     whole = [i for i, img in enumerate(images) if is_whole(model, img.shape, opts.tiling)]
+    at_layer = opts.heat_resolution is HeatResolution.LAYER
+    if at_layer and whole:
+        i = whole[0]
+        raise InvalidInputError(f"image {i} ({images[i].shape[1]}x{images[i].shape[0]}) goes whole (the sliding "
+                                "window), whose heatmap exists only at the image's resolution: ask for that, or "
+                                "send it as an ROI (tiling mode never)")
+    # the image-sized map is rendered only where something needs it: the reply, a mask, an overlay
+    image_heat = not at_layer or opts.threshold is not None or Encoding.OVERLAY_PNG in opts.encodings
     whole_set = set(whole)
     rois = [i for i in range(len(images)) if i not in whole_set]
     for start in range(0, len(rois), opts.chunk):
@@ -420,19 +431,24 @@ def run(
         by_size: dict[tuple[int, int], list[int]] = {}
         for j, img in enumerate(part):
             by_size.setdefault((int(img.shape[0]), int(img.shape[1])), []).append(j)
+        cells = raw.cells() if at_layer else None  # once a chunk, whatever its images' sizes
         for size, idx in by_size.items():
             index = torch.tensor(idx)
-            heat = raw.render(size, index=index)
+            heat = raw.render(size, index=index) if image_heat else None
             seg = None
             if opts.threshold is not None:
+                assert heat is not None
                 seg = make_masks(model, [part[j] for j in idx], heat, predicted[index], opts)
+            grid = HeatGrid.covering((int(raw.parts[0].shape[-2]), int(raw.parts[0].shape[-1])), size) \
+                if at_layer else None
             for k, j in enumerate(idx):
                 i = chunk[j]
                 mask = seg.masks[k].numpy() if seg is not None else None
                 tk = float(seg.thresholds[k]) if seg is not None else math.nan
-                items[i] = _finish(opts, images[i], heat[k], probs[j], int(predicted[j]), int(raw.targets[j]),
-                                   mask, tk if math.isfinite(tk) else None, bool(seg.gated[k]) if seg else False,
-                                   truths[i] if truths is not None else None)
+                items[i] = _finish(opts, images[i], heat[k] if heat is not None else None, probs[j],
+                                   int(predicted[j]), int(raw.targets[j]), mask, tk if math.isfinite(tk) else None,
+                                   bool(seg.gated[k]) if seg else False, truths[i] if truths is not None else None,
+                                   cells=(cells[j], grid) if cells is not None and grid is not None else None)
         tracker.advance(len(part))
     for i in whole:
         probs_np, heat_np, mask, t, info = segment_whole(model, images[i], opts, engine, on_progress=on_progress,
@@ -484,21 +500,27 @@ def _gray(image: FloatArray) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(image, dtype=np.float32)
 
 
-def _finish(opts: Options, image: FloatArray, heat: Tensor, probs: Tensor, predicted: int, target: int,
+def _finish(opts: Options, image: FloatArray, heat: Tensor | None, probs: Tensor, predicted: int, target: int,
             mask: BoolArray | None, t: float | None, gated: bool, truth: BoolArray | None,
-            whole: WholeInfo | None = None) -> ImageResult:
+            whole: WholeInfo | None = None, *, cells: tuple[Tensor, HeatGrid] | None = None) -> ImageResult:
+    """One image's result; ``heat`` (at the image's size) is None only where ``cells``
+    (the layer-resolution map and its grid, returned instead) is given and neither a
+    mask nor an overlay needs it."""
     p = probs.numpy().astype(np.float32)
     want = opts.encodings
+    out, grid = cells if cells is not None else (heat, None)
+    assert out is not None
     if mask is None:
-        return ImageResult(p, predicted, target, heat,
+        return ImageResult(p, predicted, target, out,
                            overlay_png=codecs.encode_png(overlay(image, heat.numpy()))
-                           if Encoding.OVERLAY_PNG in want else None, whole=whole)
+                           if Encoding.OVERLAY_PNG in want and heat is not None else None, whole=whole, grid=grid)
+    assert heat is not None
     d = float(dice(torch.from_numpy(mask), torch.from_numpy(truth))) if truth is not None else None
     return ImageResult(
-        p, predicted, target, heat, mask, t, gated, d,
+        p, predicted, target, out, mask, t, gated, d,
         mask_png=codecs.encode_png(mask) if Encoding.MASK_PNG in want else None,
         mask_bits=codecs.packed_bits(mask) if Encoding.MASK_BITS in want else None,
         mask_rle=codecs.run_lengths(mask) if Encoding.MASK_RLE in want else None,
         overlay_png=codecs.encode_png(overlay(image, heat.numpy(), mask, truth))
-        if Encoding.OVERLAY_PNG in want else None, whole=whole,
+        if Encoding.OVERLAY_PNG in want else None, whole=whole, grid=grid,
     )

@@ -33,6 +33,12 @@ class HeatmapEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HEATMAP_ENCODING_FLOAT16: _ClassVar[HeatmapEncoding]
     HEATMAP_ENCODING_UINT8: _ClassVar[HeatmapEncoding]
 
+class HeatmapResolution(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEATMAP_RESOLUTION_UNSPECIFIED: _ClassVar[HeatmapResolution]
+    HEATMAP_RESOLUTION_IMAGE: _ClassVar[HeatmapResolution]
+    HEATMAP_RESOLUTION_LAYER: _ClassVar[HeatmapResolution]
+
 class WholeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     WHOLE_MODE_UNSPECIFIED: _ClassVar[WholeMode]
@@ -88,6 +94,9 @@ REFINEMENT_GRABCUT: Refinement
 HEATMAP_ENCODING_UNSPECIFIED: HeatmapEncoding
 HEATMAP_ENCODING_FLOAT16: HeatmapEncoding
 HEATMAP_ENCODING_UINT8: HeatmapEncoding
+HEATMAP_RESOLUTION_UNSPECIFIED: HeatmapResolution
+HEATMAP_RESOLUTION_IMAGE: HeatmapResolution
+HEATMAP_RESOLUTION_LAYER: HeatmapResolution
 WHOLE_MODE_UNSPECIFIED: WholeMode
 WHOLE_MODE_AUTO: WholeMode
 WHOLE_MODE_ALWAYS: WholeMode
@@ -171,6 +180,18 @@ class ClassifyResponse(_message.Message):
     model_version: str
     def __init__(self, results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
+class HeatmapGrid(_message.Message):
+    __slots__ = ("scale_y", "scale_x", "offset_y", "offset_x")
+    SCALE_Y_FIELD_NUMBER: _ClassVar[int]
+    SCALE_X_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_Y_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_X_FIELD_NUMBER: _ClassVar[int]
+    scale_y: float
+    scale_x: float
+    offset_y: float
+    offset_x: float
+    def __init__(self, scale_y: _Optional[float] = ..., scale_x: _Optional[float] = ..., offset_y: _Optional[float] = ..., offset_x: _Optional[float] = ...) -> None: ...
+
 class ExplainOptions(_message.Message):
     __slots__ = ("method", "target_class", "layer")
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -236,23 +257,25 @@ class WholeImage(_message.Message):
     def __init__(self, scale: _Optional[float] = ..., tiles: _Optional[int] = ..., skipped: _Optional[int] = ..., tissue_fraction: _Optional[float] = ..., padded: _Optional[bool] = ..., score: _Optional[float] = ..., lesions: _Optional[_Iterable[_Union[Lesion, _Mapping]]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "images", "options", "encoding", "overlay_png", "tiling")
+    __slots__ = ("model", "images", "options", "encoding", "overlay_png", "tiling", "heatmap_resolution")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
     TILING_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     images: _containers.RepeatedCompositeFieldContainer[Image]
     options: ExplainOptions
     encoding: HeatmapEncoding
     overlay_png: bool
     tiling: Tiling
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., encoding: _Optional[_Union[HeatmapEncoding, str]] = ..., overlay_png: _Optional[bool] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ...) -> None: ...
+    heatmap_resolution: HeatmapResolution
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., encoding: _Optional[_Union[HeatmapEncoding, str]] = ..., overlay_png: _Optional[bool] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ..., heatmap_resolution: _Optional[_Union[HeatmapResolution, str]] = ...) -> None: ...
 
 class Heatmap(_message.Message):
-    __slots__ = ("data", "shape", "encoding", "overlay_png", "classification", "target_class", "layer", "whole")
+    __slots__ = ("data", "shape", "encoding", "overlay_png", "classification", "target_class", "layer", "whole", "grid")
     DATA_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +284,7 @@ class Heatmap(_message.Message):
     TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     WHOLE_FIELD_NUMBER: _ClassVar[int]
+    GRID_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     shape: _containers.RepeatedScalarFieldContainer[int]
     encoding: HeatmapEncoding
@@ -269,7 +293,8 @@ class Heatmap(_message.Message):
     target_class: int
     layer: str
     whole: WholeImage
-    def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., encoding: _Optional[_Union[HeatmapEncoding, str]] = ..., overlay_png: _Optional[bytes] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., target_class: _Optional[int] = ..., layer: _Optional[str] = ..., whole: _Optional[_Union[WholeImage, _Mapping]] = ...) -> None: ...
+    grid: HeatmapGrid
+    def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., encoding: _Optional[_Union[HeatmapEncoding, str]] = ..., overlay_png: _Optional[bytes] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., target_class: _Optional[int] = ..., layer: _Optional[str] = ..., whole: _Optional[_Union[WholeImage, _Mapping]] = ..., grid: _Optional[_Union[HeatmapGrid, _Mapping]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("heatmaps", "model_name", "model_version", "engine")
@@ -292,7 +317,7 @@ class ThresholdRule(_message.Message):
     def __init__(self, kind: _Optional[_Union[ThresholdKind, str]] = ..., value: _Optional[float] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("model", "images", "options", "threshold", "gate", "largest_component", "truth_masks", "overlay_png", "mask_encodings", "refine", "tta", "decision_threshold", "no_recipe", "tiling")
+    __slots__ = ("model", "images", "options", "threshold", "gate", "largest_component", "truth_masks", "overlay_png", "mask_encodings", "refine", "tta", "decision_threshold", "no_recipe", "tiling", "heatmap_resolution")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +332,7 @@ class SegmentRequest(_message.Message):
     DECISION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     NO_RECIPE_FIELD_NUMBER: _ClassVar[int]
     TILING_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     images: _containers.RepeatedCompositeFieldContainer[Image]
     options: ExplainOptions
@@ -321,7 +347,8 @@ class SegmentRequest(_message.Message):
     decision_threshold: float
     no_recipe: bool
     tiling: Tiling
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., truth_masks: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., overlay_png: _Optional[bool] = ..., mask_encodings: _Optional[_Iterable[_Union[MaskEncoding, str]]] = ..., refine: _Optional[_Union[Refinement, str]] = ..., tta: _Optional[int] = ..., decision_threshold: _Optional[float] = ..., no_recipe: _Optional[bool] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ...) -> None: ...
+    heatmap_resolution: HeatmapResolution
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[ExplainOptions, _Mapping]] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., gate: _Optional[bool] = ..., largest_component: _Optional[bool] = ..., truth_masks: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., overlay_png: _Optional[bool] = ..., mask_encodings: _Optional[_Iterable[_Union[MaskEncoding, str]]] = ..., refine: _Optional[_Union[Refinement, str]] = ..., tta: _Optional[int] = ..., decision_threshold: _Optional[float] = ..., no_recipe: _Optional[bool] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ..., heatmap_resolution: _Optional[_Union[HeatmapResolution, str]] = ...) -> None: ...
 
 class SegmentChunk(_message.Message):
     __slots__ = ("request", "id", "data")
@@ -334,7 +361,7 @@ class SegmentChunk(_message.Message):
     def __init__(self, request: _Optional[_Union[SegmentRequest, _Mapping]] = ..., id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Mask(_message.Message):
-    __slots__ = ("png", "packed_bits", "rle", "shape", "area", "threshold", "threshold_value", "gated", "dice", "classification", "overlay_png", "dicom_seg", "whole")
+    __slots__ = ("png", "packed_bits", "rle", "shape", "area", "threshold", "threshold_value", "gated", "dice", "classification", "overlay_png", "dicom_seg", "whole", "heatmap")
     PNG_FIELD_NUMBER: _ClassVar[int]
     PACKED_BITS_FIELD_NUMBER: _ClassVar[int]
     RLE_FIELD_NUMBER: _ClassVar[int]
@@ -348,6 +375,7 @@ class Mask(_message.Message):
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
     DICOM_SEG_FIELD_NUMBER: _ClassVar[int]
     WHOLE_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
     png: bytes
     packed_bits: bytes
     rle: _containers.RepeatedScalarFieldContainer[int]
@@ -361,7 +389,8 @@ class Mask(_message.Message):
     overlay_png: bytes
     dicom_seg: bytes
     whole: WholeImage
-    def __init__(self, png: _Optional[bytes] = ..., packed_bits: _Optional[bytes] = ..., rle: _Optional[_Iterable[int]] = ..., shape: _Optional[_Iterable[int]] = ..., area: _Optional[int] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., threshold_value: _Optional[float] = ..., gated: _Optional[bool] = ..., dice: _Optional[float] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., dicom_seg: _Optional[bytes] = ..., whole: _Optional[_Union[WholeImage, _Mapping]] = ...) -> None: ...
+    heatmap: Heatmap
+    def __init__(self, png: _Optional[bytes] = ..., packed_bits: _Optional[bytes] = ..., rle: _Optional[_Iterable[int]] = ..., shape: _Optional[_Iterable[int]] = ..., area: _Optional[int] = ..., threshold: _Optional[_Union[ThresholdRule, _Mapping]] = ..., threshold_value: _Optional[float] = ..., gated: _Optional[bool] = ..., dice: _Optional[float] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., dicom_seg: _Optional[bytes] = ..., whole: _Optional[_Union[WholeImage, _Mapping]] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
     __slots__ = ("masks", "model_name", "model_version", "mean_dice", "recipe")
