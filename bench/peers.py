@@ -11,6 +11,10 @@ made as ``serve_bench.py`` makes it) is served, one server at a time, by:
   ``parallel_workers: 0`` so inference runs in the server process, adaptive batching off;
 - LitServe 0.2.19 (a ``LitAPI``), over HTTP with JSON: LitServe speaks no gRPC.
 
+``mlserver-adaptive`` (MLServer's adaptive batching) and ``litserve-batch`` (LitServe's
+batching), each up to ``--peer-max-batch`` requests waiting ``--peer-batch-ms``, run when
+named in ``--servers``; the default run leaves them out to stay short.
+
 Every peer runs the same ONNX file through ONNX Runtime 1.31.1 (CPU) with ``--threads``
 intra-op threads and one inter-op thread, in a virtual environment this script makes for it
 under ``.venv-peers/<name>`` (``python -m venv`` + ``pip install`` of the pinned versions in
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -83,6 +88,7 @@ PEERS: dict[str, list[str]] = {
     "litserve": ["litserve==0.2.19", ORT],
 }
 SERVERS = ("camseg", "camseg-nobatch", "kserve", "mlserver", "litserve")
+BATCHING_PEERS = ("mlserver-adaptive", "litserve-batch")  # by name only: --servers ...,mlserver-adaptive
 PEER_DIR = ROOT / "bench" / "peer_servers"
 MODEL_NAME = "classifier"  # bench/peer_servers/common.py
 
@@ -171,10 +177,8 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # children left behind by a leader that exited
-    except ProcessLookupError:
-        pass
 
 
 def start(name: str, python: Path | None, model: Path, repo: Path, tmp: Path, args: argparse.Namespace) -> Server:
@@ -182,38 +186,45 @@ def start(name: str, python: Path | None, model: Path, repo: Path, tmp: Path, ar
     env = {**os.environ, "PEER_MODEL": str(model), "PEER_THREADS": str(args.threads),
            "PEER_SPINNING": "1" if args.peer_spinning else "0", "OMP_NUM_THREADS": str(args.threads)}
     if name.startswith("camseg"):
-        batching = name == "camseg"
-        served = spawn(repo, *([] if batching else ["--no-batching"]),
+        batched = name == "camseg"
+        served = spawn(repo, *([] if batched else ["--no-batching"]),
                        env={"CAMSEG_TORCH_THREADS": str(args.threads)})
-        return Server(name, "camseg serve", "dynamic" if batching else "off", served.proc,  # type: ignore[arg-type]
+        return Server(name, "camseg serve", "dynamic" if batched else "off", served.proc,  # type: ignore[arg-type]
                       served.address, "camseg", args.arch, lambda: served.stop(timeout=60), served.log)
     assert python is not None
     log = tmp / f"{name}.log"
     http_port, grpc_port = free_port(), free_port()
     env.update(PEER_HTTP_PORT=str(http_port), PEER_GRPC_PORT=str(grpc_port))
-    if name == "mlserver":
+    if name.startswith("mlserver"):
         home = tmp / "mlserver"
         (home / MODEL_NAME).mkdir(parents=True)
         (home / "settings.json").write_text(json.dumps({
             "http_port": http_port, "grpc_port": grpc_port, "metrics_port": free_port(), "parallel_workers": 0,
             "debug": False}))
         (home / MODEL_NAME / "model-settings.json").write_text(json.dumps({
-            "name": MODEL_NAME, "implementation": "mlserver_model.OnnxClassifier", "max_batch_size": 0}))
+            "name": MODEL_NAME, "implementation": "mlserver_model.OnnxClassifier",
+            **({"max_batch_size": args.peer_max_batch, "max_batch_time": args.peer_batch_ms / 1e3}
+               if name == "mlserver-adaptive" else {"max_batch_size": 0})}))
         env["PYTHONPATH"] = str(PEER_DIR)
         cmd = [str(python.parent / "mlserver"), "start", str(home)]
-        label, batching = "MLServer 1.7.1", "off"
+        label = "MLServer 1.7.1"
+        adaptive = name.endswith("adaptive")
+        batching = f"adaptive ({args.peer_max_batch}, {args.peer_batch_ms:g} ms)" if adaptive else "off"
     elif name == "kserve":
         cmd = [str(python), str(PEER_DIR / "kserve_server.py")]
         label, batching = "KServe 0.21.0 Python server", "none"
     else:
         cmd = [str(python), str(PEER_DIR / "litserve_server.py")]
         label, batching = "LitServe 0.2.19", "off"
+        if name == "litserve-batch":
+            env.update(PEER_MAX_BATCH=str(args.peer_max_batch), PEER_BATCH_TIMEOUT=str(args.peer_batch_ms / 1e3))
+            batching = f"on ({args.peer_max_batch}, {args.peer_batch_ms:g} ms)"
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp, start_new_session=True)
     server = Server(name, label, batching, proc, f"127.0.0.1:{grpc_port}", "v2", log=log)
     server.stop = lambda: stop_group(proc)
     try:
-        if name == "litserve":
+        if name.startswith("litserve"):
             server.address, server.protocol = f"127.0.0.1:{http_port}", "http"
             wait_http(f"http://127.0.0.1:{http_port}/health", proc, args.start_timeout)
         else:
@@ -252,7 +263,10 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds before each point")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads in every server")
-    p.add_argument("--servers", default=",".join(SERVERS), help=f"a subset of {','.join(SERVERS)}")
+    p.add_argument("--servers", default=",".join(SERVERS),
+                   help=f"any of {','.join(SERVERS + BATCHING_PEERS)} (default: all but the last two)")
+    p.add_argument("--peer-max-batch", type=int, default=32, help="the batching peers' largest batch")
+    p.add_argument("--peer-batch-ms", type=float, default=2.0, help="the batching peers' longest wait")
     p.add_argument("--peer-spinning", action=argparse.BooleanOptionalAction, default=True,
                    help="ONNX Runtime's spin-wait in the peers' sessions (its default; camseg turns it off)")
     p.add_argument("--venvs", type=Path, default=ROOT / ".venv-peers")
@@ -262,7 +276,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=max(Console().width, 180))
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(SERVERS))
+    unknown = sorted(set(names) - set(SERVERS + BATCHING_PEERS))
     if unknown:
         p.error(f"unknown servers: {', '.join(unknown)}")
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -276,8 +290,8 @@ def main() -> int:
         np.save(inputs, inputs_of(tmp, 32))
         for name in names:
             python: Path | None = None
-            if name in PEERS:
-                venv = ensure_venv(name, args.venvs, console)
+            if name.split("-")[0] in PEERS:
+                venv = ensure_venv(name.split("-")[0], args.venvs, console)
                 if isinstance(venv, str):
                     console.print(f"[red]{name}: {venv}[/]")
                     results.append({"server": name, "error": venv})
@@ -293,6 +307,10 @@ def main() -> int:
                 continue
             try:
                 served = harness("load", args, inputs, model, tmp / f"{name}.json", server)
+            except subprocess.CalledProcessError as e:
+                console.print(f"[red]{name}: the harness failed (exit {e.returncode})[/]")
+                results.append({"server": name, "error": f"harness failed (exit {e.returncode})"})
+                continue
             finally:
                 server.stop()
             bare = harness("bare", args, inputs, model, tmp / f"{name}-bare.json", levels=args.concurrency)

@@ -15,11 +15,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import MODEL_NAME, OUTPUT, run, session  # noqa: E402
-from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer  # noqa: E402
+from common import MODEL_NAME, OUTPUT, run, session
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 
 
-class OnnxClassifier(Model):  # type: ignore[misc]
+class OnnxClassifier(Model):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.load()

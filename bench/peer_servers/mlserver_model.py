@@ -15,13 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import OUTPUT, run, session  # noqa: E402
-from mlserver import MLModel  # noqa: E402
-from mlserver.codecs import NumpyCodec  # noqa: E402
-from mlserver.types import InferenceRequest, InferenceResponse  # noqa: E402
+from common import OUTPUT, run, session
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
 
 
-class OnnxClassifier(MLModel):  # type: ignore[misc]
+class OnnxClassifier(MLModel):
     async def load(self) -> bool:
         self.session = session()
         return True
