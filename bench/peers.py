@@ -196,8 +196,8 @@ def start(name: str, python: Path | None, model: Path, repo: Path, tmp: Path, ar
     http_port, grpc_port = free_port(), free_port()
     env.update(PEER_HTTP_PORT=str(http_port), PEER_GRPC_PORT=str(grpc_port))
     if name.startswith("mlserver"):
-        home = tmp / "mlserver"
-        (home / MODEL_NAME).mkdir(parents=True)
+        home = tmp / name
+        (home / MODEL_NAME).mkdir(parents=True, exist_ok=True)
         (home / "settings.json").write_text(json.dumps({
             "http_port": http_port, "grpc_port": grpc_port, "metrics_port": free_port(), "parallel_workers": 0,
             "debug": False}))
@@ -300,7 +300,7 @@ def main() -> int:
             console.print(f"[bold]{name}[/]: starting")
             try:
                 server = start(name, python, model, repo, tmp, args)
-            except RuntimeError as e:
+            except (RuntimeError, OSError) as e:
                 log = (tmp / f"{name}.log").read_text()[-2000:] if (tmp / f"{name}.log").is_file() else ""
                 console.print(f"[red]{name} did not start: {e}[/]\n{log}")
                 results.append({"server": name, "error": f"did not start: {e}"})
