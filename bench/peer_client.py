@@ -1,6 +1,6 @@
 """The client harness of ``bench/peers.py``: one process that loads one server, and bare ONNX Runtime.
 
-``load`` keeps ``c`` calls in flight against one server for ``--seconds`` at each
+It keeps ``c`` calls in flight against one server for ``--seconds`` at each
 concurrency and reports images per second, p50/p99 latency, and the CPU seconds the
 server's process tree (``/proc/<pid>/stat``: utime + stime, children included) and this
 process spent per image. One image a call, float32, shape (1, 1, H, W). The protocols:
@@ -16,7 +16,9 @@ process spent per image. One image a call, float32, shape (1, 1, H, W). The prot
 
 Every answer's probabilities are checked against this process's own ONNX Runtime session
 on the same images (``max_abs_diff`` in the report), so a server that answers the wrong
-thing shows. ``bare`` runs ``session.run`` at each batch size for ``--seconds``.
+thing shows. After each point, with the server idle, this process's session runs bare
+``session.run`` at batch c for as long (the same threads), so each pair is measured as close
+in time as it can be on a machine whose load drifts.
 
 Results go to ``--out`` as JSON. Run by ``bench/peers.py``; not meant to be called by hand.
 """
@@ -191,7 +193,8 @@ class HttpConnection:
 
 async def load(args: argparse.Namespace) -> dict[str, Any]:
     x = np.load(args.inputs)
-    reference = session(args.reference_model, args.threads).run(["probabilities"], {"input": x})[0]
+    bare_session = session(args.reference_model, args.threads)
+    reference = bare_session.run(["probabilities"], {"input": x})[0]
     levels = [int(c) for c in args.levels.split(",")]
     worst = 0.0
 
@@ -202,7 +205,14 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
     protocol = args.protocol
     if protocol == "camseg":
         protocol = "v2" if await v2_serves(args.address) else "camseg.v1"
-    points = []
+    points: list[dict[str, Any]] = []
+    bare: list[dict[str, Any]] = []
+
+    def beside(c: int) -> None:
+        # right after the server's point, while the server idles: the machine's load drifts, so the
+        # pair is measured as close together in time as it can be
+        bare.append(bare_point(bare_session, x, c, args.seconds, args.warmup))
+
     if protocol == "http":
         host, port = args.address.rsplit(":", 1)
         bodies = [json.dumps({"shape": [1, *img.shape], "data": base64.b64encode(img.tobytes()).decode()}).encode()
@@ -217,6 +227,7 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
                 return probs
 
             points.append(await drive(http_call, c, args.seconds, args.warmup, args.pid))
+            beside(c)
             for conn in conns:
                 if conn.streams is not None:
                     conn.streams[1].close()
@@ -246,40 +257,38 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
                 call = v1_call
             for c in levels:
                 points.append(await drive(call, c, args.seconds, args.warmup, args.pid))
+                beside(c)
     return {"protocol": {"v2": "gRPC v2 ModelInfer", "camseg.v1": "gRPC camseg.v1 Classify",
-                         "http": "HTTP JSON"}[protocol], "points": points, "max_abs_diff": worst}
+                         "http": "HTTP JSON"}[protocol], "points": points, "bare": bare,
+            "max_abs_diff": worst}
 
 
-def bare(args: argparse.Namespace) -> dict[str, Any]:
-    x = np.load(args.inputs)
-    sess = session(args.reference_model, args.threads)
-    points = []
-    for batch in (int(b) for b in args.levels.split(",")):
-        xb = np.ascontiguousarray(np.repeat(x, batch // len(x) + 1, axis=0)[:batch])
-        end = time.perf_counter() + args.warmup
-        while time.perf_counter() < end:
-            sess.run(["probabilities"], {"input": xb})
-        lat = []
-        end = time.perf_counter() + args.seconds
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            sess.run(["probabilities"], {"input": xb})
-            lat.append(time.perf_counter() - t0)
-        p50, p99 = quantiles_ms(lat)
-        points.append({"batch": batch, "images_per_s": batch * len(lat) / sum(lat), "p50_ms": p50, "p99_ms": p99,
-                       "calls": len(lat)})
-    return {"points": points}
+def bare_point(sess: ort.InferenceSession, x: npt.NDArray[np.float32], batch: int, seconds: float,
+               warmup: float) -> dict[str, Any]:
+    """``session.run`` at one batch size, back to back: ``warmup`` seconds unrecorded, then ``seconds``."""
+    xb = np.ascontiguousarray(np.repeat(x, batch // len(x) + 1, axis=0)[:batch])
+    end = time.perf_counter() + warmup
+    while time.perf_counter() < end:
+        sess.run(["probabilities"], {"input": xb})
+    lat = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        sess.run(["probabilities"], {"input": xb})
+        lat.append(time.perf_counter() - t0)
+    p50, p99 = quantiles_ms(lat)
+    return {"batch": batch, "images_per_s": batch * len(lat) / sum(lat), "p50_ms": p50, "p99_ms": p99,
+            "calls": len(lat)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("mode", choices=("load", "bare"))
     p.add_argument("--protocol", choices=("v2", "camseg", "http"), default="v2")
     p.add_argument("--address", default="127.0.0.1:0")
     p.add_argument("--model", default="classifier")
     p.add_argument("--version", default="")
     p.add_argument("--pid", type=int, default=0)
-    p.add_argument("--levels", default="1,8,32", help="concurrencies (load) or batch sizes (bare)")
+    p.add_argument("--levels", default="1,8,32", help="concurrencies; bare ONNX Runtime runs at batch c after each")
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
@@ -287,7 +296,7 @@ def main() -> int:
     p.add_argument("--reference-model", type=Path, required=True, help="the .onnx file every server serves")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    result = asyncio.run(load(args)) if args.mode == "load" else bare(args)
+    result = asyncio.run(load(args))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -30,10 +30,11 @@ in flight for ``--seconds`` each after ``--warmup``. Each image has one pixel at
 1 so camseg's min-max scaling of float arrays leaves it as every other server sees it; the
 harness checks each answer against its own ONNX Runtime session (``max |dp|``).
 
-After each server stops, bare ONNX Runtime ``session.run`` (a separate harness process, the
-same threads) runs at batch 1, 8 and 32; a server's share at c is its images/s over bare
-ONNX Runtime's at batch c. Server CPU per image is the server's process tree's utime + stime
-(``/proc/<pid>/stat``) over the recorded window, divided by the images answered.
+Right after each point, with the server idle, bare ONNX Runtime ``session.run`` runs in the
+harness process (the same threads) at batch c for as long; a server's share at c is its
+images/s over bare ONNX Runtime's at batch c in that pair. Server CPU per image is the
+server's process tree's utime + stime (``/proc/<pid>/stat``) over the recorded window,
+divided by the images answered.
 
 The machine has 2 cores: the harness and the server share them, so the client's own cost
 counts against every server alike (client CPU per image is reported too).
@@ -235,15 +236,13 @@ def start(name: str, python: Path | None, model: Path, repo: Path, tmp: Path, ar
     return server
 
 
-def harness(mode: str, args: argparse.Namespace, inputs: Path, model: Path, out: Path, server: Server | None = None,
-            levels: str | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, str(ROOT / "bench" / "peer_client.py"), mode, "--levels", levels or args.concurrency,
+def harness(args: argparse.Namespace, inputs: Path, model: Path, out: Path, server: Server) -> dict[str, Any]:
+    assert server.proc is not None
+    cmd = [sys.executable, str(ROOT / "bench" / "peer_client.py"), "--levels", args.concurrency,
            "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--inputs", str(inputs), "--reference-model", str(model), "--out", str(out)]
-    if server is not None:
-        assert server.proc is not None
-        cmd += ["--protocol", server.protocol, "--address", server.address, "--model", server.model,
-                "--pid", str(server.proc.pid)]
+           "--inputs", str(inputs), "--reference-model", str(model), "--out", str(out),
+           "--protocol", server.protocol, "--address", server.address, "--model", server.model,
+           "--pid", str(server.proc.pid)]
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     result: dict[str, Any] = json.loads(out.read_text())
     return result
@@ -306,20 +305,18 @@ def main() -> int:
                 results.append({"server": name, "error": f"did not start: {e}"})
                 continue
             try:
-                served = harness("load", args, inputs, model, tmp / f"{name}.json", server)
+                served = harness(args, inputs, model, tmp / f"{name}.json", server)
             except subprocess.CalledProcessError as e:
                 console.print(f"[red]{name}: the harness failed (exit {e.returncode})[/]")
                 results.append({"server": name, "error": f"harness failed (exit {e.returncode})"})
                 continue
             finally:
                 server.stop()
-            bare = harness("bare", args, inputs, model, tmp / f"{name}-bare.json", levels=args.concurrency)
-            results.append({"server": name, "label": server.label, "batching": server.batching, **served,
-                            "bare": bare["points"]})
+            results.append({"server": name, "label": server.label, "batching": server.batching, **served})
     table = Table(title=f"{args.arch} {args.size} px, {args.threads} ONNX Runtime threads, one image a call, "
                         f"{args.seconds:g} s a point (client and server share {os.cpu_count()} cores)")
     for col in ("server", "protocol", "batching", "c", "images/s", "p50 ms", "p99 ms", "server CPU ms/img",
-                "client CPU ms/img", "bare ORT img/s (batch c)", "share of bare", "errors", "max |dp|"):
+                "client CPU ms/img", "bare ORT img/s (batch c)", "bare p50 ms", "share of bare", "errors", "max |dp|"):
         table.add_column(col, justify="left" if col in ("server", "protocol", "batching") else "right")
     for r in results:
         if "error" in r:
@@ -333,7 +330,8 @@ def main() -> int:
             table.add_row(r["label"], r["protocol"], r["batching"], str(pt["concurrency"]), f"{pt['images_per_s']:.0f}",
                           f"{pt['p50_ms']:.2f}", f"{pt['p99_ms']:.2f}", f"{pt['server_cpu_ms_per_image']:.2f}",
                           f"{pt['client_cpu_ms_per_image']:.2f}", f"{b['images_per_s']:.0f}" if b else "",
-                          f"{100 * pt['share_of_bare']:.0f}%" if b else "", str(pt["errors"]),
+                          f"{b['p50_ms']:.2f}" if b else "", f"{100 * pt['share_of_bare']:.0f}%" if b else "",
+                          str(pt["errors"]),
                           f"{r['max_abs_diff']:.1e}", end_section=pt["concurrency"] == levels[-1])
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
