@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo quality paper test lint bench soak data-real redis tools protos clean
+.PHONY: demo quality paper test lint bench bench-peers soak data-real redis tools protos clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,5 +69,10 @@ bench: $(BENCH_STAMP) redis
 	$(BIN)/python bench/onnxgraph_compare.py
 	$(BIN)/python bench/whole_bench.py
 
+# camseg serve beside KServe, MLServer and LitServe (each in its own venv under .venv-peers/, made
+# on first use from the package registry) and bare ONNX Runtime; PEERS_SECONDS a point (default 5)
+bench-peers: $(BENCH_STAMP) redis
+	$(BIN)/python bench/peers.py --seconds $(or $(PEERS_SECONDS),5)
+
 clean:
-	rm -rf $(VENV) .tools demo-out quality-out paper-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-peers .tools demo-out quality-out paper-out .pytest_cache .mypy_cache .ruff_cache
