@@ -4,9 +4,13 @@ Requests queue per served model; a worker takes the first request, gathers more 
 ``max_batch`` images or ``max_delay`` seconds, runs them as one ONNX Runtime batch in
 a thread, and hands each caller its rows. It waits only while more callers are on
 their way (:meth:`DynamicBatcher.expect` counts calls still decoding), so a lone call
-runs at once. A caller that gave up (cancelled, deadline passed) before its batch ran
-is dropped from it. Closing (the model was replaced or removed) lets what is queued run;
-a call that took the batcher before then and submits after runs alone.
+runs at once. A lone call its caller marks ``inline`` (small, and no other call in flight)
+runs on the event loop itself when nothing is queued, gathering or running: the hand-off
+to a thread and back (a pool submit, a wake-up, the self-pipe write) costs about as much
+as a small ONNX Runtime run, and batching starts only once calls overlap. A caller that
+gave up (cancelled, deadline passed) before its batch ran is dropped from it. Closing
+(the model was replaced or removed) lets what is queued run; a call that took the
+batcher before then and submits after runs alone.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ class DynamicBatcher:
     def __init__(self, run: Runner, *, max_batch: int, max_delay: float, executor: Executor,
                  max_queue: int | None = None,
                  on_batch: Callable[[int], None] | None = None,
-                 on_queue_time: Callable[[float], None] | None = None):
+                 on_queue_time: Callable[[float], None] | None = None,
+                 on_inline: Callable[[], None] | None = None):
         if max_batch < 1 or max_delay < 0:
             raise ValueError("max_batch must be >= 1 and max_delay >= 0")
         self._run = run
@@ -58,6 +63,8 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._on_queue_time = on_queue_time
         self._on_way = 0  # calls announced by expect() that have not submitted yet
+        self._busy = False  # the worker holds a batch (gathering it or running it)
+        self._on_inline = on_inline
 
     @contextlib.contextmanager
     def expect(self) -> Iterator[None]:
@@ -99,12 +106,25 @@ class DynamicBatcher:
             if item is not None and not item.future.done():
                 item.future.set_exception(UnavailableError("the model version was replaced; try again"))
 
-    async def submit(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities for the images ``x`` ``(n, C, S, S)``, batched with others."""
+    def idle(self) -> bool:
+        """Nothing queued, gathering or running, and no call on its way."""
+        return not self._busy and self._on_way == 0 and self._queue.empty()
+
+    async def submit(self, x: np.ndarray, *, inline: bool = False) -> np.ndarray:
+        """Probabilities for the images ``x`` ``(n, C, S, S)``, batched with others; where
+        ``inline`` (the caller's word that the run is short and no other call is in flight)
+        and the batcher is :meth:`idle`, run at once on the event loop."""
         self.start()
         if _ON_ITS_WAY.get() is self:
             self._on_way -= 1
             _ON_ITS_WAY.set(None)
+        if inline and not self._closed and self.idle():
+            if self._on_inline:
+                self._on_inline()
+            out = self._run(x)
+            if self._on_batch:
+                self._on_batch(len(x))
+            return out
         if self._closed:  # took this batcher before its model left: its own batch, on the model it holds
             return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, x)
         if self.max_queue is not None and self._queued + len(x) > self.max_queue:
@@ -123,53 +143,63 @@ class DynamicBatcher:
             if first is None:
                 return
             self._queued -= len(first.x)
-            items = [first]
-            count = len(first.x)
-            deadline = loop.time() + self.max_delay
-            while count < self.max_batch:
-                if not self._queue.empty():  # already queued: no reason to wait
-                    nxt = self._queue.get_nowait()
-                elif self._on_way > 0:  # a caller is still decoding: wait for it, up to max_delay
-                    timeout = deadline - loop.time()
-                    if timeout <= 0:
-                        break
-                    try:
-                        nxt = await asyncio.wait_for(self._queue.get(), timeout)
-                    except TimeoutError:
-                        break
-                else:
-                    break
-                if nxt is None:
-                    ending = True
-                    break
-                self._queued -= len(nxt.x)
-                items.append(nxt)
-                count += len(nxt.x)
-            live = [it for it in items if not it.future.done()]
-            if not live:
-                continue
-            now = time.perf_counter()
-            if self._on_queue_time:
-                for it in live:
-                    self._on_queue_time(now - it.queued)
-            batch = np.concatenate([it.x for it in live]) if len(live) > 1 else live[0].x
+            self._busy = True
             try:
-                out = await loop.run_in_executor(self._executor, self._run, batch)
-            except asyncio.CancelledError:  # the worker is gone: its batch's callers are answered
-                for it in live:
-                    if not it.future.done():
-                        it.future.set_exception(UnavailableError("the model version was replaced; try again"))
-                raise
-            except Exception as exc:
-                for it in live:
-                    if not it.future.done():
-                        it.future.set_exception(exc)
-                continue
-            if self._on_batch:
-                self._on_batch(len(batch))
-            start = 0
+                ending = await self._batch(first, loop)
+            finally:
+                self._busy = False
+
+    async def _batch(self, first: _Item, loop: asyncio.AbstractEventLoop) -> bool:
+        """Gather a batch from ``first`` and run it; True where the end was met while gathering."""
+        ending = False
+        items = [first]
+        count = len(first.x)
+        deadline = loop.time() + self.max_delay
+        while count < self.max_batch:
+            if not self._queue.empty():  # already queued: no reason to wait
+                nxt = self._queue.get_nowait()
+            elif self._on_way > 0:  # a caller is still decoding: wait for it, up to max_delay
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    nxt = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    break
+            else:
+                break
+            if nxt is None:
+                ending = True
+                break
+            self._queued -= len(nxt.x)
+            items.append(nxt)
+            count += len(nxt.x)
+        live = [it for it in items if not it.future.done()]
+        if not live:
+            return ending
+        now = time.perf_counter()
+        if self._on_queue_time:
             for it in live:
-                rows = out[start : start + len(it.x)]
-                start += len(it.x)
+                self._on_queue_time(now - it.queued)
+        batch = np.concatenate([it.x for it in live]) if len(live) > 1 else live[0].x
+        try:
+            out = await loop.run_in_executor(self._executor, self._run, batch)
+        except asyncio.CancelledError:  # the worker is gone: its batch's callers are answered
+            for it in live:
                 if not it.future.done():
-                    it.future.set_result(rows)
+                    it.future.set_exception(UnavailableError("the model version was replaced; try again"))
+            raise
+        except Exception as exc:
+            for it in live:
+                if not it.future.done():
+                    it.future.set_exception(exc)
+            return ending
+        if self._on_batch:
+            self._on_batch(len(batch))
+        start = 0
+        for it in live:
+            rows = out[start : start + len(it.x)]
+            start += len(it.x)
+            if not it.future.done():
+                it.future.set_result(rows)
+        return ending
