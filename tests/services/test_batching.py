@@ -344,3 +344,63 @@ def test_a_cancelled_close_answers_every_waiting_call_unavailable(pool: ThreadPo
         runner.gate.set()
 
     asyncio.run(go())
+
+
+def test_an_inline_call_runs_on_the_event_loop_when_the_batcher_is_idle(pool: ThreadPoolExecutor) -> None:
+    runner = Runner()
+    sizes: list[int] = []
+    inline: list[int] = []
+
+    async def main() -> list[np.ndarray]:
+        b = DynamicBatcher(runner, max_batch=32, max_delay=5.0, executor=pool, on_batch=sizes.append,
+                           on_inline=lambda: inline.append(1))
+        try:
+            with b.expect():  # announced, then submitted: no longer on its way
+                first = await b.submit(rows(1), inline=True)
+            second = await b.submit(rows(2, 3), inline=False)
+            return [first, second]
+        finally:
+            await b.close()
+
+    first, second = asyncio.run(main())
+    np.testing.assert_array_equal(first[:, 0, 0, 0], [10])
+    np.testing.assert_array_equal(second[:, 0, 0, 0], [20, 30])
+    assert inline == [1] and sizes == [1, 2]
+    assert runner.threads == {threading.main_thread().name, "ort_0"}  # the loop's thread, then the pool's
+
+
+def test_an_inline_call_queues_while_a_batch_runs_or_a_call_is_on_its_way(pool: ThreadPoolExecutor) -> None:
+    """Batching starts once calls overlap: a call marked inline still waits its turn behind
+    a running batch, and joins the batch of a call still decoding."""
+    runner = Runner()
+    inline: list[int] = []
+
+    async def main() -> list[np.ndarray]:
+        b = DynamicBatcher(runner, max_batch=32, max_delay=5.0, executor=pool, on_inline=lambda: inline.append(1))
+        try:
+            runner.gate.clear()
+            running = asyncio.ensure_future(b.submit(rows(1)))
+            while not runner.threads:  # the batch is in the pool, held
+                await asyncio.sleep(0.01)
+            behind = asyncio.ensure_future(b.submit(rows(2), inline=True))
+            await asyncio.sleep(0.05)
+            assert not behind.done()
+            runner.gate.set()
+            out = [await running, await behind]
+
+            async def decoding() -> np.ndarray:
+                with b.expect():
+                    await asyncio.sleep(0.05)
+                    return await b.submit(rows(4))
+
+            slow = asyncio.ensure_future(decoding())
+            await asyncio.sleep(0)  # announced
+            out += [await b.submit(rows(3), inline=True), await slow]
+            return out
+        finally:
+            await b.close()
+
+    outs = asyncio.run(main())
+    assert [float(o[0, 0, 0, 0]) for o in outs] == [10, 20, 30, 40]
+    assert inline == [] and runner.threads == {"ort_0"}
+    assert runner.sizes == [1, 1, 2]  # the call marked inline joined the decoding one's batch
