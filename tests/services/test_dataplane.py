@@ -203,8 +203,8 @@ def test_a_lone_small_classify_runs_on_the_event_loop(repo: Path) -> None:
     plane = plane_of(repo, inline_run_pixels=0)
     off = asyncio.run(classify(plane, images[:1]))
     assert inline_runs(plane) == 0
-    np.testing.assert_allclose(one, served.model.classify_prepared(served.model.prepare(
-        [np.frombuffer(images[0].raw.data, np.float32).reshape(h, w).copy()]).numpy()),  # type: ignore[union-attr]
-        atol=1e-6)
+    sent = [np.frombuffer(images[0].raw.data, np.float32).reshape(h, w).copy()]  # type: ignore[union-attr]
+    direct: np.ndarray = served.model.classify_prepared(served.model.prepare(sent).numpy())
+    np.testing.assert_allclose(one, direct, atol=1e-6)
     np.testing.assert_allclose(two[:1], one, atol=1e-5)
     np.testing.assert_allclose(off, one, atol=1e-6)
