@@ -21,10 +21,12 @@ import asyncio
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,18 @@ def requests(size: int, n: int = 32) -> Any:
     return (lambda i: msgs[i % n]), np.stack([a[None] for a in arrays])
 
 
+def batch_counts(metrics_port: int | None) -> tuple[float, float, float]:
+    """(ONNX Runtime batches, images in them, runs on the event loop) so far, from the server's metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+
+    def value(name: str) -> float:
+        m = re.search(rf"^{name} (\S+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+    return (value("camseg_batch_size_images_count"), value("camseg_batch_size_images_sum"),
+            value("camseg_batch_inline_runs_total"))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--before", type=Path, action="append", default=[],
@@ -63,7 +77,8 @@ def main() -> int:
     trees = {str(b): b.resolve() for b in args.before}
     trees["this checkout"] = ROOT
     make, x = requests(args.size)
-    results: dict[str, dict[str, list[float]]] = {k: {"c1_p50_ms": [], "c32_img_s": [], "c32_server_cpu_ms": []}
+    results: dict[str, dict[str, list[float]]] = {k: {"c1_p50_ms": [], "c32_img_s": [], "c32_server_cpu_ms": [],
+                                                                "c32_mean_batch": [], "c32_inline_share": []}
                                                   for k in [*trees, "bare"]}
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,11 +90,16 @@ def main() -> int:
                     lat, err = asyncio.run(load(server.port, "Classify", make, 1, args.seconds))
                     assert err == 0, f"{name}: {err} errors at c=1"
                     results[name]["c1_p50_ms"].append(1e3 * statistics.median(lat))
-                    cpu0 = cpu_seconds(server.proc.pid)
+                    cpu0, counts0 = cpu_seconds(server.proc.pid), batch_counts(server.metrics_port)
                     lat, err = asyncio.run(load(server.port, "Classify", make, 32, args.seconds))
                     assert err == 0, f"{name}: {err} errors at c=32"
-                    results[name]["c32_img_s"].append(len(lat) / args.seconds)
-                    results[name]["c32_server_cpu_ms"].append(1e3 * (cpu_seconds(server.proc.pid) - cpu0) / len(lat))
+                    res = results[name]
+                    res["c32_img_s"].append(len(lat) / args.seconds)
+                    res["c32_server_cpu_ms"].append(1e3 * (cpu_seconds(server.proc.pid) - cpu0) / len(lat))
+                    batches, imgs, inline = (b - a for a, b in zip(counts0, batch_counts(server.metrics_port),
+                                                                   strict=True))
+                    res["c32_mean_batch"].append(imgs / max(batches, 1))
+                    res["c32_inline_share"].append(inline / max(batches, 1))
                 finally:
                     server.stop(timeout=60)
             model_dir = repo / "resnet" / "1"
@@ -90,7 +110,8 @@ def main() -> int:
     load1 = os.getloadavg()
     t = Table(title=f"Classify, raw float32, {args.size} px, medians of {args.rounds} rounds "
                     f"(load average {load0[0]:.2f} -> {load1[0]:.2f})")
-    for col in ("server", "c=1 p50 ms", "c=32 images/s", "server CPU ms/img at c=32", "runs (p50 / img/s)"):
+    for col in ("server", "c=1 p50 ms", "c=32 images/s", "server CPU ms/img at c=32", "mean batch at c=32",
+                "runs on the loop at c=32", "runs (p50 / img/s)"):
         t.add_column(col)
     summary = {}
     for name, v in results.items():
@@ -99,6 +120,8 @@ def main() -> int:
         t.add_row(name if name != "bare" else "bare session.run (batch 1 / 32)", f"{med['c1_p50_ms']:.2f}",
                   f"{med['c32_img_s']:.0f}",
                   "" if med["c32_server_cpu_ms"] is None else f"{med['c32_server_cpu_ms']:.2f}",
+                  "" if med["c32_mean_batch"] is None else f"{med['c32_mean_batch']:.1f}",
+                  "" if med["c32_inline_share"] is None else f"{100 * med['c32_inline_share']:.1f}%",
                   " ".join(f"{a:.2f}/{b:.0f}" for a, b in zip(v["c1_p50_ms"], v["c32_img_s"], strict=True)))
     Console().print(t)
     args.out.write_text(json.dumps({
