@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from camseg.core.errors import UnavailableError
-from services.batching import DynamicBatcher
+from services.batching import OVERLAP_HOLD, DynamicBatcher
 
 
 class Runner:
@@ -404,3 +404,31 @@ def test_an_inline_call_queues_while_a_batch_runs_or_a_call_is_on_its_way(pool: 
     assert [float(o[0, 0, 0, 0]) for o in outs] == [10, 20, 30, 40]
     assert inline == [] and runner.threads == {"ort_0"}
     assert runner.sizes == [1, 1, 2]  # the call marked inline joined the decoding one's batch
+
+
+def test_once_calls_overlap_batching_holds_before_a_call_runs_inline_again(pool: ThreadPoolExecutor) -> None:
+    """Two calls in one batch: for OVERLAP_HOLD seconds a lone call marked inline still goes
+    to the pool (a loop busy with runs would not see the calls arriving meanwhile), then
+    runs on the loop again; a call marked inline that is not alone starts the hold too."""
+    runner = Runner()
+    inline: list[int] = []
+
+    async def main() -> list[str]:
+        b = DynamicBatcher(runner, max_batch=32, max_delay=5.0, executor=pool, on_inline=lambda: inline.append(1))
+        where = []
+        try:
+            await asyncio.gather(call(b, rows(1)), call(b, rows(2)))
+            for step in ("held", "after the hold", "not alone", "held again"):
+                if step == "after the hold":
+                    await asyncio.sleep(OVERLAP_HOLD * 1.5)
+                runner.threads.clear()
+                await b.submit(rows(3), inline=True, alone=step != "not alone")
+                where.append(next(iter(runner.threads)))
+            return where
+        finally:
+            await b.close()
+
+    where = asyncio.run(main())
+    assert runner.sizes[0] == 2
+    assert where == ["ort_0", threading.main_thread().name, "ort_0", "ort_0"]
+    assert inline == [1]
