@@ -77,9 +77,8 @@ def main() -> int:
     trees = {str(b): b.resolve() for b in args.before}
     trees["this checkout"] = ROOT
     make, x = requests(args.size)
-    results: dict[str, dict[str, list[float]]] = {k: {"c1_p50_ms": [], "c32_img_s": [], "c32_server_cpu_ms": [],
-                                                                "c32_mean_batch": [], "c32_inline_share": []}
-                                                  for k in [*trees, "bare"]}
+    keys = ("c1_p50_ms", "c1_inline_share", "c32_img_s", "c32_server_cpu_ms", "c32_mean_batch", "c32_inline_share")
+    results: dict[str, dict[str, list[float]]] = {k: {key: [] for key in keys} for k in [*trees, "bare"]}
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         repo = make_repo(Path(tmp), "resnet", args.size)
@@ -87,8 +86,12 @@ def main() -> int:
             for name, tree in trees.items():
                 server = spawn(repo, env={"CAMSEG_TORCH_THREADS": str(args.threads)}, cwd=tree)
                 try:
+                    counts0 = batch_counts(server.metrics_port)
                     lat, err = asyncio.run(load(server.port, "Classify", make, 1, args.seconds))
                     assert err == 0, f"{name}: {err} errors at c=1"
+                    batches, _imgs, inline = (b - a for a, b in zip(counts0, batch_counts(server.metrics_port),
+                                                                    strict=True))
+                    results[name]["c1_inline_share"].append(inline / max(batches, 1))
                     results[name]["c1_p50_ms"].append(1e3 * statistics.median(lat))
                     cpu0, counts0 = cpu_seconds(server.proc.pid), batch_counts(server.metrics_port)
                     lat, err = asyncio.run(load(server.port, "Classify", make, 32, args.seconds))
@@ -110,14 +113,15 @@ def main() -> int:
     load1 = os.getloadavg()
     t = Table(title=f"Classify, raw float32, {args.size} px, medians of {args.rounds} rounds "
                     f"(load average {load0[0]:.2f} -> {load1[0]:.2f})")
-    for col in ("server", "c=1 p50 ms", "c=32 images/s", "server CPU ms/img at c=32", "mean batch at c=32",
-                "runs on the loop at c=32", "runs (p50 / img/s)"):
+    for col in ("server", "c=1 p50 ms", "runs on the loop at c=1", "c=32 images/s", "server CPU ms/img at c=32",
+                "mean batch at c=32", "runs on the loop at c=32", "runs (p50 / img/s)"):
         t.add_column(col)
     summary = {}
     for name, v in results.items():
         med = {k: statistics.median(vals) if vals else None for k, vals in v.items()}
         summary[name] = {"median": med, "runs": v}
         t.add_row(name if name != "bare" else "bare session.run (batch 1 / 32)", f"{med['c1_p50_ms']:.2f}",
+                  "" if med["c1_inline_share"] is None else f"{100 * med['c1_inline_share']:.1f}%",
                   f"{med['c32_img_s']:.0f}",
                   "" if med["c32_server_cpu_ms"] is None else f"{med['c32_server_cpu_ms']:.2f}",
                   "" if med["c32_mean_batch"] is None else f"{med['c32_mean_batch']:.1f}",

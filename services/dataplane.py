@@ -46,7 +46,7 @@ from camseg.pipeline.cost import classify_bytes, path_bytes
 from camseg.pipeline.options import Encoding, Options
 from camseg.pipeline.run import Result, run
 from camseg.pipeline.whole import is_whole, model_scale, whole_bytes
-from services.batching import DynamicBatcher
+from services.batching import Arrivals, DynamicBatcher
 from services.metrics import ServiceMetrics
 from services.repository import ServedModel
 
@@ -88,6 +88,7 @@ class DataPlane:
         # DICOM images: windowed per modality unless the settings say otherwise
         self.windowing = Windowing.parse(settings.dicom_window) if settings.dicom_window != "auto" else None
         self.calls = 0  # Classify, Explain and Segment calls in flight here (any model)
+        self.arrivals = Arrivals()  # numbered by the server's interceptor as they are accepted
         self._images = {rpc: metrics.images.labels(rpc) for rpc in ("Classify", "Explain", "Segment")}
 
     @contextlib.contextmanager
@@ -132,10 +133,7 @@ class DataPlane:
             x = await self._step(self.decode_pool, prepare, when_gone, inline=self._small(images))
             inline = served.model.onnx is not None and \
                 x.shape[0] * x.shape[-2] * x.shape[-1] <= self.settings.inline_run_pixels
-            if inline and self.calls == 1 and batcher.idle():
-                # a turn of the loop first: calls already delivered reach here and show as overlapping
-                await asyncio.sleep(0)
-            probs = await batcher.submit(x, inline=inline, alone=self.calls == 1)
+            probs = await batcher.submit(x, inline=inline, alone=self.calls == 1 and not self.arrivals.later())
         self._images["Classify"].inc(len(x))
         return probs
 

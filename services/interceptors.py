@@ -15,14 +15,16 @@ from typing import Any
 import grpc
 
 from camseg.core.errors import CamsegError
+from services.batching import Arrivals
 from services.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
 
 class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: ServiceMetrics):
+    def __init__(self, metrics: ServiceMetrics, arrivals: Arrivals | None = None):
         self.metrics = metrics
+        self.arrivals = arrivals
         # each method's wrapped handler, made once (with its labelled metric children) rather
         # than once a call; kept while the server hands over the same handler
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -42,6 +44,8 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith("/camseg.v1."):
             return handler
+        if self.arrivals is not None:
+            self.arrivals.arrived()  # before its message is read: the batcher sees it coming
         made = self._wrapped.get(method)
         if made is None or made[0] is not handler:
             made = self._wrapped[method] = (handler, self._wrap(method.rsplit("/", 1)[-1], handler))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from camseg.core.errors import UnavailableError
-from services.batching import OVERLAP_HOLD, DynamicBatcher
+from services.batching import OVERLAP_HOLD, Arrivals, DynamicBatcher
 
 
 class Runner:
@@ -432,3 +432,31 @@ def test_once_calls_overlap_batching_holds_before_a_call_runs_inline_again(pool:
     assert runner.sizes[0] == 2
     assert where == ["ort_0", threading.main_thread().name, "ort_0", "ort_0"]
     assert inline == [1]
+
+
+def test_a_call_knows_whether_another_was_accepted_after_it() -> None:
+    """Each call's number lives in its own task's context, as the interceptor sets it."""
+    arrivals = Arrivals()
+
+    async def main() -> list[bool]:
+        first_in = asyncio.Event()
+        second_in = asyncio.Event()
+
+        async def first() -> bool:
+            arrivals.arrived()
+            first_in.set()
+            await second_in.wait()
+            return arrivals.later()
+
+        async def second() -> bool:
+            await first_in.wait()
+            arrivals.arrived()
+            second_in.set()
+            return arrivals.later()
+
+        async def unnumbered() -> bool:
+            return arrivals.later()
+
+        return list(await asyncio.gather(first(), second(), unnumbered()))
+
+    assert asyncio.run(main()) == [True, False, False]
