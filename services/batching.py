@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -42,25 +43,48 @@ after another and never batch (measured: mean batch 1.0 and -28% images/s at c=3
 _ON_ITS_WAY: contextvars.ContextVar[DynamicBatcher | None] = contextvars.ContextVar("camseg_on_its_way", default=None)
 
 
+class _Call:
+    """A token of one accepted call, held by its task's context alone: it is gone once the
+    call's task (which ends after its reply and status are sent) is."""
+
+    __slots__ = ("__weakref__",)
+
+
 class Arrivals:
-    """Calls as the server accepts them, numbered, so a call can tell whether another was
-    accepted after it: the server accepts one call at a time between turns of the event
-    loop, so while a call runs on the loop the next is taken in but has not reached the
-    batcher yet (:meth:`DynamicBatcher.expect` cannot see it)."""
+    """The calls the server has accepted and not finished, so a call can tell whether it is
+    alone: the server accepts one call a turn of the event loop, before its message is
+    read, so a call running on the loop cannot see the next in the batcher
+    (:meth:`DynamicBatcher.expect`), only here. An acceptance while another call is live
+    is an overlap; a call is alone while none is live beside it and none overlapped in the
+    last :data:`OVERLAP_HOLD` seconds. A call's token lives in its task's context, so a
+    call that never reached its handler (its message never came) leaves no count behind."""
 
     def __init__(self) -> None:
-        self.count = 0
-        self._mine: contextvars.ContextVar[int | None] = contextvars.ContextVar("camseg_arrival", default=None)
+        self._live: weakref.WeakSet[_Call] = weakref.WeakSet()
+        self._mine: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("camseg_call", default=None)
+        self._overlap_until = 0.0
 
     def arrived(self) -> None:
-        """Number the current call (in its task's context)."""
-        self.count += 1
-        self._mine.set(self.count)
+        """Note the current call (in its task's context) as accepted."""
+        if len(self._live):
+            self._overlap_until = time.perf_counter() + OVERLAP_HOLD
+        token = _Call()
+        self._live.add(token)
+        self._mine.set(token)
 
-    def later(self) -> bool:
-        """Whether a call was accepted after the current one (False for a call not numbered)."""
+    def finished(self) -> Callable[[object], None]:
+        """A callback that ends the current call (for gRPC's ``add_done_callback``, which
+        runs once its status is sent)."""
         mine = self._mine.get()
-        return mine is not None and self.count > mine
+        return lambda _call: self._live.discard(mine) if mine is not None else None
+
+    def alone(self) -> bool:
+        """Whether the current call has no other live beside it and no acceptance overlapped
+        lately (True for a call not noted: nothing is known against it)."""
+        mine = self._mine.get()
+        if mine is None:
+            return True
+        return len(self._live) <= 1 and time.perf_counter() >= self._overlap_until
 
 
 @dataclass

@@ -133,7 +133,7 @@ class DataPlane:
             x = await self._step(self.decode_pool, prepare, when_gone, inline=self._small(images))
             inline = served.model.onnx is not None and \
                 x.shape[0] * x.shape[-2] * x.shape[-1] <= self.settings.inline_run_pixels
-            probs = await batcher.submit(x, inline=inline, alone=self.calls == 1 and not self.arrivals.later())
+            probs = await batcher.submit(x, inline=inline, alone=self.calls == 1 and self.arrivals.alone())
         self._images["Classify"].inc(len(x))
         return probs
 

@@ -84,6 +84,8 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 start = time.perf_counter()
+                if self.arrivals is not None:
+                    context.add_done_callback(self.arrivals.finished())
                 in_flight.inc()
                 try:
                     reply = await inner(request, context)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -434,29 +435,47 @@ def test_once_calls_overlap_batching_holds_before_a_call_runs_inline_again(pool:
     assert inline == [1]
 
 
-def test_a_call_knows_whether_another_was_accepted_after_it() -> None:
-    """Each call's number lives in its own task's context, as the interceptor sets it."""
+def test_a_call_is_alone_until_another_is_accepted_beside_it() -> None:
+    """Each call's token lives in its own task's context, as the interceptor notes it: a
+    call accepted while another is live makes both not alone, and for OVERLAP_HOLD after;
+    a call that ended (its done callback) or whose task is gone without one counts no more."""
     arrivals = Arrivals()
 
     async def main() -> list[bool]:
-        first_in = asyncio.Event()
-        second_in = asyncio.Event()
+        seen: list[bool] = []
+        first_in, second_in, first_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-        async def first() -> bool:
+        async def first() -> None:
             arrivals.arrived()
+            seen.append(arrivals.alone())  # nothing else yet
             first_in.set()
             await second_in.wait()
-            return arrivals.later()
+            seen.append(arrivals.alone())  # the second was accepted beside it
+            arrivals.finished()(None)
+            first_done.set()
 
-        async def second() -> bool:
+        async def second() -> None:
             await first_in.wait()
             arrivals.arrived()
             second_in.set()
-            return arrivals.later()
+            await first_done.wait()
+            seen.append(arrivals.alone())  # the first ended, but they overlapped lately
+            await asyncio.sleep(OVERLAP_HOLD * 1.5)
+            seen.append(arrivals.alone())
+            arrivals.finished()(None)
 
-        async def unnumbered() -> bool:
-            return arrivals.later()
+        async def never_finished() -> None:  # accepted, its message never came: no done callback
+            arrivals.arrived()
 
-        return list(await asyncio.gather(first(), second(), unnumbered()))
+        async def third() -> None:
+            arrivals.arrived()
+            seen.append(arrivals.alone())
 
-    assert asyncio.run(main()) == [True, False, False]
+        await asyncio.gather(first(), second())
+        await asyncio.create_task(never_finished())
+        gc.collect()
+        await asyncio.create_task(third())
+        seen.append(arrivals.alone())  # this test's own task was never noted
+        return seen
+
+    assert asyncio.run(main()) == [True, False, False, True, True, True]
