@@ -94,6 +94,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--code", type=Path, default=None, help="serve from another checkout (a before, by git archive)")
     p.add_argument("--label", default="", help="a suffix of the output files (e.g. before, after)")
     args = p.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -102,7 +103,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo = make_repo(Path(tmp), "resnet", args.size)
         pngs = images(Path(tmp), 32)
-        server = spawn(repo, env={"CAMSEG_TORCH_THREADS": str(args.threads)})
+        server = spawn(repo, env={"CAMSEG_TORCH_THREADS": str(args.threads)}, cwd=args.code)
         try:
             make = requests(args.input, args.rpc, pngs)
             result: dict[str, Any] = {}
