@@ -44,8 +44,9 @@ _ON_ITS_WAY: contextvars.ContextVar[DynamicBatcher | None] = contextvars.Context
 
 
 class _Call:
-    """A token of one accepted call, held by its task's context alone: it is gone once the
-    call's task (which ends after its reply and status are sent) is."""
+    """A token of one accepted call, held by its task's context (the live set holds it
+    weakly): ended by the call's done callback, or gone with its task where the handler
+    never ran."""
 
     __slots__ = ("__weakref__",)
 

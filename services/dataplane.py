@@ -88,7 +88,7 @@ class DataPlane:
         # DICOM images: windowed per modality unless the settings say otherwise
         self.windowing = Windowing.parse(settings.dicom_window) if settings.dicom_window != "auto" else None
         self.calls = 0  # Classify, Explain and Segment calls in flight here (any model)
-        self.arrivals = Arrivals()  # numbered by the server's interceptor as they are accepted
+        self.arrivals = Arrivals()  # calls noted by the server's interceptor as they are accepted
         self._images = {rpc: metrics.images.labels(rpc) for rpc in ("Classify", "Explain", "Segment")}
 
     @contextlib.contextmanager

@@ -112,6 +112,8 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 start = time.perf_counter()
+                if self.arrivals is not None:
+                    context.add_done_callback(self.arrivals.finished())
                 in_flight.inc()
                 try:
                     async for reply in inner_stream(request, context):
