@@ -73,6 +73,8 @@ def requests(kind: str, rpc: str, pngs: list[bytes]) -> Any:
         if kind == "png":
             return pb.Image(encoded=pngs[i % len(pngs)])
         a = raws[i % len(raws)]
+        if kind == "raw32":  # float32 in [0, 1], as KServe's and Triton's callers send
+            a = a.astype(np.float32) / 255.0
         return pb.Image(raw=pb.RawArray(dtype=a.dtype.name, shape=list(a.shape), data=a.tobytes()))
 
     def make(i: int) -> Any:
@@ -87,11 +89,12 @@ def requests(kind: str, rpc: str, pngs: list[bytes]) -> Any:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--rpc", default="Classify", choices=("Classify", "Explain", "Segment"))
-    p.add_argument("--input", default="raw", choices=("raw", "png"))
+    p.add_argument("--input", default="raw", choices=("raw", "raw32", "png"))
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--code", type=Path, default=None, help="serve from another checkout (a before, by git archive)")
     p.add_argument("--label", default="", help="a suffix of the output files (e.g. before, after)")
     args = p.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -100,7 +103,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo = make_repo(Path(tmp), "resnet", args.size)
         pngs = images(Path(tmp), 32)
-        server = spawn(repo, env={"CAMSEG_TORCH_THREADS": str(args.threads)})
+        server = spawn(repo, env={"CAMSEG_TORCH_THREADS": str(args.threads)}, cwd=args.code)
         try:
             make = requests(args.input, args.rpc, pngs)
             result: dict[str, Any] = {}

@@ -248,7 +248,7 @@ async def upload_request(chunks: AsyncIterator[pb.SegmentChunk], *, max_bytes: i
 # ------------------------------------------------------------------ responses
 def classification(model: LoadedModel, probs: npt.NDArray[np.float32], image_id: str) -> pb.Classification:
     idx = int(np.argmax(probs))
-    return pb.Classification(probabilities=[float(p) for p in probs], label=model.classes[idx], label_index=idx,
+    return pb.Classification(probabilities=probs.tolist(), label=model.classes[idx], label_index=idx,
                              id=image_id)
 
 

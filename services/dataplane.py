@@ -24,9 +24,10 @@ gone (cancelled, deadline passed), so an abandoned request does not hold the poo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -45,7 +46,7 @@ from camseg.pipeline.cost import classify_bytes, path_bytes
 from camseg.pipeline.options import Encoding, Options
 from camseg.pipeline.run import Result, run
 from camseg.pipeline.whole import is_whole, model_scale, whole_bytes
-from services.batching import DynamicBatcher
+from services.batching import Arrivals, DynamicBatcher
 from services.metrics import ServiceMetrics
 from services.repository import ServedModel
 
@@ -86,6 +87,17 @@ class DataPlane:
         self._batchers: dict[tuple[str, str, tuple[Any, ...]], DynamicBatcher] = {}
         # DICOM images: windowed per modality unless the settings say otherwise
         self.windowing = Windowing.parse(settings.dicom_window) if settings.dicom_window != "auto" else None
+        self.calls = 0  # Classify, Explain and Segment calls in flight here (any model)
+        self.arrivals = Arrivals()  # calls noted by the server's interceptor as they are accepted
+        self._images = {rpc: metrics.images.labels(rpc) for rpc in ("Classify", "Explain", "Segment")}
+
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        self.calls += 1
+        try:
+            yield
+        finally:
+            self.calls -= 1
 
     async def close(self) -> None:
         for b in self._batchers.values():
@@ -103,7 +115,10 @@ class DataPlane:
     # ------------------------------------------------------------ the three paths
     async def classify(self, served: ServedModel, images: Sequence[Source], *,
                        when_gone: WhenGone) -> npt.NDArray[np.float32]:
-        """Class probabilities ``(n, classes)``, the images batched with other calls'."""
+        """Class probabilities ``(n, classes)``, the images batched with other calls'. A lone
+        call (no other in flight, nothing queued or running) whose batch is small (at most
+        ``inline_run_pixels`` model pixels over its images, on ONNX Runtime) runs on the
+        event loop, without the hand-off to a thread and back."""
         batcher = self._batcher(served)
 
         def prepare(should_stop: ShouldStop) -> npt.NDArray[np.float32]:
@@ -114,10 +129,12 @@ class DataPlane:
                 x: npt.NDArray[np.float32] = served.model.prepare(self._decode(images, budget, work)).numpy()
                 return x
 
-        with batcher.expect():  # a batch waits for this call while it decodes
+        with self._call(), batcher.expect():  # a batch waits for this call while it decodes
             x = await self._step(self.decode_pool, prepare, when_gone, inline=self._small(images))
-            probs = await batcher.submit(x)
-        self.metrics.images.labels("Classify").inc(len(x))
+            inline = served.model.onnx is not None and \
+                x.shape[0] * x.shape[-2] * x.shape[-1] <= self.settings.inline_run_pixels
+            probs = await batcher.submit(x, inline=inline, alone=self.calls == 1 and self.arrivals.alone())
+        self._images["Classify"].inc(len(x))
         return probs
 
     async def explain(self, served: ServedModel, options: Options, images: Sequence[Source], *, heat_bytes: int,
@@ -137,10 +154,10 @@ class DataPlane:
             return reply(run(served.model, decoded, options, should_stop=should_stop))
 
         # decoding in its own pool, so the Grad-CAM pool only computes
-        with self._budget() as budget:
+        with self._call(), self._budget() as budget:
             decoded = await self._step(self.decode_pool, decode, when_gone, inline=self._small(images))
             out = await self._step(self.cam_pool, work, when_gone)
-        self.metrics.images.labels("Explain").inc(len(decoded))
+        self._images["Explain"].inc(len(decoded))
         return out
 
     async def segment(self, served: ServedModel, options: Options, images: Sequence[Source],
@@ -174,11 +191,11 @@ class DataPlane:
             res = run(served.model, decoded, options, truths=masks, should_stop=should_stop)
             return reply(res, self._dicom_segs(served, options, images, res) if dicom_seg else None)
 
-        with self._budget() as budget:
+        with self._call(), self._budget() as budget:
             decoded, masks = await self._step(self.decode_pool, decode, when_gone,
                                               inline=self._small([*images, *truths]))
             out = await self._step(self.cam_pool, work, when_gone)
-        self.metrics.images.labels("Segment").inc(len(decoded))
+        self._images["Segment"].inc(len(decoded))
         return out
 
     @staticmethod
@@ -268,7 +285,8 @@ class DataPlane:
             b = DynamicBatcher(served.model.classify_prepared, max_batch=s.max_batch if s.batching else 1,
                                max_delay=s.max_delay_ms / 1000.0 if s.batching else 0.0,
                                executor=self.ort_pool, max_queue=s.max_queue_images,
-                               on_batch=self.metrics.batch_size.observe, on_queue_time=self.metrics.queue_time.observe)
+                               on_batch=self.metrics.batch_size.observe, on_queue_time=self.metrics.queue_time.observe,
+                               on_inline=self.metrics.inline_runs.inc)
             self._batchers[key] = b
         return b
 

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from camseg.core.errors import CamsegError
+from services.batching import Arrivals
 from services.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
@@ -25,18 +26,38 @@ Open Inference Protocol's (``inference.GRPCInferenceService``)."""
 
 
 class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: ServiceMetrics):
+    def __init__(self, metrics: ServiceMetrics, arrivals: Arrivals | None = None):
         self.metrics = metrics
+        self.arrivals = arrivals
+        # each method's wrapped handler, made once (with its labelled metric children) rather
+        # than once a call; kept while the server hands over the same handler
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._counted: dict[tuple[str, str], Any] = {}
+
+    def _counter(self, rpc: str, code: str) -> Any:
+        c = self._counted.get((rpc, code))
+        if c is None:
+            c = self._counted[(rpc, code)] = self.metrics.requests.labels(rpc, code)
+        return c
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(MAPPED):
+        method = handler_call_details.method
+        if handler is None or not method.startswith(MAPPED):
             return handler
-        rpc = handler_call_details.method.rsplit("/", 1)[-1]
-        m = self.metrics
+        if self.arrivals is not None:
+            self.arrivals.arrived()  # before its message is read: the batcher sees it coming
+        made = self._wrapped.get(method)
+        if made is None or made[0] is not handler:
+            made = self._wrapped[method] = (handler, self._wrap(method.rsplit("/", 1)[-1], handler))
+        return made[1]
+
+    def _wrap(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` counted, timed and its errors mapped to status codes."""
+        latency, in_flight = self.metrics.latency.labels(rpc), self.metrics.in_flight.labels(rpc)
 
         async def finish(context: grpc.aio.ServicerContext, exc: BaseException | None, start: float) -> None:
             code = grpc.StatusCode.OK
@@ -50,9 +71,9 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.INTERNAL
             elif context.code() is not None and context.code() != grpc.StatusCode.OK:
                 code = context.code()
-            m.requests.labels(rpc, code.name).inc()
-            m.latency.labels(rpc).observe(time.perf_counter() - start)
-            m.in_flight.labels(rpc).dec()
+            self._counter(rpc, code.name).inc()
+            latency.observe(time.perf_counter() - start)
+            in_flight.dec()
             if isinstance(exc, asyncio.CancelledError):
                 return
             if isinstance(exc, CamsegError):
@@ -67,7 +88,9 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 start = time.perf_counter()
-                m.in_flight.labels(rpc).inc()
+                if self.arrivals is not None:
+                    context.add_done_callback(self.arrivals.finished())
+                in_flight.inc()
                 try:
                     reply = await inner(request, context)
                 except BaseException as exc:  # mapped to a status (or counted) in finish
@@ -93,7 +116,9 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 start = time.perf_counter()
-                m.in_flight.labels(rpc).inc()
+                if self.arrivals is not None:
+                    context.add_done_callback(self.arrivals.finished())
+                in_flight.inc()
                 try:
                     async for reply in inner_stream(request, context):
                         yield reply

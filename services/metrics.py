@@ -24,6 +24,8 @@ class ServiceMetrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_time = Histogram("camseg_batch_queue_seconds", "time a Classify waits for its batch",
                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.inline_runs = Counter("camseg_batch_inline_runs", "Classify runs made on the event loop (a lone small "
+                                   "call: no hand-off to a thread)", registry=r)
         self.model_info = Gauge("camseg_model_info", "loaded model versions (1 = serving)",
                                 ["name", "version"], registry=r)
         self.serving = Gauge("camseg_serving", "1 while health reports SERVING; 0 while starting or draining",

@@ -47,14 +47,17 @@ class ServeProcess:
         return self.proc.returncode
 
 
-def spawn(repo: Path, *extra: str, plaintext: bool = True, env: dict[str, str] | None = None) -> ServeProcess:
-    """Start ``camseg serve`` over ``repo`` on free ports and wait until it listens."""
+def spawn(repo: Path, *extra: str, plaintext: bool = True, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> ServeProcess:
+    """Start ``camseg serve`` over ``repo`` on free ports and wait until it listens; ``cwd``
+    (another checkout, for a benchmark's before and after) is where ``camseg`` is imported from."""
     fd, log_name = tempfile.mkstemp(prefix="camseg-serve-", suffix=".log")
     with os.fdopen(fd, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "camseg", "serve", "--model-repo", str(repo), "--port", "0", "--metrics-port", "0",
              *(["--plaintext"] if plaintext else []), *extra],
-            stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, **(env or {})})
+            stdout=subprocess.PIPE, stderr=log, text=True, cwd=cwd,
+            env={**os.environ, **(env or {}), **({"PYTHONPATH": str(cwd)} if cwd is not None else {})})
     assert proc.stdout is not None
     line = proc.stdout.readline()
     m = READY.search(line)

@@ -139,9 +139,9 @@ async def start(settings: Settings) -> RunningServer:
                ("grpc.max_send_message_length", settings.max_send_bytes),
                ("grpc.so_reuseport", 0)]
     # calls past the cap are answered RESOURCE_EXHAUSTED at once: load is shed, not queued
-    server = grpc.aio.server(interceptors=[ErrorsAndMetrics(metrics)], options=options,
-                             maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     servicer = SegmentationServicer(repo, settings, metrics)
+    server = grpc.aio.server(interceptors=[ErrorsAndMetrics(metrics, servicer.plane.arrivals)], options=options,
+                             maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     servicers.append(servicer)
     camseg_pb2_grpc.add_SegmentationServicer_to_server(servicer, server)
     # the Open Inference Protocol (KServe v2) beside camseg.v1, over the same data plane

@@ -111,6 +111,11 @@ class ServeSection(BaseModel):
         128 * 128, ge=0, description="a call whose images (and truth masks) hold at most this many pixels "
                                      "together is decoded on the event loop (cheaper than the hop to a thread); "
                                      "0 = always a thread")
+    inline_run_pixels: int = Field(
+        128 * 128, ge=0, description="a lone Classify call (no other call in flight or overlapping in the last "
+                                     "50 ms, no batch queued or running) whose images hold at most this many "
+                                     "model-input pixels together runs ONNX Runtime on the event loop (cheaper than "
+                                     "the hop to a thread); 0 = always a thread")
     batching: bool = Field(True, description="batch Classify calls of one model version together")
     max_batch: int = Field(32, ge=1, description="images per Classify batch")
     max_delay_ms: float = Field(2.0, ge=0, description="longest wait for a Classify batch to fill")

@@ -4,6 +4,7 @@ headers checked before a pixel is decoded.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -157,6 +158,12 @@ def array_to_float(arr: npt.NDArray[Any], name: str = "image") -> FloatArray:
         return out
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
+    if arr.dtype == np.float32:
+        # the common raw input: checked and passed on in float32 (min and max are NaN or
+        # infinite where any value is), no float64 copy unless it needs scaling
+        lo32, hi32 = float(arr.min()), float(arr.max())
+        if math.isfinite(lo32) and math.isfinite(hi32) and lo32 >= 0.0 and hi32 <= 1.0:
+            return np.array(arr, dtype=np.float32)
     if np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating):
         # min-max scaling in float64 of halved values: no range of finite inputs overflows
         with np.errstate(invalid="ignore", over="ignore"):

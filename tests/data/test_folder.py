@@ -293,6 +293,19 @@ def test_array_to_float_rules() -> None:
         array_to_float(np.zeros((2, 2), dtype=np.complex64))
 
 
+def test_float32_in_range_is_kept_as_sent_and_the_rest_is_checked_as_before() -> None:
+    sent = RNG.random((12, 10), dtype=np.float32)
+    sent.flags.writeable = False  # as np.frombuffer gives it
+    out = array_to_float(sent)
+    assert out.dtype == np.float32 and out.flags.writeable and not np.shares_memory(out, sent)
+    np.testing.assert_array_equal(out, sent)
+    np.testing.assert_allclose(array_to_float(np.array([[-2.0, 0.0], [2.0, 6.0]], np.float32)),
+                               [[0.0, 0.25], [0.5, 1.0]])
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(InvalidInputError, match="NaN"):
+            array_to_float(np.array([[0.5, bad]], np.float32))
+
+
 def test_read_mask_any_channel(tmp_path: Path) -> None:
     rgb = np.zeros((6, 6, 3), np.uint8)
     rgb[1, 2, 2] = 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from camseg.core.errors import UnavailableError
-from services.batching import DynamicBatcher
+from services.batching import OVERLAP_HOLD, Arrivals, DynamicBatcher
 
 
 class Runner:
@@ -344,3 +345,137 @@ def test_a_cancelled_close_answers_every_waiting_call_unavailable(pool: ThreadPo
         runner.gate.set()
 
     asyncio.run(go())
+
+
+def test_an_inline_call_runs_on_the_event_loop_when_the_batcher_is_idle(pool: ThreadPoolExecutor) -> None:
+    runner = Runner()
+    sizes: list[int] = []
+    inline: list[int] = []
+
+    async def main() -> list[np.ndarray]:
+        b = DynamicBatcher(runner, max_batch=32, max_delay=5.0, executor=pool, on_batch=sizes.append,
+                           on_inline=lambda: inline.append(1))
+        try:
+            with b.expect():  # announced, then submitted: no longer on its way
+                first = await b.submit(rows(1), inline=True)
+            second = await b.submit(rows(2, 3), inline=False)
+            return [first, second]
+        finally:
+            await b.close()
+
+    first, second = asyncio.run(main())
+    np.testing.assert_array_equal(first[:, 0, 0, 0], [10])
+    np.testing.assert_array_equal(second[:, 0, 0, 0], [20, 30])
+    assert inline == [1] and sizes == [1, 2]
+    assert runner.threads == {threading.main_thread().name, "ort_0"}  # the loop's thread, then the pool's
+
+
+def test_an_inline_call_queues_while_a_batch_runs_or_a_call_is_on_its_way(pool: ThreadPoolExecutor) -> None:
+    """Batching starts once calls overlap: a call marked inline still waits its turn behind
+    a running batch, and joins the batch of a call still decoding."""
+    runner = Runner()
+    inline: list[int] = []
+
+    async def main() -> list[np.ndarray]:
+        b = DynamicBatcher(runner, max_batch=32, max_delay=5.0, executor=pool, on_inline=lambda: inline.append(1))
+        try:
+            runner.gate.clear()
+            running = asyncio.ensure_future(b.submit(rows(1)))
+            while not runner.threads:  # the batch is in the pool, held
+                await asyncio.sleep(0.01)
+            behind = asyncio.ensure_future(b.submit(rows(2), inline=True))
+            await asyncio.sleep(0.05)
+            assert not behind.done()
+            runner.gate.set()
+            out = [await running, await behind]
+
+            async def decoding() -> np.ndarray:
+                with b.expect():
+                    await asyncio.sleep(0.05)
+                    return await b.submit(rows(4))
+
+            slow = asyncio.ensure_future(decoding())
+            await asyncio.sleep(0)  # announced
+            out += [await b.submit(rows(3), inline=True), await slow]
+            return out
+        finally:
+            await b.close()
+
+    outs = asyncio.run(main())
+    assert [float(o[0, 0, 0, 0]) for o in outs] == [10, 20, 30, 40]
+    assert inline == [] and runner.threads == {"ort_0"}
+    assert runner.sizes == [1, 1, 2]  # the call marked inline joined the decoding one's batch
+
+
+def test_once_calls_overlap_batching_holds_before_a_call_runs_inline_again(pool: ThreadPoolExecutor) -> None:
+    """Two calls in one batch: for OVERLAP_HOLD seconds a lone call marked inline still goes
+    to the pool (a loop busy with runs would not see the calls arriving meanwhile), then
+    runs on the loop again; a call marked inline that is not alone starts the hold too."""
+    runner = Runner()
+    inline: list[int] = []
+
+    async def main() -> list[str]:
+        b = DynamicBatcher(runner, max_batch=32, max_delay=5.0, executor=pool, on_inline=lambda: inline.append(1))
+        where = []
+        try:
+            await asyncio.gather(call(b, rows(1)), call(b, rows(2)))
+            for step in ("held", "after the hold", "not alone", "held again"):
+                if step == "after the hold":
+                    await asyncio.sleep(OVERLAP_HOLD * 1.5)
+                runner.threads.clear()
+                await b.submit(rows(3), inline=True, alone=step != "not alone")
+                where.append(next(iter(runner.threads)))
+            return where
+        finally:
+            await b.close()
+
+    where = asyncio.run(main())
+    assert runner.sizes[0] == 2
+    assert where == ["ort_0", threading.main_thread().name, "ort_0", "ort_0"]
+    assert inline == [1]
+
+
+def test_a_call_is_alone_until_another_is_accepted_beside_it() -> None:
+    """Each call's token lives in its own task's context, as the interceptor notes it: a
+    call accepted while another is live makes both not alone, and for OVERLAP_HOLD after;
+    a call that ended (its done callback) or whose task is gone without one counts no more."""
+    arrivals = Arrivals()
+
+    async def main() -> list[bool]:
+        seen: list[bool] = []
+        first_in, second_in, first_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def first() -> None:
+            arrivals.arrived()
+            seen.append(arrivals.alone())  # nothing else yet
+            first_in.set()
+            await second_in.wait()
+            seen.append(arrivals.alone())  # the second was accepted beside it
+            arrivals.finished()(None)
+            first_done.set()
+
+        async def second() -> None:
+            await first_in.wait()
+            arrivals.arrived()
+            second_in.set()
+            await first_done.wait()
+            seen.append(arrivals.alone())  # the first ended, but they overlapped lately
+            await asyncio.sleep(OVERLAP_HOLD * 1.5)
+            seen.append(arrivals.alone())
+            arrivals.finished()(None)
+
+        async def never_finished() -> None:  # accepted, its message never came: no done callback
+            arrivals.arrived()
+
+        async def third() -> None:
+            arrivals.arrived()
+            seen.append(arrivals.alone())
+
+        await asyncio.gather(first(), second())
+        await asyncio.create_task(never_finished())
+        gc.collect()
+        await asyncio.create_task(third())
+        seen.append(arrivals.alone())  # this test's own task was never noted
+        return seen
+
+    assert asyncio.run(main()) == [True, False, False, True, True, True]

@@ -18,7 +18,7 @@ from camseg.core.settings import Settings
 from camseg.data.folder import decode_image
 from camseg.heat.rules import parse_rule
 from camseg.io.codecs import encode_png
-from camseg.io.sources import Source
+from camseg.io.sources import Raw, Source
 from camseg.pipeline.cost import path_bytes
 from camseg.pipeline.options import Options
 from camseg.pipeline.run import LoadedModel, Result, run
@@ -171,3 +171,40 @@ def test_a_dicom_seg_reply_is_charged_to_the_budget(repo: Path, tmp_path: Path) 
     segs = asyncio.run(main())
     assert segs is not None and len(segs) == 1 and segs[0][128:132] == b"DICM"
     assert seen == [need] and plane.inflight.used == 0
+
+
+def test_a_lone_small_classify_runs_on_the_event_loop(repo: Path) -> None:
+    """No hand-off to a thread for a lone call whose batch is within ``inline_run_pixels``;
+    a larger batch, or a server that turned it off, still runs in the ONNX Runtime pool.
+    The probabilities are the same either way."""
+    served = ServedModel("tiny", "1", LoadedModel.load(repo / "tiny" / "1"))
+    h, w = served.model.input_hw
+    rng = np.random.default_rng(0)
+    images = [Source(f"image {i}", raw=Raw("float32", (h, w), rng.random((h, w), dtype=np.float32).tobytes()))
+              for i in range(2)]
+
+    def inline_runs(plane: DataPlane) -> float:
+        value = plane.metrics.registry.get_sample_value("camseg_batch_inline_runs_total")
+        assert value is not None
+        return value
+
+    async def classify(plane: DataPlane, imgs: list[Source]) -> np.ndarray:
+        try:
+            return await plane.classify(served, imgs, when_gone=never_gone)
+        finally:
+            await plane.close()
+
+    plane = plane_of(repo, inline_run_pixels=h * w)
+    one = asyncio.run(classify(plane, images[:1]))
+    assert inline_runs(plane) == 1
+    plane = plane_of(repo, inline_run_pixels=h * w)
+    two = asyncio.run(classify(plane, images))  # two images: over the bound
+    assert inline_runs(plane) == 0
+    plane = plane_of(repo, inline_run_pixels=0)
+    off = asyncio.run(classify(plane, images[:1]))
+    assert inline_runs(plane) == 0
+    sent = [np.frombuffer(images[0].raw.data, np.float32).reshape(h, w).copy()]  # type: ignore[union-attr]
+    direct: np.ndarray = served.model.classify_prepared(served.model.prepare(sent).numpy())
+    np.testing.assert_allclose(one, direct, atol=1e-6)
+    np.testing.assert_allclose(two[:1], one, atol=1e-5)
+    np.testing.assert_allclose(off, one, atol=1e-6)

@@ -55,7 +55,7 @@ def test_metric_names_follow_prometheus_conventions() -> None:
     assert {f.name for f in families} == {
         "camseg_grpc_requests", "camseg_grpc_request_duration_seconds", "camseg_grpc_in_flight_requests",
         "camseg_images", "camseg_batch_size_images", "camseg_batch_queue_seconds", "camseg_model_info",
-        "camseg_model_load_failures", "camseg_serving"}
+        "camseg_model_load_failures", "camseg_serving", "camseg_batch_inline_runs"}
     for fam in families:
         assert fam.name.startswith("camseg_")
         for s in fam.samples:
@@ -63,7 +63,8 @@ def test_metric_names_follow_prometheus_conventions() -> None:
             if fam.type == "counter":
                 assert s.name.endswith(("_total", "_created")), s.name
     counters = sorted(f.name for f in families if f.type == "counter")
-    assert counters == ["camseg_grpc_requests", "camseg_images", "camseg_model_load_failures"]
+    assert counters == ["camseg_batch_inline_runs", "camseg_grpc_requests", "camseg_images",
+                        "camseg_model_load_failures"]
     assert "camseg_grpc_requests_total{code=\"OK\",rpc=\"Classify\"} 1.0" in text
     assert "camseg_images_total{rpc=\"Classify\"} 3.0" in text
     assert "camseg_model_load_failures_total{name=\"tiny\"} 1.0" in text

@@ -427,3 +427,41 @@ def test_sigterm_under_load_answers_ok_then_unavailable_and_exits_0(repo: Path, 
         assert any(start > exited for start, _, _, c in calls if c == grpc.StatusCode.UNAVAILABLE)
     finally:
         stop(s)
+
+
+def test_a_lone_classify_runs_inline_and_a_long_explain_never_blocks_health(
+        stub: pb_grpc.SegmentationStub, server: Server, tiny_folder: Path) -> None:
+    """A lone small Classify runs on the event loop (counted); while a long Explain is in
+    flight, Classify calls go through the pool and health keeps answering (each within
+    a deadline shorter than the Explain work)."""
+    image, _ = roi(tiny_folder)
+    health = health_pb2_grpc.HealthStub(server.channel())
+
+    def inline_runs() -> float:
+        m = re.search(r"^camseg_batch_inline_runs_total (\S+)$", server.metrics(), re.M)
+        assert m
+        return float(m.group(1))
+
+    classify = pb.ClassifyRequest(images=[pb.Image(encoded=image)])
+    before = inline_runs()
+    for _ in range(3):
+        stub.Classify(classify, timeout=10)
+    assert inline_runs() == before + 3
+    fused = pb.ExplainOptions(method=pb.CAM_METHOD_FUSED)  # torch Grad-CAM: the longest work a call can ask for
+    start = time.perf_counter()
+    stub.Explain(pb.ExplainRequest(images=[pb.Image(encoded=image)] * 20, options=fused), timeout=60)
+    n = max(1, round(3.0 / (time.perf_counter() - start) / (256 / 20)))  # calls of 256 images: about 3 s
+    long = pb.ExplainRequest(images=[pb.Image(encoded=image)] * 256, options=fused)
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        explains = [pool.submit(stub.Explain, long, timeout=120) for _ in range(n)]
+        time.sleep(0.3)  # decoded, in the Grad-CAM pool or waiting for it
+        during = inline_runs()
+        answered = 0
+        while not all(f.done() for f in explains):
+            assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status == SERVING
+            stub.Classify(classify, timeout=10)
+            answered += 1
+            if not all(f.done() for f in explains):
+                assert inline_runs() == during  # another call in flight: no run on the loop
+        assert all(len(f.result().heatmaps) == 256 for f in explains)
+    assert answered >= 3
