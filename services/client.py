@@ -14,12 +14,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from camseg.core.errors import (
     CamsegError,
@@ -30,11 +29,13 @@ from camseg.core.errors import (
     UnavailableError,
     UnsupportedError,
 )
-from camseg.heat.cam import HeatGrid, normalise_maps
 from camseg.heat.rules import parse_rule
 from camseg.io import codecs
 from services.gen.camseg.v1 import camseg_pb2, camseg_pb2_grpc
 from services.wire import WholeImage, method_to_pb, rule_to_pb, tiling_to_pb, whole_from_pb
+
+if TYPE_CHECKING:  # torch and the method load only where a layer-resolution map is laid over its image
+    from camseg.heat.cam import HeatGrid
 
 ImageInput = Path | bytes | npt.NDArray[Any]
 UPLOAD_CHUNK = 1024 * 1024
@@ -81,6 +82,10 @@ class Heatmap:
         to the server's image-resolution map up to float16 rounding)."""
         if self.grid is None:
             return self.heatmap
+        import torch
+
+        from camseg.heat.cam import normalise_maps
+
         h, w = self.heatmap.shape
         size = (round(self.grid.scale_y * h), round(self.grid.scale_x * w))
         out: npt.NDArray[np.float32] = normalise_maps(
@@ -195,10 +200,8 @@ class SegmentationClient:
         out = []
         for h in self._call(self.stub.Explain, req).heatmaps:
             heat = np.frombuffer(h.data, np.float16).reshape(tuple(h.shape)).astype(np.float32)
-            g = h.grid if h.HasField("grid") else None
             out.append(Heatmap(heat, self._cls(h.classification), h.target_class, h.layer, h.overlay_png,
-                               whole_from_pb(h),
-                               HeatGrid(g.scale_y, g.scale_x, g.offset_y, g.offset_x) if g is not None else None))
+                               whole_from_pb(h), _grid(h.grid) if h.HasField("grid") else None))
         return out
 
     def _segment_request(self, images: Sequence[ImageInput], *, method: str | None, threshold: str | None,
@@ -267,3 +270,11 @@ class SegmentationClient:
 def save_png(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+def _grid(g: Any) -> HeatGrid:
+    """A reply's ``HeatmapGrid`` as the core's :class:`~camseg.heat.cam.HeatGrid` (which
+    loads torch: only a layer-resolution reply pays for it)."""
+    from camseg.heat.cam import HeatGrid
+
+    return HeatGrid(g.scale_y, g.scale_x, g.offset_y, g.offset_x)
