@@ -12,14 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import os
 import resource
 import shutil
 import socket
 import struct
 import subprocess
-import sys
-import tempfile
 import threading
 import warnings
 from collections import Counter
@@ -50,7 +47,7 @@ from tests.dicomdata import write_series
 from tests.dicomfuzz import KINDS, fuzz_corpus
 from tests.jobs.workers import TEST_DB, Worker, flushed_redis, start_worker
 from tests.services.servers import wait_until
-from tests.services.test_dicom_listen import READY, Env, Listener, ct_volume, storescu
+from tests.services.test_dicom_listen import Env, Listener, ct_volume, spawn_listener, storescu
 
 MiB = 1 << 20
 RSS_CEILING = 512 * MiB  # the listener's peak RSS (VmHWM) through the fuzz corpus and the floods (about 0.4 GiB)
@@ -102,23 +99,8 @@ def launch() -> Iterator[Launch]:
     started: list[Listener] = []
 
     def _launch(env: dict[str, str], limits: dict[int, int] | None = None) -> Listener:
-        def preexec() -> None:
-            for which, n in (limits or {}).items():
-                resource.setrlimit(which, (n, n))
-
-        fd, name = tempfile.mkstemp(prefix="camseg-dicom-attack-", suffix=".log")
-        with os.fdopen(fd, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "camseg", "dicom-listen", "-v"], stdout=subprocess.PIPE,
-                                    stderr=log, text=True, env={**os.environ, **env}, preexec_fn=preexec)
-        assert proc.stdout is not None
-        m = READY.search(proc.stdout.readline())
-        if not m or m.group(4) == "None":
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"dicom-listen did not start:\n{Path(name).read_text()[-3000:]}")
-        listener = Listener(proc, int(m.group(3)), int(m.group(4)), Path(name))
-        started.append(listener)
-        return listener
+        started.append(spawn_listener(env, limits=limits, prefix="camseg-dicom-attack-"))
+        return started[-1]
 
     yield _launch
     for listener in started:

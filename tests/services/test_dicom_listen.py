@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -112,26 +113,37 @@ def env(tmp_path: Path, exported: tuple[Path, dict[str, Any]]) -> Iterator[Env]:
         yield Env(tmp_path, repo, tmp_path / "spool", tmp_path / "out", url)
 
 
+def spawn_listener(env: dict[str, str], *, limits: dict[int, int] | None = None,
+                   prefix: str = "camseg-dicom-listen-") -> Listener:
+    """A ``camseg dicom-listen -v`` process with ``env`` over this one's environment (and
+    ``limits``: RLIMIT name -> value), started and its ports read; its log in a temporary file."""
+    def preexec() -> None:
+        for which, n in (limits or {}).items():
+            resource.setrlimit(which, (n, n))
+
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log")
+    with os.fdopen(fd, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "camseg", "dicom-listen", "-v"], stdout=subprocess.PIPE,
+                                stderr=log, text=True, env={**os.environ, **env},
+                                preexec_fn=preexec if limits else None)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # EOF (an empty line) when it exits instead
+    m = READY.search(line)
+    if not m or m.group(4) == "None":
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"dicom-listen did not start: {line!r}\n{Path(name).read_text()[-3000:]}")
+    return Listener(proc, int(m.group(3)), int(m.group(4)), Path(name))
+
+
 @pytest.fixture
 def launch() -> Iterator[Callable[[dict[str, str]], Listener]]:
     """Start ``camseg dicom-listen`` processes; every one is stopped afterwards."""
     started: list[Listener] = []
 
     def _launch(env: dict[str, str]) -> Listener:
-        fd, name = tempfile.mkstemp(prefix="camseg-dicom-listen-", suffix=".log")
-        with os.fdopen(fd, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "camseg", "dicom-listen", "-v"], stdout=subprocess.PIPE,
-                                    stderr=log, text=True, env={**os.environ, **env})
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # EOF (an empty line) when it exits instead
-        m = READY.search(line)
-        if not m or m.group(4) == "None":
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"dicom-listen did not start: {line!r}\n{Path(name).read_text()[-3000:]}")
-        listener = Listener(proc, int(m.group(3)), int(m.group(4)), Path(name))
-        started.append(listener)
-        return listener
+        started.append(spawn_listener(env))
+        return started[-1]
 
     yield _launch
     for listener in started:
