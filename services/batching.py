@@ -95,6 +95,13 @@ class _Item:
     queued: float
 
 
+def _unavailable(items: list[_Item]) -> None:
+    """Answer the calls of ``items`` not yet answered with UNAVAILABLE (their worker is gone)."""
+    for it in items:
+        if not it.future.done():
+            it.future.set_exception(UnavailableError("the model version was replaced; try again"))
+
+
 class DynamicBatcher:
     def __init__(self, run: Runner, *, max_batch: int, max_delay: float, executor: Executor,
                  max_queue: int | None = None,
@@ -155,9 +162,8 @@ class DynamicBatcher:
     def _fail_queued(self) -> None:
         """Answer every call still queued with UNAVAILABLE (the worker is gone)."""
         while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not None and not item.future.done():
-                item.future.set_exception(UnavailableError("the model version was replaced; try again"))
+            if (item := self._queue.get_nowait()) is not None:
+                _unavailable([item])
 
     def idle(self) -> bool:
         """Nothing queued, gathering or running, no call on its way, and no calls
@@ -249,9 +255,7 @@ class DynamicBatcher:
         try:
             out = await loop.run_in_executor(self._executor, self._run, batch)
         except asyncio.CancelledError:  # the worker is gone: its batch's callers are answered
-            for it in live:
-                if not it.future.done():
-                    it.future.set_exception(UnavailableError("the model version was replaced; try again"))
+            _unavailable(live)
             raise
         except Exception as exc:
             for it in live:
